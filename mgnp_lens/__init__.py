@@ -1,0 +1,26 @@
+"""mgnp-lens: Multi-Granular Node Pruning for circuit discovery on TransformerLens models.
+
+Typical use::
+
+    import mgnp_lens as mg
+    model = mg.load_model()                 # embedded SmolLM2-135M, offline
+    task = mg.tasks.IOI(model)
+    result = mg.discover(model, task)
+    result.circuit.per_layer()              # the paper's Appendix D table
+"""
+
+from . import tasks
+from .circuit import Circuit
+from .discover import DiscoveryError, DiscoveryResult, PruningConfig, discover
+from .evaluate import Evaluation, evaluate
+from .gates import HardConcreteGates, HardConcreteParams
+from .granularity import GRANULARITIES, PAPER_LAMBDAS, ModelDims
+from .tasks import PromptPairTask
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Circuit", "DiscoveryError", "DiscoveryResult", "Evaluation", "GRANULARITIES", "HardConcreteGates",
+    "HardConcreteParams", "ModelDims", "PAPER_LAMBDAS", "PromptPairTask", "PruningConfig", "discover",
+    "evaluate", "tasks",
+]

@@ -1,0 +1,235 @@
+"""A discovered circuit: one boolean mask per granularity, hierarchy-consistent.
+
+``Circuit`` knows nothing about training. It can say what it keeps (Appendix D / Table 1
+tables), save and load itself as JSON, and run a model with every pruned node patched from
+the corrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+import torch
+
+from .granularity import APPENDIX_D_COLUMNS, GRANULARITIES, PARENT, ModelDims, check_granularity
+from .hooks import Interpolator, check_hook_points, masked_full_logits
+
+FORMAT = "mgnp-circuit/1"
+
+
+def make_consistent(masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Enforce the parent→child hierarchy on boolean masks; the function of the circuit is unchanged.
+
+    Downwards: a child is kept only if its parent is kept (the path product would be 0 anyway).
+    Upwards: a head with no kept attention neuron, an attention block with no kept head, and an
+    MLP block with no kept hidden neuron or no kept output neuron are pruned (each is then fully
+    patched from the corrupted run, which is what pruning the parent does).
+    """
+    m = {g: masks[g].clone().bool() for g in GRANULARITIES}
+    # downwards
+    m["attn_head"] &= m["attn_block"][:, None]
+    m["attn_neuron"] &= m["attn_head"][:, :, None]
+    m["mlp_hidden"] &= m["mlp_block"][:, None]
+    m["mlp_output"] &= m["mlp_block"][:, None]
+    # upwards
+    m["attn_head"] &= m["attn_neuron"].any(dim=-1)
+    m["attn_block"] &= m["attn_head"].any(dim=-1)
+    m["mlp_block"] &= m["mlp_hidden"].any(dim=-1) & m["mlp_output"].any(dim=-1)
+    # downwards again, for children of parents pruned by the upward pass
+    m["attn_head"] &= m["attn_block"][:, None]
+    m["attn_neuron"] &= m["attn_head"][:, :, None]
+    m["mlp_hidden"] &= m["mlp_block"][:, None]
+    m["mlp_output"] &= m["mlp_block"][:, None]
+    return m
+
+
+def hierarchy_violations(masks: Mapping[str, torch.Tensor]) -> list[str]:
+    """Descriptions of every place where a kept child has a pruned parent (empty if none)."""
+    problems = []
+    for g in GRANULARITIES:
+        parent = PARENT[g]
+        if parent is None:
+            continue
+        p = masks[parent]
+        c = masks[g]
+        expanded = p.reshape(p.shape + (1,) * (c.dim() - p.dim())).expand_as(c)
+        bad = (c & ~expanded).nonzero().tolist()
+        problems += [f"{g}{tuple(i)} kept under pruned {parent}" for i in bad[:5]]
+    return problems
+
+
+def _fraction(a: int, b: int) -> str:
+    return f"{a}/{b}"
+
+
+class Circuit:
+    """Binary masks over the seven granularities of one model.
+
+    Args:
+        dims: the model's dimensions.
+        masks: ``{granularity: bool tensor shaped dims.shape(g)}``; made hierarchy-consistent.
+        task: optional task description stored with the circuit.
+        config: optional discovery configuration stored with the circuit.
+    """
+
+    def __init__(self, dims: ModelDims, masks: Mapping[str, torch.Tensor], task: Any = None, config: Any = None):
+        self.dims = dims
+        for g in GRANULARITIES:
+            if g not in masks:
+                raise ValueError(f"circuit masks lack granularity {g!r}")
+            shape = tuple(masks[g].shape)
+            if shape != dims.shape(g):
+                raise ValueError(f"mask {g!r} has shape {shape}, expected {dims.shape(g)} for this model")
+        self.masks = make_consistent({g: torch.as_tensor(masks[g]).cpu() for g in GRANULARITIES})
+        self.task = task
+        self.config = config
+
+    # ----------------------------------------------------------------- constructors
+    @classmethod
+    def full(cls, model_or_dims) -> "Circuit":
+        """Every node kept: runs as the clean model."""
+        dims = _dims(model_or_dims)
+        return cls(dims, {g: torch.ones(dims.shape(g), dtype=torch.bool) for g in GRANULARITIES})
+
+    @classmethod
+    def empty(cls, model_or_dims) -> "Circuit":
+        """Every node pruned: runs as the corrupted model."""
+        dims = _dims(model_or_dims)
+        return cls(dims, {g: torch.zeros(dims.shape(g), dtype=torch.bool) for g in GRANULARITIES})
+
+    # ----------------------------------------------------------------- counts and tables
+    def count(self, g: str) -> int:
+        """Number of kept nodes of granularity ``g``."""
+        return int(self.masks[check_granularity(g)].sum())
+
+    def counts(self) -> dict[str, int]:
+        return {g: self.count(g) for g in GRANULARITIES}
+
+    def active_heads(self) -> list[tuple[int, int]]:
+        """Kept attention heads as 0-indexed ``(layer, head)`` pairs."""
+        return [tuple(x) for x in self.masks["attn_head"].nonzero().tolist()]
+
+    def per_layer(self, one_indexed: bool = False) -> pd.DataFrame:
+        """The paper's Appendix D table: one row per layer.
+
+        Columns ``Layer, Attn Block, MLP Block, Attn Heads, Attn Neurons, MLP Hidden, MLP Output``;
+        cells ``Active``/``Pruned`` for blocks and ``kept/total`` strings otherwise.
+
+        Args:
+            one_indexed: number layers from 1, as the paper's tables do (default 0, as the API does).
+        """
+        d, m = self.dims, self.masks
+        rows = []
+        for l in range(d.n_layers):
+            rows.append([
+                l + 1 if one_indexed else l,
+                "Active" if m["attn_block"][l] else "Pruned",
+                "Active" if m["mlp_block"][l] else "Pruned",
+                _fraction(int(m["attn_head"][l].sum()), d.n_heads),
+                _fraction(int(m["attn_neuron"][l].sum()), d.n_heads * d.d_head),
+                _fraction(int(m["mlp_hidden"][l].sum()), d.d_mlp),
+                _fraction(int(m["mlp_output"][l].sum()), d.d_model),
+            ])
+        return pd.DataFrame(rows, columns=APPENDIX_D_COLUMNS)
+
+    def summary(self) -> pd.DataFrame:
+        """The paper's Table 1 for this circuit: kept count, total and sparsity % per granularity."""
+        rows = []
+        for g in GRANULARITIES:
+            total = self.dims.count(g)
+            active = self.count(g)
+            rows.append({"granularity": g, "active": active, "total": total,
+                         "sparsity_pct": round(100.0 * (1 - active / total), 2)})
+        return pd.DataFrame(rows)
+
+    def n_params(self) -> int:
+        """Weights that touch a kept node (an estimate of the circuit's parameter count).
+
+        Per kept attention neuron: its column of W_Q, W_K, W_V and its row of W_O (4·d_model);
+        per kept MLP hidden neuron: its W_in column (d_model) and its W_out entries to kept MLP
+        output neurons of the same layer; the embedding matrix is not counted.
+        """
+        d, m = self.dims, self.masks
+        attn = 4 * d.d_model * int(m["attn_neuron"].sum())
+        mlp = sum(int(m["mlp_hidden"][l].sum()) * (d.d_model + int(m["mlp_output"][l].sum()))
+                  for l in range(d.n_layers))
+        return attn + mlp
+
+    def compression_ratio(self) -> float:
+        """Parameter count of the full model's gated weights ÷ that of this circuit (inf if empty)."""
+        full = Circuit.full(self.dims).n_params()
+        own = self.n_params()
+        return float("inf") if own == 0 else full / own
+
+    # ----------------------------------------------------------------- persistence
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "model": self.dims.to_dict(),
+            "masks": {g: self.masks[g].to(torch.uint8).tolist() for g in GRANULARITIES},
+            "task": self.task,
+            "config": self.config,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the circuit as ``mgnp-circuit/1`` JSON; returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), separators=(",", ":")))
+        tmp.replace(path)  # atomic: a crash never leaves half a file
+        return path
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "Circuit":
+        if data.get("format") != FORMAT:
+            raise ValueError(f"not an mgnp circuit: format is {data.get('format')!r}, expected {FORMAT!r}")
+        dims = ModelDims.from_dict(data["model"])
+        masks = {g: torch.tensor(data["masks"][g], dtype=torch.bool) for g in GRANULARITIES}
+        return cls(dims, masks, task=data.get("task"), config=data.get("config"))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Circuit":
+        """Read a circuit written by :meth:`save`."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no circuit file at {path}")
+        return cls.from_dict(json.loads(path.read_text()))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Circuit) and self.dims == other.dims and all(
+            torch.equal(self.masks[g], other.masks[g]) for g in GRANULARITIES)
+
+    def __repr__(self) -> str:
+        c = self.counts()
+        return (f"Circuit(heads={c['attn_head']}/{self.dims.count('attn_head')}, "
+                f"attn_neurons={c['attn_neuron']}, mlp_hidden={c['mlp_hidden']}, mlp_output={c['mlp_output']})")
+
+    # ----------------------------------------------------------------- running
+    def run(self, model, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor) -> torch.Tensor:
+        """Logits of ``model`` with every pruned node patched from the corrupted run.
+
+        Args:
+            clean_tokens: [batch, pos] token ids.
+            corrupted_tokens: [batch, pos] token ids, same shape.
+
+        Returns:
+            [batch, pos, d_vocab] logits.
+        """
+        if _dims(model) != self.dims:
+            raise ValueError(f"circuit was made for {self.dims}, model has {_dims(model)}")
+        if clean_tokens.shape != corrupted_tokens.shape:
+            raise ValueError(f"clean tokens {tuple(clean_tokens.shape)} and corrupted tokens "
+                             f"{tuple(corrupted_tokens.shape)} must have the same shape")
+        check_hook_points(model, self.dims)
+        interp = Interpolator(self.dims, "batch")
+        interp.set_masks(self.masks)
+        with torch.no_grad():
+            return masked_full_logits(model, interp, clean_tokens, corrupted_tokens)
+
+
+def _dims(model_or_dims) -> ModelDims:
+    return model_or_dims if isinstance(model_or_dims, ModelDims) else ModelDims.from_model(model_or_dims)

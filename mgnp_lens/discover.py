@@ -1,0 +1,297 @@
+"""The discovery loop: fit Hard-Concrete gates so the pruned model matches the full model.
+
+loss = KL(full ‖ circuit) at the answer position + Σ_g λ_g · mean-L0_g
+
+Only the gates' ``log α`` train (AdamW); the model's weights are frozen for the run and
+restored afterwards. Base logits (and, in cache mode, corrupted activations) are computed
+once per dataset without gradients.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .circuit import Circuit
+from .evaluate import Evaluation, evaluate, kl_full_circuit
+from .gates import HardConcreteGates, HardConcreteParams
+from .granularity import GRANULARITIES, PAPER_LAMBDAS, ModelDims, check_granularity
+from .hooks import (
+    Interpolator,
+    check_hook_points,
+    check_mode,
+    corrupted_activations,
+    logits_at,
+    masked_answer_logits,
+)
+
+
+@dataclass
+class PruningConfig:
+    """Everything that defines a discovery run.
+
+    Attributes:
+        steps: optimizer steps.
+        lr: AdamW learning rate on ``log α``.
+        batch_size: prompt pairs per step.
+        lambdas: per-granularity sparsity weights (paper Appendix C by default).
+        lambda_scale: multiplies every λ (for sweeps).
+        lambda_warmup_steps: λ ramps linearly from 0 to full over this many steps (0: no warm-up).
+        corruption: ``"cache"`` (corrupted activations precomputed) or ``"batch"`` (one 2B pass).
+        seed: seeds gate initialisation, batch order and gate noise.
+        granularities: which granularities are gated (the others are always kept).
+        hard_concrete: Hard-Concrete shape parameters.
+        weight_decay: AdamW weight decay on ``log α`` (0: none).
+        eval_split: split evaluated at the end (``None``: skip).
+        eval_max_examples: cap on the evaluated examples (``None``: whole split).
+        eval_batch_size: batch size of the final evaluations.
+        checkpoint_dir: if set, the circuit, gates and history are written there every
+            ``checkpoint_every`` steps and at the end (also after Ctrl-C or an error).
+        checkpoint_every: steps between checkpoints.
+        progress: show a tqdm progress bar.
+    """
+
+    steps: int = 240
+    lr: float = 0.3
+    batch_size: int = 32
+    lambdas: dict[str, float] = field(default_factory=lambda: dict(PAPER_LAMBDAS))
+    lambda_scale: float = 1.0
+    lambda_warmup_steps: int = 0
+    corruption: str = "cache"
+    seed: int = 0
+    granularities: tuple[str, ...] = GRANULARITIES
+    hard_concrete: HardConcreteParams = field(default_factory=HardConcreteParams)
+    weight_decay: float = 0.0
+    eval_split: str | None = "test"
+    eval_max_examples: int | None = 1024
+    eval_batch_size: int = 32
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 50
+    progress: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.lambda_warmup_steps < 0:
+            raise ValueError(f"lambda_warmup_steps must be >= 0, got {self.lambda_warmup_steps}")
+        if self.lambda_scale < 0:
+            raise ValueError(f"lambda_scale must be >= 0, got {self.lambda_scale}")
+        check_mode(self.corruption)
+        self.granularities = tuple(check_granularity(g) for g in self.granularities)
+        lambdas = dict(PAPER_LAMBDAS)
+        for g, v in dict(self.lambdas).items():
+            check_granularity(g)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"lambda for {g!r} must be a finite number >= 0, got {v!r}")
+            lambdas[g] = float(v)
+        self.lambdas = lambdas
+        if isinstance(self.hard_concrete, dict):
+            self.hard_concrete = HardConcreteParams(**self.hard_concrete)
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["granularities"] = list(self.granularities)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PruningConfig":
+        d = dict(d)
+        if "granularities" in d:
+            d["granularities"] = tuple(d["granularities"])
+        return cls(**d)
+
+
+@dataclass
+class DiscoveryResult:
+    """What :func:`discover` returns.
+
+    Attributes:
+        circuit: the binarised, hierarchy-consistent circuit.
+        history: one row per completed step (step, loss, kl, lambda_factor, l0_<g>, active_<g>).
+        evaluation: Table 2 row on ``config.eval_split`` (None if skipped or interrupted).
+        train_evaluation: the same on the training pairs (the hard circuit's training KL).
+        config: the run's configuration.
+        gates: the trained gates.
+        steps_completed: optimizer steps that finished.
+        interrupted: True if the run stopped early (Ctrl-C or an error).
+        seconds: wall time of the optimisation loop.
+    """
+
+    circuit: Circuit
+    history: pd.DataFrame
+    evaluation: Evaluation | None
+    train_evaluation: Evaluation | None
+    config: PruningConfig
+    gates: HardConcreteGates
+    steps_completed: int
+    interrupted: bool = False
+    seconds: float = 0.0
+
+    def save(self, directory: str | Path) -> Path:
+        """Write circuit.json, gates.pt, history.csv, per_layer.csv, summary.csv, evaluation.json, config.json."""
+        return _write_outputs(Path(directory), self.circuit, self.gates, self.history, self.config,
+                              self.evaluation, self.train_evaluation, self.steps_completed, self.interrupted)
+
+
+class DiscoveryError(RuntimeError):
+    """Raised when discovery fails mid-run; ``.result`` holds the circuit from the last finished step."""
+
+    def __init__(self, message: str, result: DiscoveryResult):
+        super().__init__(message)
+        self.result = result
+
+
+def _write_outputs(out: Path, circuit, gates, history, config, evaluation, train_evaluation,
+                   steps_completed, interrupted) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    circuit.save(out / "circuit.json")
+    torch.save({g: v.detach().cpu() for g, v in gates.log_alpha.items()}, out / "gates.pt.tmp")
+    (out / "gates.pt.tmp").replace(out / "gates.pt")
+    for name, frame in (("history.csv", history), ("per_layer.csv", circuit.per_layer()),
+                        ("summary.csv", circuit.summary())):
+        frame.to_csv(out / (name + ".tmp"), index=False)
+        (out / (name + ".tmp")).replace(out / name)
+    status = {"steps_completed": steps_completed, "interrupted": interrupted,
+              "evaluation": evaluation.to_dict() if evaluation else None,
+              "train_evaluation": train_evaluation.to_dict() if train_evaluation else None}
+    (out / "evaluation.json").write_text(json.dumps(status, indent=2))
+    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
+    return out
+
+
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def _precompute(model, dims, pairs, batch_size, with_cache: bool):
+    """Base log-probs [n, d_vocab] per bucket and, for cache mode, corrupted activations per bucket."""
+    device = _model_device(model)
+    base, cache = [], []
+    for bucket in pairs.buckets:
+        logps, acts = [], []
+        for start in range(0, len(bucket), batch_size):
+            b = bucket.select(torch.arange(start, min(start + batch_size, len(bucket)))).to(device)
+            logits = logits_at(model, b.clean, b.answer_pos, len(b))
+            logps.append(torch.log_softmax(logits.float(), dim=-1))
+            if with_cache:
+                acts.append(corrupted_activations(model, dims, b.corrupted))
+        base.append(torch.cat(logps))
+        if with_cache:
+            cache.append({k: torch.cat([a[k] for a in acts]) for k in acts[0]})
+    return base, cache
+
+
+def discover(model, task, config: PruningConfig | None = None, **overrides) -> DiscoveryResult:
+    """Find the nodes of ``model`` that ``task`` needs, at all seven granularities at once.
+
+    Args:
+        model: a ``HookedTransformer`` (or ``TransformerBridge``) with the gated hook points.
+        task: a :class:`mgnp_lens.tasks.Task` (its ``train`` split is optimised on).
+        config: a :class:`PruningConfig`; keyword ``overrides`` replace its fields.
+
+    Returns:
+        a :class:`DiscoveryResult`. Ctrl-C stops the loop early and returns the circuit of the
+        last finished step (``interrupted=True``); any other error raises :class:`DiscoveryError`
+        whose ``.result`` holds that circuit (and, with ``checkpoint_dir``, it is on disk too).
+    """
+    if config is None:
+        config = PruningConfig(**overrides)
+    elif overrides:
+        config = PruningConfig.from_dict({**config.to_dict(), **overrides})
+    dims = ModelDims.from_model(model)
+    check_hook_points(model, dims)
+    train = task.split("train")
+    device = _model_device(model)
+
+    init_gen = torch.Generator().manual_seed(config.seed)
+    batch_gen = torch.Generator().manual_seed(config.seed + 1)
+    noise_gen = torch.Generator(device=device).manual_seed(config.seed + 2)
+    gates = HardConcreteGates(dims, config.hard_concrete, config.granularities, generator=init_gen).to(device)
+    optimizer = torch.optim.AdamW(gates.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    lambdas = {g: config.lambdas[g] * config.lambda_scale for g in gates.trainable}
+
+    grad_flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    interp = Interpolator(dims, config.corruption)
+    rows: list[dict] = []
+    steps_done, interrupted, error = 0, False, None
+    ckpt = Path(config.checkpoint_dir) if config.checkpoint_dir else None
+
+    def snapshot() -> tuple[Circuit, pd.DataFrame]:
+        circuit = Circuit(dims, gates.binarize(), task=task.describe(), config=config.to_dict())
+        return circuit, pd.DataFrame(rows)
+
+    t0 = time.perf_counter()
+    try:
+        base, cache = _precompute(model, dims, train, config.eval_batch_size, config.corruption == "cache")
+        bar = tqdm(range(config.steps), desc="mgnp discover", disable=not config.progress, dynamic_ncols=True)
+        for step in bar:
+            batch = train.sample(config.batch_size, generator=batch_gen)
+            rows_idx = batch.rows
+            batch = batch.to(device)
+            interp.set_masks(gates.sample(generator=noise_gen))
+            if config.corruption == "cache":
+                interp.set_corrupted({k: v[rows_idx.to(v.device)] for k, v in cache[batch.bucket].items()})
+            logits = masked_answer_logits(model, interp, batch.clean, batch.corrupted, batch.answer_pos)
+            kl = kl_full_circuit(base[batch.bucket][rows_idx.to(device)], logits).mean()
+            factor = min(1.0, (step + 1) / config.lambda_warmup_steps) if config.lambda_warmup_steps else 1.0
+            l0 = gates.mean_l0()
+            sparsity = sum(lambdas[g] * l0[g] for g in gates.trainable)
+            loss = kl + factor * sparsity
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            interp.set_corrupted(None)
+            steps_done = step + 1
+            with torch.no_grad():
+                expected = gates.expected_active()
+                row = {"step": steps_done, "loss": float(loss), "kl": float(kl), "lambda_factor": factor}
+                row.update({f"l0_{g}": float(l0[g]) for g in gates.trainable})
+                row.update({f"active_{g}": expected[g] for g in gates.trainable})
+            rows.append(row)
+            bar.set_postfix(kl=f"{row['kl']:.3f}", heads=f"{expected.get('attn_head', 0):.0f}",
+                            attn_n=f"{expected.get('attn_neuron', 0):.0f}",
+                            mlp_h=f"{expected.get('mlp_hidden', 0):.0f}", refresh=False)
+            if ckpt is not None and steps_done % config.checkpoint_every == 0:
+                c, h = snapshot()
+                _write_outputs(ckpt, c, gates, h, config, None, None, steps_done, False)
+    except KeyboardInterrupt:
+        interrupted = True
+    except Exception as e:  # keep finished work, then re-raise with it attached
+        interrupted, error = True, e
+    finally:
+        for p, flag in zip(model.parameters(), grad_flags):
+            p.requires_grad_(flag)
+    seconds = time.perf_counter() - t0
+
+    circuit, history = snapshot()
+    evaluation = train_evaluation = None
+    if error is None and not interrupted:
+        train_evaluation = evaluate(model, task, circuit, "train", config.eval_batch_size)
+        if config.eval_split is not None:
+            evaluation = evaluate(model, task, circuit, config.eval_split, config.eval_batch_size,
+                                  config.eval_max_examples)
+    result = DiscoveryResult(circuit, history, evaluation, train_evaluation, config, gates, steps_done,
+                             interrupted, seconds)
+    if ckpt is not None:
+        result.save(ckpt)
+    if error is not None:
+        raise DiscoveryError(f"discovery failed after {steps_done} steps: {error!r}"
+                             + (f"; the last circuit is saved in {ckpt}" if ckpt else ""), result) from error
+    return result

@@ -1,0 +1,84 @@
+"""Faithfulness of a circuit: KL(full ‖ circuit) and the task metric, full model vs circuit (Table 2)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+import torch
+
+from .circuit import Circuit
+from .hooks import Interpolator, check_hook_points, logits_at, masked_answer_logits
+
+
+def kl_full_circuit(base_logp: torch.Tensor, circuit_logits: torch.Tensor) -> torch.Tensor:
+    """Per-example KL(full ‖ circuit) = Σ_v p_full(v)·(log p_full(v) − log p_circuit(v)).
+
+    Args:
+        base_logp: [B, d_vocab] log-probabilities of the full model.
+        circuit_logits: [B, d_vocab] logits of the circuit.
+
+    Returns:
+        [B] KL divergences in nats.
+    """
+    circ_logp = torch.log_softmax(circuit_logits.float(), dim=-1)
+    return (base_logp.exp() * (base_logp - circ_logp)).sum(-1)
+
+
+@dataclass
+class Evaluation:
+    """One Table 2 row: the task metric of the full model and of the circuit, and their KL."""
+
+    split: str
+    n_examples: int
+    base_metric: float
+    circuit_metric: float
+    kl: float
+    metric_name: str = "logit diff"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([self.to_dict()])
+
+
+def _resolve_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def evaluate(model, task, circuit: Circuit, split: str = "test", batch_size: int = 32,
+             max_examples: int | None = None) -> Evaluation:
+    """Evaluate ``circuit`` on a task split.
+
+    Args:
+        model: the HookedTransformer/TransformerBridge the circuit was found on.
+        task: a :class:`mgnp_lens.tasks.Task`.
+        circuit: the circuit to evaluate.
+        split: which split (default ``"test"``).
+        batch_size: examples per forward pass.
+        max_examples: evaluate only the first ``max_examples`` pairs of the split.
+
+    Returns:
+        an :class:`Evaluation` with means over the examples.
+    """
+    pairs = task.split(split)
+    if max_examples is not None:
+        pairs = pairs.head(max_examples)
+    check_hook_points(model, circuit.dims)
+    device = _resolve_device(model)
+    interp = Interpolator(circuit.dims, "batch")
+    interp.set_masks(circuit.masks)
+    n, kl_sum, base_sum, circ_sum = 0, 0.0, 0.0, 0.0
+    for batch in pairs.batches(batch_size):
+        batch = batch.to(device)
+        base = logits_at(model, batch.clean, batch.answer_pos, len(batch))
+        circ = masked_answer_logits(model, interp, batch.clean, batch.corrupted, batch.answer_pos)
+        base_logp = torch.log_softmax(base.float(), dim=-1)
+        kl_sum += float(kl_full_circuit(base_logp, circ).sum())
+        base_sum += float(task.metric(base, batch).sum())
+        circ_sum += float(task.metric(circ, batch).sum())
+        n += len(batch)
+    return Evaluation(split=split, n_examples=n, base_metric=base_sum / n, circuit_metric=circ_sum / n,
+                      kl=kl_sum / n, metric_name=getattr(task, "metric_name", "metric"))

@@ -1,0 +1,132 @@
+"""Hard-Concrete gates (Louizos et al. 2018; MGNP paper Eq. 6-8), one group per granularity.
+
+For a gate with location ``log α``, temperature ``β`` and stretch interval ``(γ, ζ)``:
+
+* training sample (Eq. 6):  ``u ~ U(0, 1)``,
+  ``s = σ((log u − log(1 − u) + log α) / β)``, ``z = clamp(s·(ζ − γ) + γ, 0, 1)``;
+* deterministic value:       ``z = clamp(σ(log α)·(ζ − γ) + γ, 0, 1)``;
+* expected L0 (Eq. 7):       ``P(z > 0) = σ(log α − β·log(−γ / ζ))``;
+* binarisation (Eq. 8):      keep the gate iff its deterministic value exceeds ``threshold``
+  (0.5 by default, which is ``log α > 0`` for any β with the default γ, ζ).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .granularity import GRANULARITIES, ModelDims
+
+
+@dataclass(frozen=True)
+class HardConcreteParams:
+    """Shape parameters of the Hard-Concrete distribution (paper defaults)."""
+
+    beta: float = 2.0 / 3.0
+    gamma: float = -0.1
+    zeta: float = 1.1
+    init_low: float = 1.5
+    init_high: float = 2.5
+    threshold: float = 0.5
+
+    def __post_init__(self):
+        if not self.beta > 0:
+            raise ValueError(f"Hard-Concrete beta must be > 0, got {self.beta}")
+        if not (self.gamma < 0 and self.zeta > 1):
+            raise ValueError(f"Hard-Concrete needs gamma < 0 < 1 < zeta, got gamma={self.gamma}, zeta={self.zeta}")
+        if self.init_low > self.init_high:
+            raise ValueError(f"log-alpha init range is empty: [{self.init_low}, {self.init_high}]")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"binarisation threshold must be in (0, 1), got {self.threshold}")
+
+
+class HardConcreteGates(nn.Module):
+    """One trainable ``log α`` tensor per granularity, shaped by :meth:`ModelDims.shape`.
+
+    Args:
+        dims: the model's dimensions.
+        params: Hard-Concrete shape parameters.
+        granularities: which granularities carry trainable gates; the others are fixed at 1
+            (always kept). Defaults to all seven.
+        generator: torch generator used for the ``U(init_low, init_high)`` initialisation.
+    """
+
+    def __init__(
+        self,
+        dims: ModelDims,
+        params: HardConcreteParams | None = None,
+        granularities: tuple[str, ...] = GRANULARITIES,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__()
+        self.dims = dims
+        self.params = params or HardConcreteParams()
+        for g in granularities:
+            if g not in GRANULARITIES:
+                raise ValueError(f"unknown granularity {g!r}; expected some of {GRANULARITIES}")
+        self.trainable = tuple(g for g in GRANULARITIES if g in granularities)
+        p = self.params
+        self.log_alpha = nn.ParameterDict()
+        for g in self.trainable:
+            init = torch.rand(dims.shape(g), generator=generator) * (p.init_high - p.init_low) + p.init_low
+            self.log_alpha[g] = nn.Parameter(init)
+
+    def _fixed_ones(self, g: str) -> torch.Tensor:
+        device = next(iter(self.log_alpha.values())).device if len(self.log_alpha) else None
+        return torch.ones(self.dims.shape(g), device=device)
+
+    def sample(self, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Draw one stochastic mask per granularity (Eq. 6), differentiable in ``log α``.
+
+        Returns:
+            ``{granularity: tensor shaped dims.shape(g)}`` with values in [0, 1].
+        """
+        p = self.params
+        out = {}
+        for g in GRANULARITIES:
+            if g not in self.log_alpha:
+                out[g] = self._fixed_ones(g)
+                continue
+            la = self.log_alpha[g]
+            u = torch.rand(la.shape, generator=generator, device=la.device).clamp(1e-6, 1 - 1e-6)
+            s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + la) / p.beta)
+            out[g] = (s * (p.zeta - p.gamma) + p.gamma).clamp(0.0, 1.0)
+        return out
+
+    def deterministic(self) -> dict[str, torch.Tensor]:
+        """The noise-free mask used for evaluation: ``clamp(σ(log α)(ζ−γ)+γ, 0, 1)`` per granularity."""
+        p = self.params
+        out = {}
+        for g in GRANULARITIES:
+            if g not in self.log_alpha:
+                out[g] = self._fixed_ones(g)
+            else:
+                s = torch.sigmoid(self.log_alpha[g])
+                out[g] = (s * (p.zeta - p.gamma) + p.gamma).clamp(0.0, 1.0)
+        return out
+
+    def expected_l0(self) -> dict[str, torch.Tensor]:
+        """Per-gate probability of being non-zero (Eq. 7), for the trainable granularities."""
+        p = self.params
+        shift = p.beta * math.log(-p.gamma / p.zeta)
+        return {g: torch.sigmoid(la - shift) for g, la in self.log_alpha.items()}
+
+    def mean_l0(self) -> dict[str, torch.Tensor]:
+        """Each trainable granularity's expected L0 divided by its gate count, in [0, 1]."""
+        return {g: v.mean() for g, v in self.expected_l0().items()}
+
+    def expected_active(self) -> dict[str, float]:
+        """Expected number of non-zero gates per trainable granularity."""
+        return {g: float(v.sum()) for g, v in self.expected_l0().items()}
+
+    @torch.no_grad()
+    def binarize(self) -> dict[str, torch.Tensor]:
+        """Eq. 8: boolean masks, True where the deterministic gate exceeds the threshold.
+
+        The result is *not* yet hierarchy-consistent; :class:`mgnp_lens.Circuit` makes it so.
+        """
+        det = self.deterministic()
+        return {g: (v > self.params.threshold).cpu() for g, v in det.items()}

@@ -1,0 +1,228 @@
+"""Interpolation hooks on TransformerLens hook points: ``corrupted + M·(clean − corrupted)``.
+
+``M`` at each site is the product of the gates on the path from the root to the unit:
+
+=========================  ===============================  ==========================================
+site                       hook point                       M
+=========================  ===============================  ==========================================
+embedding                  ``blocks.0.hook_resid_pre``      ``embedding``            shape [1]
+attention (head, z-dim)    ``blocks.{l}.attn.hook_z``       ``attn_block·attn_head·attn_neuron`` [H, d_head]
+MLP hidden                 ``blocks.{l}.mlp.hook_post``     ``mlp_block·mlp_hidden``   [d_mlp]
+MLP output                 ``blocks.{l}.hook_mlp_out``      ``mlp_block·mlp_output``   [d_model]
+=========================  ===============================  ==========================================
+
+With every gate at 1 the model is the clean model; with every gate at 0 every write into the
+residual stream (embedding, ``z @ W_O + b_O``, MLP outputs) is the corrupted run's, so the model
+is exactly the corrupted run.
+
+Two sources of corrupted activations:
+
+* ``"batch"``: clean and corrupted prompts are concatenated into ONE forward pass of batch 2B.
+  At each site the first half is interpolated towards the second half, which is left untouched.
+  No memory is held between steps, but every step pays for (and back-propagates through) the
+  corrupted half: about twice the compute of a clean pass.
+* ``"cache"``: the corrupted activations at every site are computed once per dataset under
+  ``torch.no_grad`` and reused; each step runs the clean half only. Costs memory
+  ``n_examples × seq × L × (n_heads·d_head + d_mlp + d_model)`` floats, saves roughly half the
+  compute of each step.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from .granularity import HOOK_TEMPLATES, ModelDims
+
+CorruptionMode = Literal["batch", "cache"]
+CORRUPTION_MODES = ("batch", "cache")
+
+
+def check_mode(mode: str) -> CorruptionMode:
+    if mode not in CORRUPTION_MODES:
+        raise ValueError(f"unknown corruption mode {mode!r}; expected 'batch' or 'cache'")
+    return mode  # type: ignore[return-value]
+
+
+def hook_names(dims: ModelDims) -> list[str]:
+    """Every hook point the engine gates, in forward order."""
+    names = [HOOK_TEMPLATES["embedding"]]
+    for l in range(dims.n_layers):
+        names += [HOOK_TEMPLATES[g].format(l=l) for g in ("attn_neuron", "mlp_hidden", "mlp_output")]
+    return names
+
+
+def check_hook_points(model, dims: ModelDims) -> None:
+    """Raise ``ValueError`` naming the first hook point the model lacks."""
+    available = set(getattr(model, "hook_dict", {}).keys())
+    if not available:
+        raise ValueError(
+            f"unsupported model {type(model).__name__}: it exposes no TransformerLens hook points "
+            "(expected a HookedTransformer or a TransformerBridge in compatibility mode)"
+        )
+    for name in hook_names(dims):
+        if name not in available:
+            raise ValueError(
+                f"unsupported model {type(model).__name__}: missing hook point {name!r}, "
+                "which mgnp-lens needs to gate this granularity"
+            )
+
+
+def site_masks(masks: dict[str, torch.Tensor], dims: ModelDims) -> dict[str, torch.Tensor]:
+    """Combine per-granularity masks into one broadcastable mask per hook point.
+
+    Args:
+        masks: ``{granularity: tensor shaped dims.shape(g)}``; float (soft gates) or bool (a circuit).
+
+    Returns:
+        ``{hook_name: M}`` with M shaped [1], [H, d_head], [d_mlp] or [d_model]; bool if every
+        input was bool, otherwise float.
+    """
+    binary = all(m.dtype == torch.bool for m in masks.values())
+    if binary:
+        z = masks["attn_block"][:, None, None] & masks["attn_head"][:, :, None] & masks["attn_neuron"]
+        post = masks["mlp_block"][:, None] & masks["mlp_hidden"]
+        out = masks["mlp_block"][:, None] & masks["mlp_output"]
+    else:
+        masks = {g: m.float() for g, m in masks.items()}
+        z = masks["attn_block"][:, None, None] * masks["attn_head"][:, :, None] * masks["attn_neuron"]
+        post = masks["mlp_block"][:, None] * masks["mlp_hidden"]
+        out = masks["mlp_block"][:, None] * masks["mlp_output"]
+    result = {HOOK_TEMPLATES["embedding"]: masks["embedding"]}
+    for l in range(dims.n_layers):
+        result[HOOK_TEMPLATES["attn_neuron"].format(l=l)] = z[l]
+        result[HOOK_TEMPLATES["mlp_hidden"].format(l=l)] = post[l]
+        result[HOOK_TEMPLATES["mlp_output"].format(l=l)] = out[l]
+    return result
+
+
+def interpolate(clean: torch.Tensor, corrupted: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """``corrupted + m·(clean − corrupted)``; exact selection when ``m`` is bool."""
+    if m.dtype == torch.bool:
+        return torch.where(m, clean, corrupted)
+    return corrupted + m * (clean - corrupted)
+
+
+class Interpolator:
+    """Owns the current site masks and the corrupted source; hands out forward hooks.
+
+    Usage::
+
+        interp = Interpolator(dims, mode="cache")
+        interp.set_masks(gates.sample())
+        interp.set_corrupted(cache_for_batch)        # cache mode only
+        with model.hooks(fwd_hooks=interp.fwd_hooks()):
+            ...
+    """
+
+    def __init__(self, dims: ModelDims, mode: CorruptionMode = "batch"):
+        self.dims = dims
+        self.mode = check_mode(mode)
+        self._masks: dict[str, torch.Tensor] = {}
+        self._corrupted: dict[str, torch.Tensor] | None = None
+
+    def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
+        """Set per-granularity masks (soft or bool) for the next forward pass."""
+        self._masks = site_masks(masks, self.dims)
+
+    def set_corrupted(self, acts: dict[str, torch.Tensor] | None) -> None:
+        """Cache mode: the corrupted activations ``{hook_name: [B, pos, ...]}`` for this batch."""
+        self._corrupted = acts
+
+    def _hook(self, act: torch.Tensor, hook) -> torch.Tensor:
+        m = self._masks[hook.name].to(act.device)
+        if m.dtype != torch.bool:
+            m = m.to(act.dtype)
+        if self.mode == "batch":
+            b = act.shape[0] // 2
+            clean, corrupted = act[:b], act[b:]
+            return torch.cat([interpolate(clean, corrupted, m), corrupted], dim=0)
+        if self._corrupted is None:
+            raise RuntimeError("cache mode needs set_corrupted() before the forward pass")
+        corrupted = self._corrupted[hook.name]
+        if corrupted.shape != act.shape:
+            raise ValueError(
+                f"cached corrupted activation at {hook.name} has shape {tuple(corrupted.shape)}, "
+                f"but the clean pass produced {tuple(act.shape)}"
+            )
+        return interpolate(act, corrupted, m)
+
+    def fwd_hooks(self) -> list[tuple[str, object]]:
+        return [(name, self._hook) for name in hook_names(self.dims)]
+
+
+def _has_split_unembed(model) -> bool:
+    return hasattr(model, "ln_final") and hasattr(model, "unembed") and hasattr(model, "blocks") and \
+        type(model).__name__ == "HookedTransformer"
+
+
+def logits_at(model, tokens: torch.Tensor, positions: torch.Tensor, rows: int) -> torch.Tensor:
+    """Run ``model`` on ``tokens`` and return logits of the first ``rows`` rows at ``positions``.
+
+    On a ``HookedTransformer`` the pass stops after the last block and only the answer
+    position is normalised and unembedded (a [rows, d_vocab] unembed instead of
+    [batch, pos, d_vocab]). Other models (``TransformerBridge``) run in full.
+
+    Args:
+        tokens: [batch, pos] token ids.
+        positions: [rows] position of the answer prediction in each of the first ``rows`` rows.
+
+    Returns:
+        [rows, d_vocab] logits.
+    """
+    idx = torch.arange(rows, device=tokens.device)
+    positions = positions.to(tokens.device)
+    if _has_split_unembed(model):
+        resid = model(tokens, stop_at_layer=model.cfg.n_layers)  # [batch, pos, d_model]
+        picked = resid[idx, positions][:, None, :]  # [rows, 1, d_model]
+        if model.cfg.normalization_type is not None:
+            picked = model.ln_final(picked)
+        return model.unembed(picked)[:, 0, :]
+    logits = model(tokens, return_type="logits")
+    return logits[idx, positions]
+
+
+@torch.no_grad()
+def corrupted_activations(model, dims: ModelDims, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Activations of the unmasked model on ``tokens`` at every gated site: ``{hook_name: [B, pos, ...]}``."""
+    store: dict[str, torch.Tensor] = {}
+
+    def save(act, hook):
+        store[hook.name] = act.detach().clone()
+        return act
+
+    names = hook_names(dims)
+    with model.hooks(fwd_hooks=[(n, save) for n in names]):
+        if _has_split_unembed(model):
+            model(tokens, stop_at_layer=model.cfg.n_layers)
+        else:
+            model(tokens, return_type="logits")
+    return store
+
+
+def masked_answer_logits(
+    model,
+    interp: Interpolator,
+    clean: torch.Tensor,
+    corrupted: torch.Tensor,
+    positions: torch.Tensor,
+) -> torch.Tensor:
+    """Logits [B, d_vocab] at the answer positions of the masked model on the clean prompts.
+
+    In batch mode ``clean`` and ``corrupted`` ([B, pos] each) run as one [2B, pos] pass; in cache
+    mode only ``clean`` runs and the interpolator must already hold the corrupted activations.
+    """
+    tokens = torch.cat([clean, corrupted], dim=0) if interp.mode == "batch" else clean
+    with model.hooks(fwd_hooks=interp.fwd_hooks()):
+        return logits_at(model, tokens, positions, clean.shape[0])
+
+
+def masked_full_logits(model, interp: Interpolator, clean: torch.Tensor, corrupted: torch.Tensor) -> torch.Tensor:
+    """Logits [B, pos, d_vocab] of the masked model on ``clean`` (batch-mode pass)."""
+    if interp.mode != "batch":
+        raise ValueError("masked_full_logits uses the batch corruption mode")
+    tokens = torch.cat([clean, corrupted], dim=0)
+    with model.hooks(fwd_hooks=interp.fwd_hooks()):
+        logits = model(tokens, return_type="logits")
+    return logits[: clean.shape[0]]
