@@ -1,0 +1,170 @@
+"""The discovery loop: planted circuits, determinism, history, interruption and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import mgnp_lens as mg
+from mgnp_lens.circuit import hierarchy_violations
+from mgnp_lens.granularity import GRANULARITIES
+from mgnp_lens.tasks import PairSet, PromptPairTask
+
+from conftest import micro_model, random_pairs
+
+LIVE_HEADS = {(0, 1), (1, 2)}
+LIVE_MLP = list(range(8))
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """GPT-2-shaped micro model where all but 2 heads and 8 MLP neurons per layer are dead."""
+    model = micro_model("gpt2")
+    with torch.no_grad():
+        for l in range(model.cfg.n_layers):
+            for h in range(model.cfg.n_heads):
+                if (l, h) not in LIVE_HEADS:
+                    model.blocks[l].attn.W_O[h] = 0
+            dead = torch.ones(model.cfg.d_mlp, dtype=torch.bool)
+            dead[LIVE_MLP] = False
+            model.blocks[l].mlp.W_out[dead] = 0
+    clean, corrupted = random_pairs(model, n=64, pos=6, seed=1)
+    task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
+    return model, task
+
+
+def test_planted_circuit_prunes_every_dead_node_and_keeps_kl_low(planted):
+    model, task = planted
+    result = mg.discover(model, task, steps=200, batch_size=16, lambda_scale=0.2, progress=False)
+    c = result.circuit
+    assert set(c.active_heads()) == LIVE_HEADS  # every dead head pruned, both live heads kept
+    for l in range(model.cfg.n_layers):
+        kept = set(c.masks["mlp_hidden"][l].nonzero().flatten().tolist())
+        assert kept <= set(LIVE_MLP), f"dead MLP neurons kept in layer {l}: {kept - set(LIVE_MLP)}"
+    empty_kl = mg.evaluate(model, task, mg.Circuit.empty(model), "train").kl
+    assert empty_kl > 1.0
+    assert result.train_evaluation.kl < 0.1 * empty_kl
+    assert hierarchy_violations(c.masks) == []
+    # history: one row per step with KL, loss, L0 and expected counts per granularity
+    h = result.history
+    assert len(h) == 200 and h["step"].tolist() == list(range(1, 201))
+    for g in GRANULARITIES:
+        assert f"l0_{g}" in h and f"active_{g}" in h
+    assert h["active_attn_head"].iloc[-1] < h["active_attn_head"].iloc[0]
+    assert result.evaluation.split == "test" and result.evaluation.n_examples > 0
+
+
+@pytest.mark.parametrize("mode", ["batch", "cache"])
+def test_same_seed_same_circuit_and_modes_agree(mode):
+    model = micro_model("llama")
+    clean, corrupted = random_pairs(model, n=24, pos=5, seed=2)
+    task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
+    kw = dict(steps=25, batch_size=8, progress=False, corruption=mode)
+    a = mg.discover(model, task, seed=7, **kw)
+    b = mg.discover(model, task, seed=7, **kw)
+    c = mg.discover(model, task, seed=8, **kw)
+    assert a.circuit == b.circuit
+    assert a.history["loss"].tolist() == b.history["loss"].tolist()
+    assert a.history["loss"].tolist() != c.history["loss"].tolist()
+    other = mg.discover(model, task, seed=7, **{**kw, "corruption": "cache" if mode == "batch" else "batch"})
+    assert torch.allclose(torch.tensor(a.history["kl"].values), torch.tensor(other.history["kl"].values),
+                          atol=1e-4)
+
+
+def test_model_weights_stay_frozen_and_untouched(gpt2_micro):
+    model = gpt2_micro
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
+    clean, corrupted = random_pairs(model, n=12)
+    task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
+    result = mg.discover(model, task, steps=5, batch_size=4, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert sum(p.numel() for p in result.gates.parameters()) == mg.ModelDims.from_model(model).total_gates()
+
+
+def test_lambda_warmup_and_coarse_only_granularities(gpt2_micro):
+    clean, corrupted = random_pairs(gpt2_micro, n=12)
+    task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
+    r = mg.discover(gpt2_micro, task, steps=6, batch_size=4, lambda_warmup_steps=4, progress=False,
+                    granularities=("attn_head", "mlp_block"))
+    assert r.history["lambda_factor"].tolist() == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert set(r.gates.log_alpha.keys()) == {"attn_head", "mlp_block"}
+    assert "active_attn_neuron" not in r.history
+    assert r.circuit.count("attn_neuron") == 8 * r.circuit.count("attn_head")  # ungated neurons stay
+
+
+class _InterruptingPairs(PairSet):
+    def __init__(self, inner, after, exc):
+        super().__init__(inner.buckets)
+        self.calls, self.after, self.exc = 0, after, exc
+
+    def sample(self, batch_size, generator=None):
+        self.calls += 1
+        if self.calls > self.after:
+            raise self.exc
+        return super().sample(batch_size, generator)
+
+
+def _task_that_stops(model, after, exc):
+    clean, corrupted = random_pairs(model, n=12)
+    task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
+    task.splits["train"] = _InterruptingPairs(task.splits["train"], after, exc)
+    return task
+
+
+def test_ctrl_c_returns_the_circuit_so_far_and_saves_it(gpt2_micro, tmp_path):
+    task = _task_that_stops(gpt2_micro, 3, KeyboardInterrupt())
+    r = mg.discover(gpt2_micro, task, steps=50, batch_size=4, progress=False, checkpoint_dir=str(tmp_path))
+    assert r.interrupted and r.steps_completed == 3 and len(r.history) == 3
+    assert isinstance(r.circuit, mg.Circuit)
+    assert mg.Circuit.load(tmp_path / "circuit.json") == r.circuit
+    status = json.loads((tmp_path / "evaluation.json").read_text())
+    assert status["interrupted"] and status["steps_completed"] == 3
+
+
+def test_error_mid_run_raises_with_the_partial_result_saved(gpt2_micro, tmp_path):
+    task = _task_that_stops(gpt2_micro, 4, RuntimeError("disk on fire"))
+    with pytest.raises(mg.DiscoveryError, match="after 4 steps.*disk on fire") as info:
+        mg.discover(gpt2_micro, task, steps=50, batch_size=4, progress=False, checkpoint_dir=str(tmp_path))
+    assert info.value.result.steps_completed == 4
+    assert mg.Circuit.load(tmp_path / "circuit.json") == info.value.result.circuit
+    assert len((tmp_path / "history.csv").read_text().strip().splitlines()) == 1 + 4
+
+
+def test_periodic_checkpoints(gpt2_micro, tmp_path):
+    clean, corrupted = random_pairs(gpt2_micro, n=12)
+    task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
+    r = mg.discover(gpt2_micro, task, steps=4, batch_size=4, progress=False,
+                    checkpoint_dir=str(tmp_path), checkpoint_every=2)
+    for name in ("circuit.json", "gates.pt", "history.csv", "per_layer.csv", "summary.csv", "evaluation.json",
+                 "config.json"):
+        assert (tmp_path / name).exists(), name
+    assert json.loads((tmp_path / "config.json").read_text())["steps"] == 4
+    assert mg.Circuit.load(tmp_path / "circuit.json") == r.circuit
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(steps=0), "steps"), (dict(lr=-1.0), "lr"), (dict(batch_size=0), "batch_size"),
+    (dict(corruption="both"), "corruption mode"), (dict(lambdas={"heads": 1.0}), "unknown granularity"),
+    (dict(lambdas={"attn_head": -1.0}), "lambda"), (dict(granularities=("attn_heads",)), "unknown granularity"),
+])
+def test_bad_config_is_a_clear_value_error(bad, match):
+    with pytest.raises(ValueError, match=match):
+        mg.PruningConfig(**bad)
+
+
+def test_bad_task_input_names_the_problem(gpt2_micro):
+    clean, corrupted = random_pairs(gpt2_micro, n=4)
+    with pytest.raises(ValueError, match="row 2.*same length"):
+        PromptPairTask.from_tokens(clean.tolist(), [c[:-1] if i == 2 else c for i, c in enumerate(corrupted.tolist())],
+                                   [1] * 4, [2] * 4)
+    with pytest.raises(ValueError, match="4 clean prompts but 3 correct"):
+        PromptPairTask.from_tokens(clean, corrupted, [1] * 3, [2] * 4)
+    with pytest.raises(ValueError, match="fractions must sum to 1"):
+        PromptPairTask.from_tokens(clean, corrupted, [1] * 4, [2] * 4, split_fractions={"train": 0.5})
+    task = PromptPairTask.from_tokens(clean, corrupted, [1] * 4, [2] * 4)
+    with pytest.raises(ValueError, match="no split 'dev'"):
+        task.split("dev")
