@@ -15,12 +15,13 @@ from .discover import DiscoveryError, DiscoveryResult, PruningConfig, discover
 from .evaluate import Evaluation, evaluate
 from .gates import HardConcreteGates, HardConcreteParams
 from .granularity import GRANULARITIES, PAPER_LAMBDAS, ModelDims
+from .models import ModelLoadError, load_model
 from .tasks import PromptPairTask
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Circuit", "DiscoveryError", "DiscoveryResult", "Evaluation", "GRANULARITIES", "HardConcreteGates",
-    "HardConcreteParams", "ModelDims", "PAPER_LAMBDAS", "PromptPairTask", "PruningConfig", "discover",
-    "evaluate", "tasks",
+    "HardConcreteParams", "ModelDims", "ModelLoadError", "PAPER_LAMBDAS", "PromptPairTask", "PruningConfig", "discover",
+    "evaluate", "load_model", "tasks",
 ]

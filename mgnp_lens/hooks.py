@@ -130,8 +130,8 @@ class Interpolator:
         """Cache mode: the corrupted activations ``{hook_name: [B, pos, ...]}`` for this batch."""
         self._corrupted = acts
 
-    def _hook(self, act: torch.Tensor, hook) -> torch.Tensor:
-        m = self._masks[hook.name].to(act.device)
+    def _interpolate_site(self, site: str, act: torch.Tensor) -> torch.Tensor:
+        m = self._masks[site].to(act.device)
         if m.dtype != torch.bool:
             m = m.to(act.dtype)
         if self.mode == "batch":
@@ -140,16 +140,25 @@ class Interpolator:
             return torch.cat([interpolate(clean, corrupted, m), corrupted], dim=0)
         if self._corrupted is None:
             raise RuntimeError("cache mode needs set_corrupted() before the forward pass")
-        corrupted = self._corrupted[hook.name]
+        corrupted = self._corrupted[site]
         if corrupted.shape != act.shape:
             raise ValueError(
-                f"cached corrupted activation at {hook.name} has shape {tuple(corrupted.shape)}, "
+                f"cached corrupted activation at {site} has shape {tuple(corrupted.shape)}, "
                 f"but the clean pass produced {tuple(act.shape)}"
             )
         return interpolate(act, corrupted, m)
 
     def fwd_hooks(self) -> list[tuple[str, object]]:
-        return [(name, self._hook) for name in hook_names(self.dims)]
+        """``[(hook_name, fn)]`` for ``model.hooks``; each fn knows its site by our name, since
+        a TransformerBridge may report an alias (``blocks.0.hook_in``) as ``hook.name``."""
+        return [(name, _site_hook(self._interpolate_site, name)) for name in hook_names(self.dims)]
+
+
+def _site_hook(fn, site: str):
+    def hook(act, hook):
+        return fn(site, act)
+
+    return hook
 
 
 def _has_split_unembed(model) -> bool:
@@ -188,12 +197,12 @@ def corrupted_activations(model, dims: ModelDims, tokens: torch.Tensor) -> dict[
     """Activations of the unmasked model on ``tokens`` at every gated site: ``{hook_name: [B, pos, ...]}``."""
     store: dict[str, torch.Tensor] = {}
 
-    def save(act, hook):
-        store[hook.name] = act.detach().clone()
+    def save(site, act):
+        store[site] = act.detach().clone()
         return act
 
     names = hook_names(dims)
-    with model.hooks(fwd_hooks=[(n, save) for n in names]):
+    with model.hooks(fwd_hooks=[(n, _site_hook(save, n)) for n in names]):
         if _has_split_unembed(model):
             model(tokens, stop_at_layer=model.cfg.n_layers)
         else:

@@ -58,3 +58,56 @@ def random_pairs(model, n=6, pos=7, seed=0):
     clean = torch.randint(0, model.cfg.d_vocab, (n, pos), generator=g)
     corrupted = torch.randint(0, model.cfg.d_vocab, (n, pos), generator=g)
     return clean, corrupted
+
+
+GPT2_TOKENIZER_DIR = SHARED / "tokenizers" / "gpt2"
+
+
+def gpt2_tokenizer():
+    """The real GPT-2 BPE tokenizer from ../shared/tokenizers/gpt2 (vocab.json + merges.txt)."""
+    from transformers import GPT2TokenizerFast
+
+    return GPT2TokenizerFast.from_pretrained(str(GPT2_TOKENIZER_DIR))
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_checkpoint(tmp_path_factory):
+    """A random 2-layer GPT-2 written as a Hugging Face checkpoint with the real GPT-2 tokenizer."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = gpt2_tokenizer()
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=64, vocab_size=len(tok))).eval()
+    path = tmp_path_factory.mktemp("tiny_gpt2")
+    hf.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path, hf, tok
+
+
+@pytest.fixture(scope="session")
+def model_cache_dir(tmp_path_factory):
+    """A private MGNP_LENS_CACHE for the session, so tests never touch the user's cache."""
+    path = tmp_path_factory.mktemp("mgnp_cache")
+    old = os.environ.get("MGNP_LENS_CACHE")
+    os.environ["MGNP_LENS_CACHE"] = str(path)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    yield path
+    if old is None:
+        os.environ.pop("MGNP_LENS_CACHE", None)
+    else:
+        os.environ["MGNP_LENS_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def default_model_loads(model_cache_dir):
+    """The embedded default model loaded twice: first conversion, then from the cache."""
+    from mgnp_lens import load_model
+
+    first = load_model()
+    second = load_model()
+    return first, second
+
+
+@pytest.fixture(scope="session")
+def default_model(default_model_loads):
+    return default_model_loads[1]

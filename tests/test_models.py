@@ -1,0 +1,155 @@
+"""load_model: the embedded SmolLM2 default, its cache, local GPT-2 checkpoints, TransformerBridge."""
+
+from __future__ import annotations
+
+import json
+import time
+import types
+
+import pytest
+import torch
+
+import mgnp_lens as mg
+from mgnp_lens import models
+from mgnp_lens.granularity import ModelDims
+from mgnp_lens.hooks import check_hook_points
+
+IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
+
+
+def test_default_model_loads_offline_and_does_ioi(default_model_loads):
+    first, second = default_model_loads
+    assert first.mgnp_load_info["cache"] == "miss"
+    assert second.mgnp_load_info["cache"] == "hit"  # the second load came from the cache
+    model = second
+    assert type(model).__name__ == "HookedTransformer"
+    cfg = model.cfg
+    assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_key_value_heads, cfg.d_mlp) == (30, 576, 9, 3, 1536)
+    assert cfg.normalization_type == "RMS" and cfg.gated_mlp and cfg.act_fn == "silu"
+    assert cfg.positional_embedding_type == "rotary" and cfg.rotary_base == 100000
+    tokens = model.to_tokens(IOI_PROMPT)
+    with torch.no_grad():
+        probs = model(tokens)[0, -1].softmax(-1)
+    mary = model.to_single_token(" Mary")
+    assert int(probs.argmax()) == mary
+    assert float(probs[mary]) > 0.8
+    # the cached model is the same model
+    with torch.no_grad():
+        assert (first(tokens) - model(tokens)).abs().max() < 1e-4
+
+
+def test_digit_level_tokenizer(default_model):
+    assert len(default_model.to_str_tokens(" 1743", prepend_bos=False)) == 5  # ' ', '1', '7', '4', '3'
+
+
+def test_stale_and_corrupted_cache_entries_are_detected(default_model_loads, model_cache_dir):
+    path = models.default_gguf_path()
+    name, meta = models._cache_key(path, torch.float32)
+    entry = model_cache_dir / name
+    assert models._read_cache(entry, meta, "cpu") is not None
+    stale = {**meta, "transformers": "0.0.0"}
+    assert models._read_cache(entry, stale, "cpu") is None
+    weights = entry / "model.safetensors"
+    original = weights.read_bytes()
+    try:
+        with open(weights, "r+b") as f:
+            f.seek(len(original) // 2)
+            f.write(b"\x00garbage\x00" * 8)
+        assert models._read_cache(entry, meta, "cpu") is None
+        rebuilt = mg.load_model()  # a damaged entry is rebuilt, not used
+        assert rebuilt.mgnp_load_info["cache"] == "miss"
+        assert models._read_cache(entry, meta, "cpu") is not None
+    finally:
+        if not (entry / "model.safetensors").exists():
+            weights.write_bytes(original)
+
+
+def test_short_discovery_on_the_default_model(default_model):
+    model = default_model
+    names = [("Mary", "John"), ("Anna", "Paul"), ("Sarah", "David"), ("Lisa", "Mark")]
+    clean, corrupted, good, bad = [], [], [], []
+    for a, b in names:
+        clean.append(f"When {a} and {b} went to the store, {b} gave a drink to")
+        corrupted.append(f"When Emma and Peter went to the store, Tom gave a drink to")
+        good.append(f" {a}")
+        bad.append(f" {b}")
+    task = mg.PromptPairTask.from_strings(model, clean * 2, corrupted * 2, good * 2, bad * 2,
+                                          split_fractions={"train": 0.5, "test": 0.5})
+    result = mg.discover(model, task, steps=3, batch_size=4, progress=False)
+    assert torch.isfinite(torch.tensor(result.train_evaluation.kl))
+    assert torch.isfinite(torch.tensor(result.evaluation.kl))
+    assert result.evaluation.base_metric > 0  # the model prefers the indirect object
+    table = result.circuit.per_layer()
+    assert len(table) == 30
+    assert result.circuit.dims.total_gates() == 1 + 30 + 30 + 270 + 30 * 576 + 30 * 1536 + 30 * 576
+
+
+def test_local_gpt2_checkpoint_matches_transformers(tiny_gpt2_checkpoint):
+    path, hf, tok = tiny_gpt2_checkpoint
+    model = mg.load_model(path)
+    assert type(model).__name__ == "HookedTransformer"
+    tokens = torch.tensor([tok.encode(IOI_PROMPT)])
+    with torch.no_grad():
+        diff = (model(tokens) - hf(tokens).logits).abs().max()
+    assert diff <= 1e-4
+    assert model.mgnp_load_info["source"] == str(path)
+
+
+def test_bridge_and_hooked_give_the_same_circuit_results(tiny_gpt2_checkpoint):
+    """Tolerance: 1e-4 on logits and on every step's KL."""
+    path, hf, tok = tiny_gpt2_checkpoint
+    hooked = mg.load_model(path)
+    bridge = mg.load_model(path, backend="bridge")
+    assert type(bridge).__name__ == "TransformerBridge"
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randint(0, 50000, (24, 8), generator=g)
+    corrupted = torch.randint(0, 50000, (24, 8), generator=g)
+    with torch.no_grad():
+        assert (bridge(clean) - hf(clean).logits).abs().max() <= 1e-4
+    for circuit in (mg.Circuit.full(hooked), mg.Circuit.empty(hooked)):
+        a = circuit.run(hooked, clean, corrupted)
+        b = circuit.run(bridge, clean, corrupted)
+        assert (a - b).abs().max() <= 1e-4
+    with torch.no_grad():
+        assert (mg.Circuit.empty(bridge).run(bridge, clean, corrupted) - hf(corrupted).logits).abs().max() <= 1e-4
+    task = mg.PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
+    for mode in ("cache", "batch"):
+        ra = mg.discover(hooked, task, steps=8, batch_size=8, progress=False, corruption=mode)
+        rb = mg.discover(bridge, task, steps=8, batch_size=8, progress=False, corruption=mode)
+        assert ra.circuit == rb.circuit
+        assert (ra.history["kl"] - rb.history["kl"]).abs().max() <= 1e-4
+        assert abs(ra.evaluation.kl - rb.evaluation.kl) <= 1e-4
+
+
+@pytest.mark.parametrize("offline_env", ["1", ""])
+def test_hub_name_offline_fails_fast_with_instructions(monkeypatch, offline_env):
+    """This machine cannot reach the Hub: with or without HF_HUB_OFFLINE the load fails fast."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", offline_env)
+    if offline_env == "" and models.hub_reachable():
+        pytest.skip("the Hugging Face Hub is reachable from this machine")
+    start = time.perf_counter()
+    with pytest.raises(mg.ModelLoadError, match=r"load_model\('/path/to/checkpoint_dir'\)"):
+        mg.load_model("gpt2")
+    assert time.perf_counter() - start < 30
+
+
+def test_bad_model_arguments(tmp_path):
+    with pytest.raises(ValueError, match="unknown model 'no-such-model'"):
+        mg.load_model("no-such-model")
+    with pytest.raises(ValueError, match="unknown backend"):
+        mg.load_model(backend="onnx")
+    with pytest.raises(mg.ModelLoadError, match="no config.json"):
+        mg.load_model(tmp_path)
+    with pytest.raises(mg.ModelLoadError, match="no GGUF file"):
+        mg.load_model(tmp_path / "missing.gguf")
+
+
+def test_missing_hook_point_is_named(gpt2_micro):
+    dims = ModelDims.from_model(gpt2_micro)
+    hooks = dict(gpt2_micro.hook_dict)
+    del hooks["blocks.1.mlp.hook_post"]
+    fake = types.SimpleNamespace(cfg=gpt2_micro.cfg, hook_dict=hooks)
+    with pytest.raises(ValueError, match=r"missing hook point 'blocks.1.mlp.hook_post'"):
+        check_hook_points(fake, dims)
+    with pytest.raises(ValueError, match="no TransformerLens hook points"):
+        check_hook_points(types.SimpleNamespace(cfg=gpt2_micro.cfg), dims)
