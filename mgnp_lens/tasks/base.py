@@ -219,6 +219,47 @@ def answer_token_id(tokenizer_or_model, answer: str, row: int | None = None) -> 
     return ids[0]
 
 
+def tokenizer_of(model_or_tok):
+    """The Hugging Face tokenizer of a model (or the tokenizer itself)."""
+    tok = getattr(model_or_tok, "tokenizer", None) or model_or_tok
+    if not hasattr(tok, "encode"):
+        raise ValueError(f"{type(model_or_tok).__name__} has no tokenizer; build the task with from_tokens")
+    return tok
+
+
+def n_tokens(model_or_tok, text: str) -> int:
+    """How many tokens ``text`` is, without special tokens."""
+    return len(tokenizer_of(model_or_tok).encode(text, add_special_tokens=False))
+
+
+def single_token_words(model_or_tok, words, prefix: str = " ") -> list[str]:
+    """The words that are exactly one token when written with ``prefix`` (a leading space)."""
+    return [w for w in words if n_tokens(model_or_tok, prefix + w) == 1]
+
+
+def default_prepend_bos(model_or_tok, prepend_bos: bool | None) -> bool:
+    """``prepend_bos`` if given, else the model's ``cfg.default_prepend_bos`` (False for a bare tokenizer)."""
+    if prepend_bos is not None:
+        return prepend_bos
+    cfg = getattr(model_or_tok, "cfg", None)
+    return bool(getattr(cfg, "default_prepend_bos", False)) if cfg is not None else False
+
+
+def split_sizes(n_train, n_validation, n_test) -> dict[str, int]:
+    """Validated ``{"train": .., "validation": .., "test": ..}``."""
+    sizes = {"train": n_train, "validation": n_validation, "test": n_test}
+    for k, v in sizes.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"n_{k} must be a positive integer, got {v!r}")
+    return sizes
+
+
+def check_choice(kind: str, value: str, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"unknown {kind} {value!r}; expected one of {', '.join(choices)}")
+    return value
+
+
 class PromptPairTask(Task):
     """A task from user-given clean/corrupted prompt pairs with correct/incorrect answers.
 
@@ -250,6 +291,49 @@ class PromptPairTask(Task):
     def describe(self) -> dict:
         return {"name": self.name, "metric": self.metric_name,
                 "sizes": {k: len(v) for k, v in self.splits.items()}}
+
+    def to_dataframe(self):
+        """One row per pair: split, clean/corrupted text, answers and generator fields."""
+        import pandas as pd
+
+        records = getattr(self, "records", None)
+        if records is None:
+            rows = []
+            for split, pairs in self.splits.items():
+                for b in pairs.buckets:
+                    for i in range(len(b)):
+                        rows.append({"split": split, "clean_ids": b.clean[i].tolist(),
+                                     "corrupted_ids": b.corrupted[i].tolist(), "correct_id": int(b.correct[i]),
+                                     "incorrect_id": int(b.incorrect[i])})
+            return pd.DataFrame(rows)
+        return pd.DataFrame(records)
+
+    @staticmethod
+    def build_splits(model, records: list[dict], sizes: dict[str, int], prepend_bos: bool,
+                     meta_keys: Sequence[str] = ()) -> dict[str, PairSet]:
+        """Tokenize generated records into splits, in order (first ``sizes['train']`` are train, ...).
+
+        Each record has ``clean``, ``corrupted``, ``correct``, ``incorrect`` (answer strings, or token
+        ids as ``correct_id``/``incorrect_id``) and the ``meta_keys``; a ``split`` field is added.
+        """
+        tok = tokenizer_of(model)
+        clean = [_encode(model, r["clean"], prepend_bos) for r in records]
+        corrupted = [_encode(model, r["corrupted"], prepend_bos) for r in records]
+        good = [r["correct_id"] if "correct_id" in r else answer_token_id(tok, r["correct"], i)
+                for i, r in enumerate(records)]
+        bad = [r["incorrect_id"] if "incorrect_id" in r else answer_token_id(tok, r["incorrect"], i)
+               for i, r in enumerate(records)]
+        splits, start = {}, 0
+        for k in SPLITS:
+            idx = list(range(start, start + sizes[k]))
+            for i in idx:
+                records[i]["split"] = k
+            splits[k] = PairSet.from_examples(
+                [clean[i] for i in idx], [corrupted[i] for i in idx], [good[i] for i in idx],
+                [bad[i] for i in idx], meta={m: [records[i][m] for i in idx] for m in meta_keys},
+                labels=[records[i]["clean"] for i in idx])
+            start += sizes[k]
+        return splits
 
     # ------------------------------------------------------------------ constructors
     @staticmethod
@@ -349,3 +433,57 @@ class PromptPairTask(Task):
         good = [answer_token_id(tokenizer_or_model, a, i) for i, a in enumerate(correct)]
         bad = [answer_token_id(tokenizer_or_model, a, i) for i, a in enumerate(incorrect)]
         return cls.from_tokens(clean_ids, corr_ids, good, bad, **kwargs)
+
+    COLUMNS = ("clean", "corrupted", "correct", "incorrect")
+
+    @classmethod
+    def from_records(cls, tokenizer_or_model, records: Sequence[dict], **kwargs) -> "PromptPairTask":
+        """Build a task from dicts with keys ``clean, corrupted, correct, incorrect`` (answers as text)."""
+        records = list(records)
+        for i, r in enumerate(records):
+            missing = [c for c in cls.COLUMNS if c not in r]
+            if missing:
+                raise ValueError(f"record {i} is missing column(s) {missing}; need {list(cls.COLUMNS)}")
+        cols = {c: [str(r[c]) for r in records] for c in cls.COLUMNS}
+        return cls.from_strings(tokenizer_or_model, cols["clean"], cols["corrupted"], cols["correct"],
+                                cols["incorrect"], **kwargs)
+
+    @classmethod
+    def from_dataframe(cls, tokenizer_or_model, frame, **kwargs) -> "PromptPairTask":
+        """Build a task from a DataFrame with columns ``clean, corrupted, correct, incorrect``."""
+        missing = [c for c in cls.COLUMNS if c not in frame.columns]
+        if missing:
+            raise ValueError(f"DataFrame is missing column(s) {missing}; need {list(cls.COLUMNS)}")
+        return cls.from_records(tokenizer_or_model, frame[list(cls.COLUMNS)].to_dict("records"), **kwargs)
+
+    @classmethod
+    def from_csv(cls, tokenizer_or_model, path, **kwargs) -> "PromptPairTask":
+        """Build a task from a CSV file with columns ``clean, corrupted, correct, incorrect``.
+
+        Answers keep their leading space (CSV cells are read verbatim, not stripped).
+        """
+        import pandas as pd
+        from pathlib import Path
+
+        if not Path(path).exists():
+            raise FileNotFoundError(f"no prompt-pair file at {path}")
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=False)
+        return cls.from_dataframe(tokenizer_or_model, frame, **kwargs)
+
+    @classmethod
+    def from_jsonl(cls, tokenizer_or_model, path, **kwargs) -> "PromptPairTask":
+        """Build a task from a JSON-lines file, one ``{clean, corrupted, correct, incorrect}`` object a line."""
+        import json
+        from pathlib import Path
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no prompt-pair file at {path}")
+        records = []
+        for n, line in enumerate(path.read_text().splitlines(), start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        return cls.from_records(tokenizer_or_model, records, **kwargs)
