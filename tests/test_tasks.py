@@ -66,6 +66,34 @@ def test_ioi_abc_corruption_and_prepend_bos(tok):
     assert (b.clean[:, 0] == tok.bos_token_id).all()
 
 
+def test_ioi_abc_templates(tok):
+    task = IOI(tok, n_train=12, n_validation=4, n_test=4, templates="abc")
+    for _, row in task.to_dataframe().iterrows():
+        words = re.findall(r"\w+", row["clean"])
+        assert len({w for w in words if w in task.names}) == 3
+        assert words.count(row["correct"].strip()) == 1
+        assert len(tok.encode(row["clean"])) == len(tok.encode(row["corrupted"]))
+
+
+class _CharTokenizer:
+    """A tokenizer with one token per character: every name is many tokens."""
+
+    bos_token_id = 0
+
+    def encode(self, text, add_special_tokens=False):
+        return [ord(ch) % 500 + 1 for ch in text]
+
+    def decode(self, ids):
+        return "".join(chr(i) for i in ids)
+
+
+def test_empty_result_after_filtering_is_an_error():
+    with pytest.raises(ValueError, match="IOI names are single tokens"):
+        IOI(_CharTokenizer())
+    with pytest.raises(ValueError, match="unsupported tokenizer for Greater-Than"):
+        GreaterThan(_CharTokenizer())
+
+
 def test_ioi_is_seeded(tok):
     a = IOI(tok, n_test=20, seed=3).to_dataframe()
     b = IOI(tok, n_test=20, seed=3).to_dataframe()

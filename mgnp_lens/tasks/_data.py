@@ -1,12 +1,15 @@
-"""Access to the task word lists and templates shipped in the package's ``data/`` folder."""
+"""Access to the task word lists and templates in the project's ``data/`` folder."""
 
 from __future__ import annotations
 
 import json
+import sys
 from functools import lru_cache
 from pathlib import Path
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "data"
+#: ``data/`` of a source checkout or editable install, else the copy a wheel installs under share/.
+_CANDIDATES = (Path(__file__).resolve().parents[2] / "data", Path(sys.prefix) / "share" / "mgnp-lens" / "data")
+DATA_DIR = next((p for p in _CANDIDATES if (p / "ioi.json").exists()), _CANDIDATES[0])
 
 
 @lru_cache(maxsize=None)

@@ -11,6 +11,10 @@ Corruptions:
   prompt the answer slot (second A) is not present, so 3 fresh names appear there.
 * ``abc`` (ACDC / Wang): the IO and both S occurrences become three fresh random names.
 
+Template sets: ``mixed`` (BABA and ABBA alternating, the default), ``baba``, ``abba`` and ``abc``
+(Wang's three-name templates ``[A], [B] and [C] ... [B] and [C] gave ... to [A]``; there the third
+name C is also replaced by a fresh name in either corruption).
+
 Only names that are one token (with their leading space) for the model's tokenizer are used,
 so clean and corrupted prompts always have the same length.
 """
@@ -24,7 +28,7 @@ from . import _data
 from .base import PromptPairTask, check_choice, default_prepend_bos, single_token_words, split_sizes
 
 IOI_CORRUPTIONS = ("four_names", "abc")
-IOI_TEMPLATE_SETS = ("mixed", "baba", "abba")
+IOI_TEMPLATE_SETS = ("mixed", "baba", "abba", "abc")
 _SLOT = re.compile(r"\[(A|B|C|PLACE|OBJECT)\]")
 
 
@@ -35,8 +39,8 @@ class IOI(PromptPairTask):
         model: a HookedTransformer/TransformerBridge (or a Hugging Face tokenizer).
         n_train, n_validation, n_test: split sizes (paper: 200 / 200 / 12,256).
         corruption: ``"four_names"`` (default) or ``"abc"``.
-        templates: ``"mixed"`` (BABA and ABBA alternating, 15 each), ``"baba"`` or ``"abba"``;
-            or an explicit list of template strings using [A], [B], [PLACE], [OBJECT].
+        templates: ``"mixed"`` (BABA and ABBA alternating, 15 each), ``"baba"``, ``"abba"`` or ``"abc"``;
+            or an explicit list of template strings using [A], [B], [C], [PLACE], [OBJECT].
         seed: seeds everything.
         prepend_bos: default the model's ``cfg.default_prepend_bos``.
     """
@@ -55,8 +59,8 @@ class IOI(PromptPairTask):
         else:
             tpl = list(templates)
         for t in tpl:
-            if not t.endswith("[A]") or "[B]" not in t:
-                raise ValueError(f"IOI template {t!r} must contain [B] and end with the answer slot [A]")
+            if not t.endswith("[A]") or "[B]" not in t or t.count("[A]") != 2:
+                raise ValueError(f"IOI template {t!r} must contain [A] twice and [B], and end with the answer slot [A]")
         sizes = split_sizes(n_train, n_validation, n_test)
         names = single_token_words(model, data["names"])
         if len(names) < 6:
@@ -68,13 +72,13 @@ class IOI(PromptPairTask):
         total = sum(sizes.values())
         for i in range(total):
             t = tpl[i % len(tpl)]
-            a, b, *fresh = rng.sample(names, 6)
+            a, b, c, *fresh = rng.sample(names, 7)
             place, obj = rng.choice(data["places"]), rng.choice(data["objects"])
-            clean_text = self._fill(t, {"A": [a, a], "B": [b, b]}, place, obj)
-            if corruption == "four_names":
-                subst = {"A": [fresh[0], fresh[2]], "B": [fresh[1], fresh[3]]}
-            else:  # abc: IO -> x, both S -> y, z
-                subst = {"A": [fresh[0], fresh[0]], "B": [fresh[1], fresh[2]]}
+            clean_text = self._fill(t, {"A": [a, a], "B": [b, b], "C": [c, c]}, place, obj)
+            if corruption == "four_names":  # first A, first B, second B, second A (+ C)
+                subst = {"A": [fresh[0], fresh[3]], "B": [fresh[1], fresh[2]], "C": [fresh[3], fresh[3]]}
+            else:  # abc: IO -> x, both S -> y, z (+ C)
+                subst = {"A": [fresh[0], fresh[0]], "B": [fresh[1], fresh[2]], "C": [fresh[3], fresh[3]]}
             records.append({"clean": clean_text, "corrupted": self._fill(t, subst, place, obj), "correct": " " + a,
                             "incorrect": " " + b, "template": t, "io": a, "s": b})
         self.records = records
@@ -83,9 +87,9 @@ class IOI(PromptPairTask):
 
     @staticmethod
     def _fill(template: str, names: dict[str, list[str]], place: str, obj: str) -> str:
-        """Fill the template, dropping the final answer slot; the k-th [A]/[B] gets names[X][k]."""
+        """Fill the template, dropping the final answer slot; the k-th [A]/[B]/[C] gets names[X][k]."""
         body = template[: -len("[A]")].rstrip()
-        seen = {"A": 0, "B": 0}
+        seen = {"A": 0, "B": 0, "C": 0}
 
         def repl(m):
             key = m.group(1)
@@ -93,8 +97,6 @@ class IOI(PromptPairTask):
                 return place
             if key == "OBJECT":
                 return obj
-            if key == "C":
-                raise ValueError("ABC templates need the 'abc' dataset builder; use templates with [A] and [B]")
             name = names[key][min(seen[key], len(names[key]) - 1)]
             seen[key] += 1
             return name
