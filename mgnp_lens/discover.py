@@ -50,6 +50,8 @@ class PruningConfig:
         granularities: which granularities are gated (the others are always kept).
         hard_concrete: Hard-Concrete shape parameters.
         weight_decay: AdamW weight decay on ``log α`` (0: none).
+        mask_per_example: draw an independent gate sample for every example of a batch (lower-variance
+            gradients for the many small neuron gates) instead of one sample per batch.
         eval_split: split evaluated at the end (``None``: skip).
         eval_max_examples: cap on the evaluated examples (``None``: whole split).
         eval_batch_size: batch size of the final evaluations.
@@ -70,6 +72,7 @@ class PruningConfig:
     granularities: tuple[str, ...] = GRANULARITIES
     hard_concrete: HardConcreteParams = field(default_factory=HardConcreteParams)
     weight_decay: float = 0.0
+    mask_per_example: bool = False
     eval_split: str | None = "test"
     eval_max_examples: int | None = 1024
     eval_batch_size: int = 32
@@ -245,7 +248,8 @@ def discover(model, task, config: PruningConfig | None = None, **overrides) -> D
             batch = train.sample(config.batch_size, generator=batch_gen)
             rows_idx = batch.rows
             batch = batch.to(device)
-            interp.set_masks(gates.sample(generator=noise_gen))
+            interp.set_masks(gates.sample(generator=noise_gen,
+                                          batch_size=len(batch) if config.mask_per_example else None))
             if config.corruption == "cache":
                 interp.set_corrupted({k: v[rows_idx.to(v.device)] for k, v in cache[batch.bucket].items()})
             logits = masked_answer_logits(model, interp, batch.clean, batch.corrupted, batch.answer_pos)

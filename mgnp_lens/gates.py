@@ -78,20 +78,27 @@ class HardConcreteGates(nn.Module):
         device = next(iter(self.log_alpha.values())).device if len(self.log_alpha) else None
         return torch.ones(self.dims.shape(g), device=device)
 
-    def sample(self, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Draw one stochastic mask per granularity (Eq. 6), differentiable in ``log α``.
+    def sample(self, generator: torch.Generator | None = None, batch_size: int | None = None
+               ) -> dict[str, torch.Tensor]:
+        """Draw stochastic masks (Eq. 6), differentiable in ``log α``.
+
+        Args:
+            generator: source of the uniform noise.
+            batch_size: if given, draw an independent mask for each of ``batch_size`` examples.
 
         Returns:
-            ``{granularity: tensor shaped dims.shape(g)}`` with values in [0, 1].
+            ``{granularity: tensor shaped dims.shape(g)}`` (or ``[batch_size, *dims.shape(g)]``)
+            with values in [0, 1].
         """
         p = self.params
+        lead = () if batch_size is None else (batch_size,)
         out = {}
         for g in GRANULARITIES:
             if g not in self.log_alpha:
-                out[g] = self._fixed_ones(g)
+                out[g] = self._fixed_ones(g).expand(lead + self.dims.shape(g))
                 continue
             la = self.log_alpha[g]
-            u = torch.rand(la.shape, generator=generator, device=la.device).clamp(1e-6, 1 - 1e-6)
+            u = torch.rand(lead + la.shape, generator=generator, device=la.device).clamp(1e-6, 1 - 1e-6)
             s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + la) / p.beta)
             out[g] = (s * (p.zeta - p.gamma) + p.gamma).clamp(0.0, 1.0)
         return out

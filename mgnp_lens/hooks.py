@@ -74,26 +74,27 @@ def site_masks(masks: dict[str, torch.Tensor], dims: ModelDims) -> dict[str, tor
 
     Args:
         masks: ``{granularity: tensor shaped dims.shape(g)}``; float (soft gates) or bool (a circuit).
+            A leading batch dimension ``[B, *dims.shape(g)]`` on every mask gives each example its own.
 
     Returns:
-        ``{hook_name: M}`` with M shaped [1], [H, d_head], [d_mlp] or [d_model]; bool if every
-        input was bool, otherwise float.
+        ``{hook_name: M}`` with M shaped [1], [H, d_head], [d_mlp] or [d_model] (with a batch mask:
+        [B, 1, 1], [B, 1, H, d_head], [B, 1, d_mlp], [B, 1, d_model], broadcasting over positions);
+        bool if every input was bool, otherwise float.
     """
     binary = all(m.dtype == torch.bool for m in masks.values())
-    if binary:
-        z = masks["attn_block"][:, None, None] & masks["attn_head"][:, :, None] & masks["attn_neuron"]
-        post = masks["mlp_block"][:, None] & masks["mlp_hidden"]
-        out = masks["mlp_block"][:, None] & masks["mlp_output"]
-    else:
+    batched = masks["attn_head"].dim() == 3
+    if not binary:
         masks = {g: m.float() for g, m in masks.items()}
-        z = masks["attn_block"][:, None, None] * masks["attn_head"][:, :, None] * masks["attn_neuron"]
-        post = masks["mlp_block"][:, None] * masks["mlp_hidden"]
-        out = masks["mlp_block"][:, None] * masks["mlp_output"]
-    result = {HOOK_TEMPLATES["embedding"]: masks["embedding"]}
+    mul = (lambda a, b: a & b) if binary else (lambda a, b: a * b)  # noqa: E731
+    z = mul(mul(masks["attn_block"][..., None, None], masks["attn_head"][..., None]), masks["attn_neuron"])
+    post = mul(masks["mlp_block"][..., None], masks["mlp_hidden"])
+    out = mul(masks["mlp_block"][..., None], masks["mlp_output"])
+    pos = (lambda t: t.unsqueeze(1)) if batched else (lambda t: t)  # noqa: E731
+    result = {HOOK_TEMPLATES["embedding"]: pos(masks["embedding"])}
     for l in range(dims.n_layers):
-        result[HOOK_TEMPLATES["attn_neuron"].format(l=l)] = z[l]
-        result[HOOK_TEMPLATES["mlp_hidden"].format(l=l)] = post[l]
-        result[HOOK_TEMPLATES["mlp_output"].format(l=l)] = out[l]
+        result[HOOK_TEMPLATES["attn_neuron"].format(l=l)] = pos(z.select(-3, l))
+        result[HOOK_TEMPLATES["mlp_hidden"].format(l=l)] = pos(post.select(-2, l))
+        result[HOOK_TEMPLATES["mlp_output"].format(l=l)] = pos(out.select(-2, l))
     return result
 
 

@@ -255,3 +255,32 @@ def test_attention_only_model_is_rejected_with_the_missing_hook():
     model = HookedTransformer(cfg)
     with pytest.raises(ValueError, match="hook_post|no MLP"):
         mg.Circuit.full(model)
+
+
+@pytest.mark.parametrize("mode", ["batch", "cache"])
+def test_per_example_masks_apply_row_by_row(mode):
+    model = micro_model("llama")
+    clean, corrupted = random_pairs(model, n=3)
+    dims = ModelDims.from_model(model)
+    gates = HardConcreteGates(dims, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for la in gates.log_alpha.values():
+            la.normal_(0, 2)
+    batched = gates.sample(torch.Generator().manual_seed(1), batch_size=3)
+    assert batched["attn_neuron"].shape == (3,) + dims.shape("attn_neuron")
+    pos = torch.full((3,), clean.shape[1] - 1)
+    interp = Interpolator(dims, mode)
+    if mode == "cache":
+        interp.set_corrupted(corrupted_activations(model, dims, corrupted))
+    interp.set_masks(batched)
+    with torch.no_grad():
+        together = masked_answer_logits(model, interp, clean, corrupted, pos)
+    for i in range(3):
+        one = Interpolator(dims, mode)
+        one.set_masks({g: m[i] for g, m in batched.items()})
+        if mode == "cache":
+            one.set_corrupted(corrupted_activations(model, dims, corrupted[i:i + 1]))
+        with torch.no_grad():
+            alone = masked_answer_logits(model, one, clean[i:i + 1], corrupted[i:i + 1], pos[i:i + 1])
+        assert (together[i] - alone[0]).abs().max() <= 1e-4
+    assert (together[0] - together[1]).abs().max() > 1e-3

@@ -38,6 +38,13 @@ def test_default_model_loads_offline_and_does_ioi(default_model_loads):
         assert (first(tokens) - model(tokens)).abs().max() < 1e-4
 
 
+def test_explicit_gguf_path_loads_through_the_cache(default_model_loads):
+    path = models.default_gguf_path()
+    model = mg.load_model(path)
+    assert model.mgnp_load_info == {**default_model_loads[1].mgnp_load_info, "cache": "hit"}
+    assert model.cfg.n_layers == 30
+
+
 def test_digit_level_tokenizer(default_model):
     assert len(default_model.to_str_tokens(" 1743", prepend_bos=False)) == 5  # ' ', '1', '7', '4', '3'
 
