@@ -13,6 +13,18 @@ import sys
 from pathlib import Path
 
 
+def _number(text: str, cast, minimum, context: str = ""):
+    """``cast(text)``, or an argparse error naming the problem; values below ``minimum`` are out of range."""
+    try:
+        value = cast(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{context}{text!r} is not {'an integer' if cast is int else 'a number'}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{context}{value} is out of range: must be >= {minimum}")
+    return value
+
+
 def _lambda_spec(text: str) -> tuple[str, float]:
     from .granularity import GRANULARITIES
 
@@ -22,23 +34,11 @@ def _lambda_spec(text: str) -> tuple[str, float]:
     if g not in GRANULARITIES:
         raise argparse.ArgumentTypeError(f"bad λ spec {text!r}: unknown granularity {g!r} "
                                          f"(expected one of {', '.join(GRANULARITIES)})")
-    try:
-        value = float(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad λ spec {text!r}: {v!r} is not a number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"bad λ spec {text!r}: λ must be >= 0")
-    return g, value
+    return g, _number(v, float, 0.0, f"bad λ spec {text!r}: ")
 
 
 def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is out of range: must be >= 1")
-    return value
+    return _number(text, int, 1)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -37,3 +37,9 @@ def test_bad_arguments_exit_with_a_clear_message(argv, message, capsys):
         main(argv)
     assert info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_negative_lambda_is_rejected(capsys):
+    with pytest.raises(SystemExit):
+        main(["discover", "--lambda", "attn_head=-1"])
+    assert "bad λ spec 'attn_head=-1': -1.0 is out of range" in capsys.readouterr().err
