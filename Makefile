@@ -20,7 +20,7 @@ test: setup
 	$(PY) -m pytest -q
 
 demo: setup
-	$(PY) -m mgnp_lens.cli discover --task ioi --out runs/ioi
+	$(PY) -m mgnp_lens.cli discover --task ioi --n-test 512 --out runs/ioi
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
