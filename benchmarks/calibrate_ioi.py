@@ -1,7 +1,7 @@
 """Calibration of the discovery defaults on the embedded SmolLM2 model, IOI task.
 
     python benchmarks/calibrate_ioi.py [--templates mixed|baba0|guide] [--lr 0.3] [--steps 240]
-                                       [--mask-per-example] [--out results.json]
+                                       [--mask-per-example] [--lambda-warmup 0] [--out results.json]
 
 ``mixed``: all 30 BABA/ABBA templates (the IOI default); ``baba0``: the first Wang BABA template;
 ``guide``: "When [A] and [B] went to the [PLACE], [B] gave a [OBJECT] to [A]". Cache mode, batch 32,
@@ -24,7 +24,7 @@ GUIDE = "When [A] and [B] went to the [PLACE], [B] gave a [OBJECT] to [A]"
 REFERENCE = {"attn_head": 27, "attn_neuron": 1894, "mlp_hidden": 5763, "mlp_output": 5750, "train_kl": 0.135}
 
 
-def run(templates: str, lr: float, steps: int, per_example: bool, device: str = "cpu") -> dict:
+def run(templates: str, lr: float, steps: int, per_example: bool, warmup: int = 0, device: str = "cpu") -> dict:
     import mgnp_lens as mg
     from mgnp_lens.tasks import _data
 
@@ -33,9 +33,10 @@ def run(templates: str, lr: float, steps: int, per_example: bool, device: str = 
     task = mg.tasks.IOI(model, n_test=512, templates=tpl)
     with tempfile.TemporaryDirectory() as d:
         result = mg.discover(model, task, steps=steps, lr=lr, mask_per_example=per_example, eval_max_examples=512,
-                             checkpoint_dir=d)
+                             lambda_warmup_steps=warmup, checkpoint_dir=d)
     c = result.circuit
     return {"templates": templates, "lr": lr, "steps": steps, "mask_per_example": per_example,
+            "lambda_warmup_steps": warmup,
             "seconds": result.seconds, "s_per_step": result.seconds / steps, "counts": c.counts(),
             "train_kl": result.train_evaluation.kl, "test_kl": result.evaluation.kl,
             "train_metric": [result.train_evaluation.base_metric, result.train_evaluation.circuit_metric],
@@ -48,10 +49,11 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.3)
     ap.add_argument("--steps", type=int, default=240)
     ap.add_argument("--mask-per-example", action="store_true")
+    ap.add_argument("--lambda-warmup", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    r = run(args.templates, args.lr, args.steps, args.mask_per_example, args.device)
+    r = run(args.templates, args.lr, args.steps, args.mask_per_example, args.lambda_warmup, args.device)
     print(f"{'':<12}{'heads':>7}{'attn_n':>8}{'mlp_h':>8}{'mlp_o':>8}{'trainKL':>9}")
     c = r["counts"]
     print(f"{'this run':<12}{c['attn_head']:>7}{c['attn_neuron']:>8}{c['mlp_hidden']:>8}{c['mlp_output']:>8}"
