@@ -65,15 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _versions() -> dict:
-    import torch
-    import transformer_lens
-    import transformers
-
     from . import __version__
+    from .models import library_versions
 
-    return {"mgnp_lens": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "transformer_lens": getattr(transformer_lens, "__version__", "unknown"),
-            "python": platform.python_version()}
+    return {"mgnp_lens": __version__, **library_versions(), "python": platform.python_version()}
 
 
 def cmd_discover(args) -> int:

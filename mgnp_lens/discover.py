@@ -255,7 +255,8 @@ def discover(model, task, config: PruningConfig | None = None, **overrides) -> D
             logits = masked_answer_logits(model, interp, batch.clean, batch.corrupted, batch.answer_pos)
             kl = kl_full_circuit(base[batch.bucket][rows_idx.to(device)], logits).mean()
             factor = min(1.0, (step + 1) / config.lambda_warmup_steps) if config.lambda_warmup_steps else 1.0
-            l0 = gates.mean_l0()
+            expected_l0 = gates.expected_l0()  # per-gate P(z > 0), shared by the loss and the history
+            l0 = {g: v.mean() for g, v in expected_l0.items()}
             sparsity = sum(lambdas[g] * l0[g] for g in gates.trainable)
             loss = kl + factor * sparsity
             optimizer.zero_grad(set_to_none=True)
@@ -264,7 +265,7 @@ def discover(model, task, config: PruningConfig | None = None, **overrides) -> D
             interp.set_corrupted(None)
             steps_done = step + 1
             with torch.no_grad():
-                expected = gates.expected_active()
+                expected = {g: float(v.sum()) for g, v in expected_l0.items()}
                 row = {"step": steps_done, "loss": float(loss), "kl": float(kl), "lambda_factor": factor}
                 row.update({f"l0_{g}": float(l0[g]) for g in gates.trainable})
                 row.update({f"active_{g}": expected[g] for g in gates.trainable})

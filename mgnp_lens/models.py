@@ -64,7 +64,8 @@ def default_gguf_path() -> Path:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
+    """Versions of torch, transformers and TransformerLens (and the cache format)."""
     import transformer_lens
     import transformers
 
@@ -142,7 +143,7 @@ def _load_gguf_hf(path: Path, dtype):
 def _cache_key(path: Path, dtype) -> tuple[str, dict]:
     st = path.stat()
     meta = {"source": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "dtype": str(dtype),
-            **_versions()}
+            **library_versions()}
     key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
     return f"{path.stem}-{key}", meta
 

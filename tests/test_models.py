@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import types
 
@@ -77,7 +76,7 @@ def test_short_discovery_on_the_default_model(default_model):
     clean, corrupted, good, bad = [], [], [], []
     for a, b in names:
         clean.append(f"When {a} and {b} went to the store, {b} gave a drink to")
-        corrupted.append(f"When Emma and Peter went to the store, Tom gave a drink to")
+        corrupted.append("When Emma and Peter went to the store, Tom gave a drink to")
         good.append(f" {a}")
         bad.append(f" {b}")
     task = mg.PromptPairTask.from_strings(model, clean * 2, corrupted * 2, good * 2, bad * 2,

@@ -177,7 +177,7 @@ def test_custom_task_errors_name_the_problem(tok):
 
 
 def test_custom_task_from_records_dataframe_csv_jsonl(tok, tmp_path):
-    records = [{"clean": f"When Mary and John went out, John thanked", "corrupted": "When Anna and Paul went out, Mark thanked",
+    records = [{"clean": "When Mary and John went out, John thanked", "corrupted": "When Anna and Paul went out, Mark thanked",
                 "correct": " Mary", "incorrect": " John"}] * 10
     a = PromptPairTask.from_records(tok, records, seed=1)
     pd.DataFrame(records).to_csv(tmp_path / "pairs.csv", index=False)

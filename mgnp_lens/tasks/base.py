@@ -210,7 +210,7 @@ def _encode(tokenizer_or_model, text: str, prepend_bos: bool) -> list[int]:
 
 def answer_token_id(tokenizer_or_model, answer: str, row: int | None = None) -> int:
     """The single token id of ``answer``; ``ValueError`` if it is not exactly one token."""
-    tok = getattr(tokenizer_or_model, "tokenizer", None) or tokenizer_or_model
+    tok = tokenizer_of(tokenizer_or_model)
     ids = tok.encode(answer, add_special_tokens=False)
     if len(ids) != 1:
         where = f"row {row}: " if row is not None else ""
