@@ -41,3 +41,174 @@ def write(name: str, payload: dict, out: str | None = None) -> Path:
     path.write_text(json.dumps(payload, indent=2))
     print(f"wrote {path}")
     return path
+
+
+# ----------------------------------------------------------------------------- shared set-ups
+PAPER_MEMORY_MB = {"paper_mgnp_two_model_copies": 6270, "edge_pruning": 33354, "eap": 72794}
+
+
+def add_device_arg(parser) -> None:
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/NAME.json)")
+
+
+def shaped_model(kind: str = "gpt2-small", device: str = "cpu", **overrides):
+    """A HookedTransformer with random weights: ``gpt2-small`` (GPT-2 small's shape), ``llama`` or ``neox``."""
+    import torch
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    base = dict(n_layers=12, d_model=768, d_head=64, n_heads=12, d_mlp=3072, n_ctx=1024, d_vocab=50257,
+                act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard", seed=0)
+    if kind == "llama":
+        base.update(act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary", gated_mlp=True,
+                    n_key_value_heads=max(1, base["n_heads"] // 3), rotary_dim=64, final_rms=True)
+    elif kind == "neox":
+        base.update(act_fn="gelu", normalization_type="LN", positional_embedding_type="rotary", rotary_dim=16,
+                    parallel_attn_mlp=True)
+    elif kind != "gpt2-small":
+        raise ValueError(f"unknown shape {kind!r}")
+    base.update(overrides)
+    if kind == "llama":
+        base["n_key_value_heads"] = max(1, base["n_heads"] // 3)
+        base["rotary_dim"] = base["d_head"]
+    base["device"] = device
+    torch.manual_seed(0)
+    return HookedTransformer(HookedTransformerConfig(**base)).eval()
+
+
+def random_task(model, n: int, seq: int, seed: int = 0):
+    """Random clean/corrupted token pairs of one length (the answer is read at the last position)."""
+    import torch
+    from mgnp_lens import PromptPairTask
+
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.randint(0, model.cfg.d_vocab, (n, seq), generator=g)
+    corrupted = torch.randint(0, model.cfg.d_vocab, (n, seq), generator=g)
+    return PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0],
+                                      split_fractions={"train": 1.0})
+
+
+def step_seconds(model, task, warmup: int = 1, steps: int = 3, **config) -> dict:
+    """Median wall time of a discovery step (after ``warmup`` steps) and the run's history."""
+    import statistics
+
+    import mgnp_lens as mg
+
+    r = mg.discover(model, task, steps=warmup + steps, progress=False, eval_split=None, **config)
+    secs = r.history["seconds"].tolist()[warmup:]
+    return {"median_s": statistics.median(secs), "all_s": secs}
+
+
+def bare_step_seconds(model, task, batch_size: int, warmup: int = 1, steps: int = 3, answer_only: bool = True,
+                      grad: bool = True) -> float:
+    """Median time of the physical floor: forward + backward of the unhooked model on the same batch.
+
+    The backward flows from the KL at the answer position down to the embedding output (a leaf that
+    needs grad), through every layer, with frozen weights, as in discovery.
+    """
+    import statistics
+    import time
+
+    import torch
+    from mgnp_lens.evaluate import kl_full_circuit
+    from mgnp_lens.hooks import logits_at
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    batch = task.split("train").sample(batch_size, generator=torch.Generator().manual_seed(0))
+    device = next(model.parameters()).device
+    batch = batch.to(device)
+    with torch.inference_mode():
+        base = torch.log_softmax(logits_at(model, batch.clean, batch.answer_pos, len(batch)).float(), -1)
+    base = base.clone()
+
+    def leaf(act, hook):
+        return act.detach().requires_grad_(grad)
+
+    times = []
+    for i in range(warmup + steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        with model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", leaf)]):
+            if answer_only:
+                logits = logits_at(model, batch.clean, batch.answer_pos, len(batch))
+            else:
+                idx = torch.arange(len(batch), device=device)
+                logits = model(batch.clean)[idx, batch.answer_pos]
+        loss = kl_full_circuit(base, logits).mean()
+        if grad:
+            loss.backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def in_subprocess(script: str, payload: dict, timeout: int = 1800) -> dict:
+    """Run ``python script --child JSON`` in a fresh process (so its peak memory is its own)."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, script, "--child", json.dumps(payload)], capture_output=True, text=True,
+                          timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"child {payload} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def cuda_peak_mb() -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
+    print("  ".join(c.rjust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(_fmt(r.get(c)).rjust(widths[c]) for c in columns))
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:,.3f}" if abs(v) < 100 else f"{v:,.0f}"
+    return "" if v is None else str(v)
+
+
+def child_step(payload: dict) -> dict:
+    """In a fresh process: build the model and task of ``payload``, time discovery steps, report peak memory.
+
+    payload: ``model`` (gpt2-small | llama | neox | default), ``shape`` overrides, ``batch``, ``seq``,
+    ``n_train``, ``device``, ``config`` (PruningConfig fields), ``steps``.
+    """
+    import torch
+
+    import mgnp_lens as mg
+
+    device = payload.get("device", "cpu")
+    if payload.get("threads"):
+        torch.set_num_threads(payload["threads"])
+    if payload["model"] == "default":
+        model = mg.load_model(device=device)
+        task = mg.tasks.IOI(model, n_train=payload.get("n_train", 64), n_validation=1, n_test=1,
+                            templates=["When [A] and [B] went to the [PLACE], [B] gave a [OBJECT] to [A]"])
+    else:
+        model = shaped_model(payload["model"], device, **payload.get("shape", {}))
+        task = random_task(model, payload.get("n_train", payload["batch"]), payload["seq"])
+    model_rss = peak_rss_mb()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    t = step_seconds(model, task, warmup=1, steps=payload.get("steps", 2), batch_size=payload["batch"],
+                     **payload.get("config", {}))
+    return {**{k: v for k, v in payload.items() if k != "device"}, "median_step_s": t["median_s"],
+            "peak_rss_mb": peak_rss_mb(), "model_rss_mb": model_rss, "cuda_peak_mb": cuda_peak_mb(),
+            "n_params": sum(p.numel() for p in model.parameters())}
+
+
+def child_main() -> bool:
+    """If this process was started by :func:`in_subprocess`, run the child and print its JSON; True if so."""
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        print(json.dumps(child_step(json.loads(sys.argv[2]))))
+        return True
+    return False

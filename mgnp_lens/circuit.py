@@ -112,6 +112,10 @@ class Circuit:
         """Kept attention heads as 0-indexed ``(layer, head)`` pairs."""
         return [tuple(x) for x in self.masks["attn_head"].nonzero().tolist()]
 
+    def active_mlps(self) -> list[int]:
+        """Layers whose MLP block is kept (a consistent circuit then keeps some of its output neurons)."""
+        return [int(l) for l in self.masks["mlp_block"].nonzero().flatten().tolist()]
+
     def per_layer(self, one_indexed: bool = False) -> pd.DataFrame:
         """The paper's Appendix D table: one row per layer.
 

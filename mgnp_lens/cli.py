@@ -1,16 +1,33 @@
-"""``mgnp`` command line: thin wrappers over the library.
+"""``mgnp`` command line: thin wrappers over the library (argparse).
 
-    mgnp discover --task ioi --out runs/ioi            # embedded SmolLM2-135M, paper λ
-    mgnp discover --task ioi --model /path/to/ckpt --steps 100 --lambda attn_head=2.0
+    mgnp discover --task ioi --out runs/ioi             # embedded SmolLM2-135M, paper λ, writes report.html
+    mgnp discover --data pairs.csv --model /path/to/ckpt --steps 100 --lambda attn_head=2.0
+    mgnp report runs/ioi                                 # (re)build runs/ioi/report.html
+    mgnp evaluate runs/ioi --split validation            # re-evaluate the saved circuit
+    mgnp compare runs/gpt2-ioi --reference ioi           # against a published GPT-2 circuit
+
+Exit codes: 0 success; 1 discovery failed mid-run (the last finished step is saved); 2 bad input
+(unknown task, missing file, bad λ spec, out-of-range value, an output directory that already holds
+a run); 3 the model cannot be loaded; 130 interrupted (the outputs of the last finished step are on disk).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+EXIT_MODEL = 3
+EXIT_INTERRUPTED = 130
+
+RUN_FILES = ("circuit.json", "per_layer.csv", "summary.csv", "evaluation.json", "history.csv", "config.json",
+             "gates.pt", "report.html")
+
+
+class CliError(Exception):
+    """A user mistake: printed as ``mgnp: error: ...`` with exit code 2."""
 
 
 def _number(text: str, cast, minimum, context: str = ""):
@@ -41,42 +58,126 @@ def _positive_int(text: str) -> int:
     return _number(text, int, 1)
 
 
+def _positive_float(text: str) -> float:
+    value = _number(text, float, 0.0)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: must be > 0")
+    return value
+
+
+def _nonnegative_float(text: str) -> float:
+    return _number(text, float, 0.0)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .reference import reference_names
     from .tasks import TASKS
 
-    p = argparse.ArgumentParser(prog="mgnp", description="Multi-Granular Node Pruning circuit discovery")
-    sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("discover", help="discover a circuit and write its tables")
-    d.add_argument("--task", choices=sorted(TASKS), default="ioi", help="built-in task (default: ioi)")
+    p = argparse.ArgumentParser(prog="mgnp", description="Multi-Granular Node Pruning circuit discovery",
+                                epilog="Run 'mgnp COMMAND --help' for a command's options.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("discover", help="discover a circuit; write its tables, figures and report.html",
+                       description="Discover a circuit with multi-granular node pruning and write circuit.json, "
+                                   "per_layer.csv, summary.csv, evaluation.json, history.csv, config.json, "
+                                   "gates.pt and report.html into --out.")
+    src = d.add_mutually_exclusive_group()
+    src.add_argument("--task", choices=sorted(TASKS), default=None, help="built-in task (default: ioi)")
+    src.add_argument("--data", default=None, metavar="PAIRS.{csv,jsonl}",
+                     help="your own prompt pairs: columns clean, corrupted, correct, incorrect")
     d.add_argument("--model", default=None, help="model name, checkpoint dir or .gguf (default: embedded SmolLM2)")
-    d.add_argument("--steps", type=_positive_int, default=None)
-    d.add_argument("--batch-size", type=_positive_int, default=None)
-    d.add_argument("--lr", type=float, default=None)
-    d.add_argument("--lambda-scale", type=float, default=None)
+    d.add_argument("--steps", type=_positive_int, default=None, help="optimizer steps (default 240)")
+    d.add_argument("--batch-size", type=_positive_int, default=None, help="pairs per step (default 32)")
+    d.add_argument("--lr", type=_positive_float, default=None, help="AdamW learning rate on log α (default 0.3)")
+    d.add_argument("--lambda-scale", type=_nonnegative_float, default=None, help="multiply every λ (default 1)")
     d.add_argument("--lambda", dest="lambdas", type=_lambda_spec, action="append", default=[],
                    metavar="GRAN=VALUE", help="override one granularity's λ (repeatable)")
-    d.add_argument("--corruption-mode", choices=["batch", "cache"], default=None)
+    d.add_argument("--corruption-mode", choices=["batch", "cache"], default=None,
+                   help="corrupted activations from the same pass (batch) or precomputed (cache, default)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default="cpu")
     d.add_argument("--n-test", type=_positive_int, default=1024, help="test pairs to generate and evaluate")
-    d.add_argument("--out", default="runs/latest", help="output directory")
+    d.add_argument("--out", default="runs/latest", help="output directory (default runs/latest)")
+    d.add_argument("--overwrite", action="store_true", help="replace a finished run already in --out")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    r = sub.add_parser("report", help="(re)build DIR/report.html from a run directory")
+    r.add_argument("dir")
+    r.add_argument("--reference", choices=reference_names(), default=None,
+                   help="reference circuit to compare with (GPT-2-small-shaped circuits only)")
+    r.add_argument("--out", default=None, help="report path (default DIR/report.html)")
+
+    e = sub.add_parser("evaluate", help="re-evaluate a saved circuit on a task split",
+                       description="Re-evaluate DIR/circuit.json on the run's task (rebuilt from config.json) "
+                                   "and write DIR/evaluation_<split>.json; the run's own files are untouched.")
+    e.add_argument("dir")
+    e.add_argument("--split", choices=["train", "validation", "test"], default="test")
+    e.add_argument("--max-examples", type=_positive_int, default=None)
+    e.add_argument("--batch-size", type=_positive_int, default=32)
+    e.add_argument("--model", default=None, help="override the model recorded in config.json")
+    e.add_argument("--device", default="cpu")
+
+    c = sub.add_parser("compare", help="compare a saved circuit with a published reference circuit")
+    c.add_argument("dir")
+    c.add_argument("--reference", required=True, choices=reference_names())
     return p
 
 
-def _versions() -> dict:
-    from . import __version__
-    from .models import library_versions
+# --------------------------------------------------------------------------- helpers
+def _check_out_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out} exists and is not a directory")
+    if (out / "circuit.json").exists():
+        if not overwrite:
+            raise CliError(f"{out} already holds a run (circuit.json); choose another --out or pass --overwrite")
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
 
-    return {"mgnp_lens": __version__, **library_versions(), "python": platform.python_version()}
+
+def _check_data_file(path: str) -> Path:
+    p = Path(path)
+    if p.suffix not in (".csv", ".jsonl"):
+        raise CliError(f"--data {path}: expected a .csv or .jsonl file of prompt pairs")
+    if not p.exists():
+        raise CliError(f"--data {path}: no such file")
+    return p
 
 
+def _load_model(name, device):
+    from .models import load_model
+
+    return load_model(name, device=device)
+
+
+def _build_task(model, cli: dict):
+    from .tasks import PromptPairTask, get_task
+
+    if cli.get("data"):
+        path = Path(cli["data"])
+        loader = PromptPairTask.from_csv if path.suffix == ".csv" else PromptPairTask.from_jsonl
+        return loader(model, path, seed=cli.get("seed", 0), name=path.stem)
+    return get_task(cli.get("task") or "ioi", model, n_test=cli.get("n_test", 1024), seed=cli.get("seed", 0))
+
+
+def _print_result(result) -> None:
+    print()
+    print(result.circuit.per_layer().to_string(index=False))
+    print()
+    print(result.circuit.summary().to_string(index=False))
+    for e in (result.train_evaluation, result.evaluation):
+        if e is not None:
+            print(f"{e.split} ({e.n_examples} pairs): {e.metric_name} full {e.base_metric:.3f} -> circuit "
+                  f"{e.circuit_metric:.3f}, KL {e.kl:.3f}")
+
+
+# --------------------------------------------------------------------------- commands
 def cmd_discover(args) -> int:
-    from . import discover, load_model
-    from .discover import PruningConfig
-    from .tasks import get_task
+    from .discover import PruningConfig, discover
+    from .report import build_report
 
     out = Path(args.out)
+    data = str(_check_data_file(args.data)) if args.data else None
+    _check_out_dir(out, args.overwrite)
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
                                    "lambda_scale": args.lambda_scale, "corruption": args.corruption_mode}.items()
                  if v is not None}
@@ -84,34 +185,104 @@ def cmd_discover(args) -> int:
         overrides["lambdas"] = dict(args.lambdas)
     config = PruningConfig(seed=args.seed, checkpoint_dir=str(out), progress=not args.quiet,
                            eval_max_examples=args.n_test, **overrides)
-    model = load_model(args.model, device=args.device)
-    task = get_task(args.task, model, n_test=args.n_test, seed=args.seed)
+    cli = {"task": None if data else (args.task or "ioi"), "data": data, "model": args.model,
+           "n_test": args.n_test, "seed": args.seed, "device": args.device}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps({"config": config.to_dict(), "cli": cli,
+                                                 "command": ["mgnp", *sys.argv[1:]]}, indent=2, default=str))
+    model = _load_model(args.model, args.device)
+    task = _build_task(model, cli)
     result = discover(model, task, config)
-    meta = {"command": sys.argv, "task": args.task, "model": args.model or "smollm2-135m",
-            "versions": _versions(), "config": config.to_dict()}
-    (out / "config.json").write_text(json.dumps(meta, indent=2, default=str))
-    print()
-    print(result.circuit.per_layer().to_string(index=False))
-    print()
-    print(result.circuit.summary().to_string(index=False))
-    if result.evaluation is not None:
-        e = result.evaluation
-        print(f"\n{e.split} ({e.n_examples} pairs): {e.metric_name} full {e.base_metric:.3f} -> circuit "
-              f"{e.circuit_metric:.3f}, KL {e.kl:.3f}")
-    print(f"\noutputs in {out}/ (circuit.json, per_layer.csv, summary.csv, evaluation.json, history.csv, config.json)")
-    return 130 if result.interrupted else 0
+    report = build_report(out)
+    _print_result(result)
+    print(f"\noutputs in {out}/: {', '.join(n for n in RUN_FILES if (out / n).exists())}")
+    print(f"report: {report.resolve()}")
+    if result.interrupted:
+        print(f"interrupted after {result.steps_completed} steps; the circuit of the last finished step is saved",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import build_report
+
+    path = build_report(args.dir, out=args.out, reference=args.reference)
+    print(f"report: {path.resolve()}")
+    return 0
+
+
+def _run_cli_info(directory: Path) -> dict:
+    from .report import load_run
+
+    run = load_run(directory)
+    cfg = run["config"]
+    cli = dict(cfg.get("cli") or {})
+    if not cli:  # a run saved from Python: rebuild the task from its description if it is a built-in one
+        task = cfg.get("task") or run["circuit"].task or {}
+        from .tasks import TASKS
+
+        if task.get("name") not in TASKS:
+            raise CliError(f"{directory}: task {task.get('name')!r} cannot be rebuilt from config.json; "
+                           "evaluate it from Python with mgnp_lens.evaluate")
+        cli = {"task": task["name"], "seed": task.get("seed", cfg.get("seed", 0)),
+               "n_test": (task.get("sizes") or {}).get("test", 1024)}
+        source = (cfg.get("model") or {}).get("source")
+        cli["model"] = None if source is None or str(source).endswith("SmolLM2-135M-Instruct.Q4_1.gguf") else source
+    return {"run": run, "cli": cli}
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate
+
+    info = _run_cli_info(Path(args.dir))
+    run, cli = info["run"], info["cli"]
+    model = _load_model(args.model if args.model is not None else cli.get("model"), args.device)
+    task = _build_task(model, cli)
+    ev = evaluate(model, task, run["circuit"], args.split, args.batch_size, args.max_examples)
+    path = Path(args.dir) / f"evaluation_{args.split}.json"
+    path.write_text(json.dumps(ev.to_dict(), indent=2))
+    print(ev.to_frame().to_string(index=False))
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .reference import compare
+    from .report import load_run
+
+    run = load_run(args.dir)
+    table = compare(run["circuit"], args.reference)
+    path = Path(args.dir) / f"compare_{args.reference}.csv"
+    table.to_csv(path, index=False)
+    print(table.to_string(index=False))
+    print(f"wrote {path}")
+    return 0
+
+
+COMMANDS = {"discover": cmd_discover, "report": cmd_report, "evaluate": cmd_evaluate, "compare": cmd_compare}
 
 
 def main(argv=None) -> int:
+    from .discover import DiscoveryError
+    from .models import ModelLoadError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "discover":
-            return cmd_discover(args)
-    except (ValueError, FileNotFoundError) as e:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("mgnp: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except ModelLoadError as e:
+        print(f"mgnp: error: cannot load the model: {e}", file=sys.stderr)
+        return EXIT_MODEL
+    except (CliError, ValueError, FileNotFoundError) as e:
         print(f"mgnp: error: {e}", file=sys.stderr)
-        return 2
-    return 1
+        return EXIT_BAD_INPUT
+    except DiscoveryError as e:
+        print(f"mgnp: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +35,17 @@ from .hooks import (
 )
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def _lr_factor(config: "PruningConfig", step: int) -> float:
+    """Multiplier of ``config.lr`` at 0-based ``step``."""
+    if config.lr_schedule == "constant" or config.steps == 1:
+        return 1.0
+    end = config.lr_final_fraction
+    return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * step / (config.steps - 1)))
+
+
 @dataclass
 class PruningConfig:
     """Everything that defines a discovery run.
@@ -41,7 +53,12 @@ class PruningConfig:
     Attributes:
         steps: optimizer steps.
         lr: AdamW learning rate on ``log α``.
+        lr_schedule: ``"constant"``, or ``"cosine"`` (decays from ``lr`` to ``lr_final_fraction·lr``
+            over the run, so late steps settle the gates instead of flipping them).
+        lr_final_fraction: the cosine schedule's end point, as a fraction of ``lr``.
         batch_size: prompt pairs per step.
+        micro_batch_size: run each step's batch in chunks of this many pairs, accumulating the
+            gradient (same result, peak activation memory of one chunk); ``None``: one chunk.
         lambdas: per-granularity sparsity weights (paper Appendix C by default).
         lambda_scale: multiplies every λ (for sweeps).
         lambda_warmup_steps: λ ramps linearly from 0 to full over this many steps (0: no warm-up).
@@ -52,6 +69,8 @@ class PruningConfig:
         weight_decay: AdamW weight decay on ``log α`` (0: none).
         mask_per_example: draw an independent gate sample for every example of a batch (lower-variance
             gradients for the many small neuron gates) instead of one sample per batch.
+        skip_dead_sites: cut hook sites whose mask is exactly 0 out of the autograd graph (exact; saves
+            backward compute once whole blocks are pruned).
         eval_split: split evaluated at the end (``None``: skip).
         eval_max_examples: cap on the evaluated examples (``None``: whole split).
         eval_batch_size: batch size of the final evaluations.
@@ -63,7 +82,10 @@ class PruningConfig:
 
     steps: int = 240
     lr: float = 0.3
+    lr_schedule: str = "constant"
+    lr_final_fraction: float = 0.1
     batch_size: int = 32
+    micro_batch_size: int | None = None
     lambdas: dict[str, float] = field(default_factory=lambda: dict(PAPER_LAMBDAS))
     lambda_scale: float = 1.0
     lambda_warmup_steps: int = 0
@@ -73,6 +95,7 @@ class PruningConfig:
     hard_concrete: HardConcreteParams = field(default_factory=HardConcreteParams)
     weight_decay: float = 0.0
     mask_per_example: bool = False
+    skip_dead_sites: bool = True
     eval_split: str | None = "test"
     eval_max_examples: int | None = 1024
     eval_batch_size: int = 32
@@ -85,8 +108,14 @@ class PruningConfig:
             raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; expected one of {', '.join(LR_SCHEDULES)}")
+        if not 0 <= self.lr_final_fraction <= 1:
+            raise ValueError(f"lr_final_fraction must be in [0, 1], got {self.lr_final_fraction}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be >= 1 or None, got {self.micro_batch_size}")
         if self.lambda_warmup_steps < 0:
             raise ValueError(f"lambda_warmup_steps must be >= 0, got {self.lambda_warmup_steps}")
         if self.lambda_scale < 0:
@@ -124,7 +153,8 @@ class DiscoveryResult:
 
     Attributes:
         circuit: the binarised, hierarchy-consistent circuit.
-        history: one row per completed step (step, loss, kl, lambda_factor, l0_<g>, active_<g>).
+        history: one row per completed step (step, loss, kl, lambda_factor, lr, seconds (wall time of
+            the step), l0_<g>, active_<g>).
         evaluation: Table 2 row on ``config.eval_split`` (None if skipped or interrupted).
         train_evaluation: the same on the training pairs (the hard circuit's training KL).
         config: the run's configuration.
@@ -132,6 +162,7 @@ class DiscoveryResult:
         steps_completed: optimizer steps that finished.
         interrupted: True if the run stopped early (Ctrl-C or an error).
         seconds: wall time of the optimisation loop.
+        meta: task description, model source and library versions (written to config.json).
     """
 
     circuit: Circuit
@@ -143,11 +174,20 @@ class DiscoveryResult:
     steps_completed: int
     interrupted: bool = False
     seconds: float = 0.0
+    meta: dict = field(default_factory=dict)
 
     def save(self, directory: str | Path) -> Path:
         """Write circuit.json, gates.pt, history.csv, per_layer.csv, summary.csv, evaluation.json, config.json."""
         return _write_outputs(Path(directory), self.circuit, self.gates, self.history, self.config,
-                              self.evaluation, self.train_evaluation, self.steps_completed, self.interrupted)
+                              self.evaluation, self.train_evaluation, self.steps_completed, self.interrupted,
+                              self.meta, self.seconds)
+
+    def report(self, directory: str | Path) -> Path:
+        """Save the run into ``directory`` and build its ``report.html``; returns the report's path."""
+        from .report import build_report
+
+        self.save(directory)
+        return build_report(directory)
 
 
 class DiscoveryError(RuntimeError):
@@ -158,8 +198,23 @@ class DiscoveryError(RuntimeError):
         self.result = result
 
 
+def _run_meta(model, task) -> dict:
+    from . import __version__
+    from .models import LOAD_INFO_ATTR, library_versions
+
+    return {"task": task.describe(), "model": getattr(model, LOAD_INFO_ATTR, None) or {"class": type(model).__name__},
+            "model_dims": ModelDims.from_model(model).to_dict(),
+            "versions": {"mgnp_lens": __version__, **library_versions(), "python": platform.python_version()}}
+
+
+def _write_json(path: Path, payload) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    tmp.replace(path)
+
+
 def _write_outputs(out: Path, circuit, gates, history, config, evaluation, train_evaluation,
-                   steps_completed, interrupted) -> Path:
+                   steps_completed, interrupted, meta, seconds) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     circuit.save(out / "circuit.json")
     torch.save({g: v.detach().cpu() for g, v in gates.log_alpha.items()}, out / "gates.pt.tmp")
@@ -168,11 +223,14 @@ def _write_outputs(out: Path, circuit, gates, history, config, evaluation, train
                         ("summary.csv", circuit.summary())):
         frame.to_csv(out / (name + ".tmp"), index=False)
         (out / (name + ".tmp")).replace(out / name)
-    status = {"steps_completed": steps_completed, "interrupted": interrupted,
+    status = {"steps_completed": steps_completed, "interrupted": interrupted, "seconds": seconds,
               "evaluation": evaluation.to_dict() if evaluation else None,
               "train_evaluation": train_evaluation.to_dict() if train_evaluation else None}
-    (out / "evaluation.json").write_text(json.dumps(status, indent=2))
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
+    _write_json(out / "evaluation.json", status)
+    previous = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
+    extra = {k: v for k, v in previous.items() if k not in ("config", "seed") and k not in meta} \
+        if isinstance(previous, dict) and "config" in previous else {}
+    _write_json(out / "config.json", {"config": config.to_dict(), "seed": config.seed, **meta, **extra})
     return out
 
 
@@ -180,7 +238,7 @@ def _model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def _precompute(model, dims, pairs, batch_size, with_cache: bool):
     """Base log-probs [n, d_vocab] per bucket and, for cache mode, corrupted activations per bucket."""
     device = _model_device(model)
@@ -197,6 +255,38 @@ def _precompute(model, dims, pairs, batch_size, with_cache: bool):
         if with_cache:
             cache.append({k: torch.cat([a[k] for a in acts]) for k in acts[0]})
     return base, cache
+
+
+def _kl_backward(model, interp: Interpolator, masks: dict[str, torch.Tensor], batch, rows: torch.Tensor,
+                 base: list[torch.Tensor], cache: list[dict], config: PruningConfig) -> float:
+    """Mean KL(full ‖ masked model) over ``batch``, back-propagated into the gates behind ``masks``.
+
+    The batch runs in micro-batches of ``config.micro_batch_size`` (all of it when None). The
+    masks enter each pass as detached leaves; their gradients are summed over the micro-batches
+    and pushed through the gate sampling once, so peak activation memory is that of one
+    micro-batch and the gradient equals the full-batch one.
+    """
+    leaves = {g: m.detach().requires_grad_(m.requires_grad) for g, m in masks.items()}
+    n = len(batch)
+    size = config.micro_batch_size or n
+    per_example = config.mask_per_example
+    kl_sum = 0.0
+    for start in range(0, n, size):
+        sl = slice(start, min(start + size, n))
+        interp.set_masks({g: v[sl] for g, v in leaves.items()} if per_example else leaves)
+        if config.corruption == "cache":
+            idx = rows[sl]
+            interp.set_corrupted({k: v[idx.to(v.device)] for k, v in cache[batch.bucket].items()})
+        logits = masked_answer_logits(model, interp, batch.clean[sl], batch.corrupted[sl], batch.answer_pos[sl])
+        kl = kl_full_circuit(base[batch.bucket][rows[sl].to(logits.device)], logits).sum() / n
+        kl.backward()
+        kl_sum += float(kl.detach())
+        interp.set_corrupted(None)
+        del logits, kl
+    grads = [(m, leaves[g].grad) for g, m in masks.items() if m.requires_grad and leaves[g].grad is not None]
+    if grads:
+        torch.autograd.backward([m for m, _ in grads], [gr for _, gr in grads])
+    return kl_sum
 
 
 def discover(model, task, config: PruningConfig | None = None, **overrides) -> DiscoveryResult:
@@ -231,10 +321,11 @@ def discover(model, task, config: PruningConfig | None = None, **overrides) -> D
     grad_flags = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
-    interp = Interpolator(dims, config.corruption)
+    interp = Interpolator(dims, config.corruption, skip_dead_sites=config.skip_dead_sites)
     rows: list[dict] = []
     steps_done, interrupted, error = 0, False, None
     ckpt = Path(config.checkpoint_dir) if config.checkpoint_dir else None
+    meta = _run_meta(model, task)
 
     def snapshot() -> tuple[Circuit, pd.DataFrame]:
         circuit = Circuit(dims, gates.binarize(), task=task.describe(), config=config.to_dict())
@@ -245,28 +336,26 @@ def discover(model, task, config: PruningConfig | None = None, **overrides) -> D
         base, cache = _precompute(model, dims, train, config.eval_batch_size, config.corruption == "cache")
         bar = tqdm(range(config.steps), desc="mgnp discover", disable=not config.progress, dynamic_ncols=True)
         for step in bar:
+            t_step = time.perf_counter()
             batch = train.sample(config.batch_size, generator=batch_gen)
-            rows_idx = batch.rows
-            batch = batch.to(device)
-            interp.set_masks(gates.sample(generator=noise_gen,
-                                          batch_size=len(batch) if config.mask_per_example else None))
-            if config.corruption == "cache":
-                interp.set_corrupted({k: v[rows_idx.to(v.device)] for k, v in cache[batch.bucket].items()})
-            logits = masked_answer_logits(model, interp, batch.clean, batch.corrupted, batch.answer_pos)
-            kl = kl_full_circuit(base[batch.bucket][rows_idx.to(device)], logits).mean()
+            batch_cpu, batch = batch, batch.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            masks = gates.sample(generator=noise_gen, batch_size=len(batch) if config.mask_per_example else None)
+            kl = _kl_backward(model, interp, masks, batch, batch_cpu.rows, base, cache, config)
             factor = min(1.0, (step + 1) / config.lambda_warmup_steps) if config.lambda_warmup_steps else 1.0
             expected_l0 = gates.expected_l0()  # per-gate P(z > 0), shared by the loss and the history
             l0 = {g: v.mean() for g, v in expected_l0.items()}
             sparsity = sum(lambdas[g] * l0[g] for g in gates.trainable)
-            loss = kl + factor * sparsity
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (factor * sparsity).backward()
+            loss = kl + factor * float(sparsity.detach())
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * _lr_factor(config, step)
             optimizer.step()
-            interp.set_corrupted(None)
             steps_done = step + 1
             with torch.no_grad():
                 expected = {g: float(v.sum()) for g, v in expected_l0.items()}
-                row = {"step": steps_done, "loss": float(loss), "kl": float(kl), "lambda_factor": factor}
+                row = {"step": steps_done, "loss": loss, "kl": kl, "lambda_factor": factor,
+                       "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t_step}
                 row.update({f"l0_{g}": float(l0[g]) for g in gates.trainable})
                 row.update({f"active_{g}": expected[g] for g in gates.trainable})
             rows.append(row)
@@ -275,7 +364,8 @@ def discover(model, task, config: PruningConfig | None = None, **overrides) -> D
                             mlp_h=f"{expected.get('mlp_hidden', 0):.0f}", refresh=False)
             if ckpt is not None and steps_done % config.checkpoint_every == 0:
                 c, h = snapshot()
-                _write_outputs(ckpt, c, gates, h, config, None, None, steps_done, False)
+                _write_outputs(ckpt, c, gates, h, config, None, None, steps_done, False, meta,
+                               time.perf_counter() - t0)
     except KeyboardInterrupt:
         interrupted = True
     except Exception as e:  # keep finished work, then re-raise with it attached
@@ -293,7 +383,7 @@ def discover(model, task, config: PruningConfig | None = None, **overrides) -> D
             evaluation = evaluate(model, task, circuit, config.eval_split, config.eval_batch_size,
                                   config.eval_max_examples)
     result = DiscoveryResult(circuit, history, evaluation, train_evaluation, config, gates, steps_done,
-                             interrupted, seconds)
+                             interrupted, seconds, meta)
     if ckpt is not None:
         result.save(ckpt)
     if error is not None:

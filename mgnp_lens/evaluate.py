@@ -47,7 +47,7 @@ def _resolve_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(model, task, circuit: Circuit, split: str = "test", batch_size: int = 32,
              max_examples: int | None = None) -> Evaluation:
     """Evaluate ``circuit`` on a task split.

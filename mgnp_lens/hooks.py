@@ -117,9 +117,10 @@ class Interpolator:
             ...
     """
 
-    def __init__(self, dims: ModelDims, mode: CorruptionMode = "batch"):
+    def __init__(self, dims: ModelDims, mode: CorruptionMode = "batch", skip_dead_sites: bool = True):
         self.dims = dims
         self.mode = check_mode(mode)
+        self.skip_dead_sites = skip_dead_sites
         self._masks: dict[str, torch.Tensor] = {}
         self._corrupted: dict[str, torch.Tensor] | None = None
 
@@ -135,10 +136,15 @@ class Interpolator:
         m = self._masks[site].to(act.device)
         if m.dtype != torch.bool:
             m = m.to(act.dtype)
+        # A site whose mask is exactly zero everywhere passes the corrupted activation on and is cut
+        # out of the autograd graph, so backward skips the clean computation below it. Exact: a
+        # Hard-Concrete gate is exactly 0 only where it is clamped, and there its gradient is 0.
+        dead = self.skip_dead_sites and not bool(m.any())
         if self.mode == "batch":
             b = act.shape[0] // 2
             clean, corrupted = act[:b], act[b:]
-            return torch.cat([interpolate(clean, corrupted, m), corrupted], dim=0)
+            mixed = corrupted.detach() if dead else interpolate(clean, corrupted, m)
+            return torch.cat([mixed, corrupted], dim=0)
         if self._corrupted is None:
             raise RuntimeError("cache mode needs set_corrupted() before the forward pass")
         corrupted = self._corrupted[site]
@@ -147,7 +153,7 @@ class Interpolator:
                 f"cached corrupted activation at {site} has shape {tuple(corrupted.shape)}, "
                 f"but the clean pass produced {tuple(act.shape)}"
             )
-        return interpolate(act, corrupted, m)
+        return corrupted.to(act.dtype) if dead else interpolate(act, corrupted, m)
 
     def fwd_hooks(self) -> list[tuple[str, object]]:
         """``[(hook_name, fn)]`` for ``model.hooks``; each fn knows its site by our name, since
@@ -193,7 +199,7 @@ def logits_at(model, tokens: torch.Tensor, positions: torch.Tensor, rows: int) -
     return logits[idx, positions]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def corrupted_activations(model, dims: ModelDims, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
     """Activations of the unmasked model on ``tokens`` at every gated site: ``{hook_name: [B, pos, ...]}``."""
     store: dict[str, torch.Tensor] = {}

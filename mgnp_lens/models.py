@@ -246,12 +246,25 @@ def _load_gguf(path: Path, backend: str, device, dtype, use_cache: bool):
 
 
 # ----------------------------------------------------------------------------- public
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """``torch.float32`` or ``"float32"`` → ``torch.float32``; ``ValueError`` for anything else."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    if name not in DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    return getattr(torch, name)
+
+
 def load_model(
     name_or_path: str | os.PathLike | None = None,
     *,
     backend: str = "hooked",
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     cache: bool = True,
 ) -> Any:
     """Load a model that mgnp-lens can prune.
@@ -264,7 +277,7 @@ def load_model(
         backend: ``"hooked"`` for a ``HookedTransformer``, ``"bridge"`` for a ``TransformerBridge``
             in compatibility mode (same hook names).
         device: torch device.
-        dtype: parameter dtype.
+        dtype: parameter dtype (a ``torch.dtype`` or its name, e.g. ``"bfloat16"``).
         cache: reuse/write converted weights of GGUF models in :func:`cache_root`.
 
     Returns:
@@ -276,6 +289,7 @@ def load_model(
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected 'hooked' or 'bridge'")
+    dtype = as_dtype(dtype)
     if name_or_path is None or str(name_or_path).lower() in DEFAULT_ALIASES:
         model, info = _load_gguf(default_gguf_path(), backend, device, dtype, cache)
     else:

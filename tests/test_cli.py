@@ -1,29 +1,113 @@
-"""The minimal `mgnp discover` command on a tiny GPT-2 checkpoint."""
+"""The `mgnp` command line on a tiny GPT-2 checkpoint: discover, report, evaluate, compare, errors."""
 
 from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
+import torch
 
 import mgnp_lens as mg
-from mgnp_lens.cli import main
+from mgnp_lens.cli import RUN_FILES, main
 
 
-def test_discover_writes_its_outputs(tiny_gpt2_checkpoint, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def cli_run(tiny_gpt2_checkpoint, tmp_path_factory):
     path, _, _ = tiny_gpt2_checkpoint
-    out = tmp_path / "run"
-    code = main(["discover", "--task", "ioi", "--model", str(path), "--steps", "3", "--batch-size", "4",
-                 "--n-test", "8", "--lambda", "attn_head=2.5", "--out", str(out), "--quiet"])
+    out = tmp_path_factory.mktemp("cli") / "run"
+    argv = ["discover", "--task", "ioi", "--model", str(path), "--steps", "3", "--batch-size", "4",
+            "--n-test", "8", "--lambda", "attn_head=2.5", "--seed", "3", "--out", str(out), "--quiet"]
+    code = main(argv)
+    return code, out, path
+
+
+def test_discover_writes_every_file(cli_run, capsys):
+    code, out, _ = cli_run
     assert code == 0
-    for name in ("circuit.json", "per_layer.csv", "summary.csv", "evaluation.json", "history.csv", "config.json"):
-        assert (out / name).exists(), name
+    for name in ("circuit.json", "per_layer.csv", "summary.csv", "evaluation.json", "history.csv", "config.json",
+                 "report.html", "gates.pt"):
+        assert (out / name).exists() and (out / name).stat().st_size > 0, name
     config = json.loads((out / "config.json").read_text())
     assert config["config"]["lambdas"]["attn_head"] == 2.5 and config["config"]["steps"] == 3
-    assert "torch" in config["versions"]
-    circuit = mg.Circuit.load(out / "circuit.json")
-    assert circuit.dims.n_layers == 2
-    assert "Attn Heads" in capsys.readouterr().out
+    assert config["seed"] == 3 and config["cli"]["task"] == "ioi"
+    assert {"torch", "transformers", "transformer_lens", "mgnp_lens"} <= set(config["versions"])
+    ev = json.loads((out / "evaluation.json").read_text())
+    assert ev["evaluation"]["split"] == "test" and ev["evaluation"]["n_examples"] == 8
+    assert {"base_metric", "circuit_metric", "kl"} <= set(ev["evaluation"])
+    assert len(pd.read_csv(out / "history.csv")) == 3
+    assert list(pd.read_csv(out / "per_layer.csv").columns) == mg.granularity.APPENDIX_D_COLUMNS
+
+
+def test_circuit_json_reloads_into_the_run_circuit(cli_run):
+    """The saved circuit equals the one the same configuration finds from Python."""
+    _, out, path = cli_run
+    saved = mg.Circuit.load(out / "circuit.json")
+    model = mg.load_model(str(path))
+    task = mg.tasks.IOI(model, n_test=8, seed=3)
+    result = mg.discover(model, task, steps=3, batch_size=4, lambdas={"attn_head": 2.5}, seed=3,
+                         progress=False, eval_split=None)
+    assert saved == result.circuit
+    assert mg.Circuit.load(out / "circuit.json") == saved  # and reloads identically again
+    # the binarised saved gates reproduce the saved circuit
+    log_alpha = torch.load(out / "gates.pt")
+    assert set(log_alpha) == set(mg.GRANULARITIES)
+
+
+def test_report_is_self_contained(cli_run):
+    _, out, _ = cli_run
+    page = (out / "report.html").read_text()
+    assert "<script" in page and "Plotly" in page and len(page) > 1_000_000  # plotly.js embedded
+    assert 'src="http' not in page and "src='http" not in page  # nothing fetched from the network
+    for needle in ("Appendix D", "Table 1", "Table 2", "Training curves", "Attention heads", "Paper, GPT-2 small"):
+        assert needle in page, needle
+
+
+def test_report_command_rebuilds(cli_run, capsys):
+    _, out, _ = cli_run
+    (out / "report.html").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.html").exists()
+    assert "report:" in capsys.readouterr().out
+
+
+def test_evaluate_command(cli_run, capsys):
+    _, out, _ = cli_run
+    before = (out / "evaluation.json").read_text()
+    assert main(["evaluate", str(out), "--split", "validation", "--max-examples", "6"]) == 0
+    ev = json.loads((out / "evaluation_validation.json").read_text())
+    assert ev["split"] == "validation" and ev["n_examples"] == 6 and ev["kl"] >= 0
+    assert (out / "evaluation.json").read_text() == before  # the run's own evaluation is untouched
+
+
+def test_finished_run_is_never_overwritten(cli_run, capsys):
+    code, out, path = cli_run
+    before = {n: (out / n).read_bytes() for n in RUN_FILES if (out / n).exists()}
+    code = main(["discover", "--model", str(path), "--steps", "2", "--out", str(out), "--quiet"])
+    assert code == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert {n: (out / n).read_bytes() for n in before} == before
+
+
+def test_compare_command_on_a_gpt2_small_circuit(tmp_path, capsys):
+    dims = mg.ModelDims(n_layers=12, n_heads=12, d_head=64, d_mlp=3072, d_model=768)
+    circuit = mg.Circuit.empty(dims)
+    for l, h in [(9, 9), (10, 0), (3, 3)]:  # two name movers and one head outside the circuit
+        circuit.masks["attn_block"][l] = True
+        circuit.masks["attn_head"][l, h] = True
+        circuit.masks["attn_neuron"][l, h] = True
+    circuit.save(tmp_path / "circuit.json")
+    assert main(["compare", str(tmp_path), "--reference", "ioi"]) == 0
+    table = pd.read_csv(tmp_path / "compare_ioi.csv")
+    overall = table[(table.level == "head") & (table["class"] == "all")].iloc[0]
+    assert overall.true_positives == 2 and overall.precision == pytest.approx(2 / 3)
+    assert "name_mover" in capsys.readouterr().out
+
+
+def test_compare_rejects_a_non_gpt2_circuit(cli_run, capsys):
+    _, out, _ = cli_run
+    assert main(["compare", str(out), "--reference", "ioi"]) == 2
+    assert "GPT-2 small" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -31,6 +115,9 @@ def test_discover_writes_its_outputs(tiny_gpt2_checkpoint, tmp_path, capsys):
     (["discover", "--lambda", "heads=1"], "unknown granularity 'heads'"),
     (["discover", "--lambda", "attn_head"], "expected GRANULARITY=VALUE"),
     (["discover", "--steps", "0"], "out of range"),
+    (["discover", "--lr", "-1"], "out of range"),
+    (["discover", "--task", "ioi", "--data", "x.csv"], "not allowed with argument"),
+    (["compare", "somewhere", "--reference", "nope"], "invalid choice"),
 ])
 def test_bad_arguments_exit_with_a_clear_message(argv, message, capsys):
     with pytest.raises(SystemExit) as info:
@@ -39,7 +126,33 @@ def test_bad_arguments_exit_with_a_clear_message(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["discover", "--data", "missing.csv"], "no such file"),
+    (["discover", "--data", "pairs.txt"], "expected a .csv or .jsonl"),
+    (["report", "no/such/run"], "no run directory"),
+    (["evaluate", "no/such/run"], "no run directory"),
+])
+def test_missing_inputs_exit_2(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_negative_lambda_is_rejected(capsys):
     with pytest.raises(SystemExit):
         main(["discover", "--lambda", "attn_head=-1"])
     assert "bad λ spec 'attn_head=-1': -1.0 is out of range" in capsys.readouterr().err
+
+
+def test_discover_from_a_data_file(tiny_gpt2_checkpoint, tmp_path):
+    path, _, _ = tiny_gpt2_checkpoint
+    rows = [{"clean": "When Mary and John went out, John gave it to", "corrupted": "When Alice and Bob went out, "
+             "Bob gave it to", "correct": " Mary", "incorrect": " John"}] * 10
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "run"
+    assert main(["discover", "--data", str(data), "--model", str(path), "--steps", "2", "--batch-size", "4",
+                 "--out", str(out), "--quiet"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["cli"]["data"] == str(data) and config["task"]["name"] == "pairs"
+    assert (out / "report.html").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -142,7 +143,9 @@ def test_periodic_checkpoints(gpt2_micro, tmp_path):
     for name in ("circuit.json", "gates.pt", "history.csv", "per_layer.csv", "summary.csv", "evaluation.json",
                  "config.json"):
         assert (tmp_path / name).exists(), name
-    assert json.loads((tmp_path / "config.json").read_text())["steps"] == 4
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["config"]["steps"] == 4 and saved["seed"] == 0
+    assert saved["model_dims"]["n_layers"] == 2 and "torch" in saved["versions"] and saved["task"]["name"] == "custom"
     assert mg.Circuit.load(tmp_path / "circuit.json") == r.circuit
 
 
@@ -150,6 +153,8 @@ def test_periodic_checkpoints(gpt2_micro, tmp_path):
     (dict(steps=0), "steps"), (dict(lr=-1.0), "lr"), (dict(batch_size=0), "batch_size"),
     (dict(corruption="both"), "corruption mode"), (dict(lambdas={"heads": 1.0}), "unknown granularity"),
     (dict(lambdas={"attn_head": -1.0}), "lambda"), (dict(granularities=("attn_heads",)), "unknown granularity"),
+    (dict(lr_schedule="step"), "unknown lr_schedule"), (dict(micro_batch_size=0), "micro_batch_size"),
+    (dict(lr_final_fraction=2.0), "lr_final_fraction"),
 ])
 def test_bad_config_is_a_clear_value_error(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -168,3 +173,53 @@ def test_bad_task_input_names_the_problem(gpt2_micro):
     task = PromptPairTask.from_tokens(clean, corrupted, [1] * 4, [2] * 4)
     with pytest.raises(ValueError, match="no split 'dev'"):
         task.split("dev")
+
+
+@pytest.mark.parametrize("mode", ["cache", "batch"])
+@pytest.mark.parametrize("per_example", [False, True])
+def test_micro_batches_give_the_same_run(gpt2_micro, mode, per_example):
+    """Gradient accumulation over micro-batches reproduces the whole-batch run."""
+    clean, corrupted = random_pairs(gpt2_micro, n=16)
+    task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
+    kw = dict(steps=6, batch_size=8, lr=0.5, corruption=mode, mask_per_example=per_example, progress=False,
+              eval_split=None)
+    whole = mg.discover(gpt2_micro, task, **kw)
+    micro = mg.discover(gpt2_micro, task, micro_batch_size=3, **kw)
+    for g in whole.gates.log_alpha:
+        torch.testing.assert_close(micro.gates.log_alpha[g], whole.gates.log_alpha[g], atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(micro.history.kl, whole.history.kl, rtol=1e-4, atol=1e-6)
+
+
+def test_skipping_dead_sites_is_exact(gpt2_micro):
+    """A site whose mask is exactly 0 is cut from the graph: same output, same gate gradients."""
+    from mgnp_lens.gates import HardConcreteGates
+    from mgnp_lens.hooks import Interpolator, masked_answer_logits
+
+    dims = mg.ModelDims.from_model(gpt2_micro)
+    clean, corrupted = random_pairs(gpt2_micro, n=4)
+    pos = torch.full((4,), clean.shape[1] - 1)
+    grads, outs = [], []
+    for skip in (False, True):
+        gates = HardConcreteGates(dims, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            gates.log_alpha["attn_block"][1] = -20.0  # layer 1 attention certainly off
+            gates.log_alpha["mlp_block"][0] = -20.0  # layer 0 MLP certainly off
+        interp = Interpolator(dims, "batch", skip_dead_sites=skip)
+        interp.set_masks(gates.sample(generator=torch.Generator().manual_seed(1)))
+        out = masked_answer_logits(gpt2_micro, interp, clean, corrupted, pos)
+        out.square().sum().backward()
+        outs.append(out.detach())
+        grads.append({g: torch.zeros_like(p) if p.grad is None else p.grad.clone() for g, p in gates.log_alpha.items()})
+    torch.testing.assert_close(outs[0], outs[1])
+    for g in grads[0]:
+        torch.testing.assert_close(grads[0][g], grads[1][g])
+    assert grads[1]["attn_head"][1].abs().sum() == 0 and grads[1]["attn_head"][0].abs().sum() > 0
+
+
+def test_cosine_schedule_decays_to_the_final_fraction():
+    from mgnp_lens.discover import _lr_factor
+
+    cfg = mg.PruningConfig(steps=11, lr_schedule="cosine", lr_final_fraction=0.2)
+    assert _lr_factor(cfg, 0) == pytest.approx(1.0) and _lr_factor(cfg, 10) == pytest.approx(0.2)
+    assert _lr_factor(cfg, 5) == pytest.approx(0.6)
+    assert _lr_factor(mg.PruningConfig(steps=11), 7) == 1.0

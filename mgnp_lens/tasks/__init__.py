@@ -16,4 +16,5 @@ def get_task(name: str, model, **kwargs):
     return TASKS[key](model, **kwargs)
 
 
-__all__ = ["GenderedPronouns", "GreaterThan", "IOI", "PairBatch", "PairSet", "PromptPairTask", "TASKS", "Task", "get_task", "logit_diff"]
+__all__ = ["GenderedPronouns", "GreaterThan", "IOI", "PairBatch", "PairSet", "PromptPairTask", "TASKS", "Task",
+           "get_task", "logit_diff"]

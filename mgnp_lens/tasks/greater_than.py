@@ -123,7 +123,7 @@ class GreaterThan(PromptPairTask):
                     bad_start = rng.randrange(lo, hi) * 100 + rng.randint(1, 98)
                     if self.family == "digit" or bad_start in valid_set or two_digit_year_ok(tok, bad_start):
                         break
-            fill = lambda s: t.format(noun=noun, start=s, end_century=cc)  # noqa: E731
+            fill = lambda s, t=t, noun=noun, cc=cc: t.format(noun=noun, start=s, end_century=cc)  # noqa: E731
             rec = {"clean": fill(start), "corrupted": fill(bad_start), "start_year": start, "start_yy": yy,
                    "corrupted_start_year": bad_start, "template": t}
             if self.family == "two_digit":

@@ -1,0 +1,297 @@
+"""Plotly figures of circuits and runs. Every function returns a ``plotly.graph_objects.Figure``.
+
+Colours are colour-blind safe: the Okabe-Ito palette for categories, Cividis for retained
+fractions. Layers are shown 0-indexed (hover text says ``L9 H6`` for layer 9, head 6).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .circuit import Circuit
+from .granularity import GRANULARITIES
+
+#: Okabe & Ito (2008) colour-blind-safe categorical palette.
+OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
+#: Sequential colour scale for retained fractions (perceptually uniform, colour-blind safe).
+SEQUENTIAL = "Cividis"
+
+LAYER_GRANULARITIES = ("attn_block", "attn_head", "attn_neuron", "mlp_block", "mlp_hidden", "mlp_output")
+LABELS = {"embedding": "Embedding", "attn_block": "Attn block", "mlp_block": "MLP block", "attn_head": "Attn heads",
+          "attn_neuron": "Attn neurons", "mlp_hidden": "MLP hidden", "mlp_output": "MLP output"}
+GRANULARITY_COLOURS = dict(zip(GRANULARITIES, OKABE_ITO[1:] + OKABE_ITO[:1]))
+
+
+def _per_layer_counts(circuit: Circuit, g: str) -> tuple[np.ndarray, int]:
+    """Kept units per layer [L] and units per layer for granularity ``g``."""
+    m = circuit.masks[g]
+    kept = m.reshape(circuit.dims.n_layers, -1).sum(-1).numpy()
+    return kept, int(m[0].numel())
+
+
+def layer_heatmap(circuit: Circuit, title: str | None = None) -> go.Figure:
+    """Appendix D as a picture: layer × granularity heatmap of the retained fraction.
+
+    Args:
+        circuit: the circuit.
+
+    Returns:
+        a figure with one ``Heatmap`` trace; z is [n_layers, 6] in [0, 1], x the granularity labels.
+    """
+    L = circuit.dims.n_layers
+    z = np.zeros((L, len(LAYER_GRANULARITIES)))
+    text = np.empty((L, len(LAYER_GRANULARITIES)), dtype=object)
+    for j, g in enumerate(LAYER_GRANULARITIES):
+        kept, per = _per_layer_counts(circuit, g)
+        z[:, j] = kept / per
+        for l in range(L):
+            text[l, j] = f"L{l} · {LABELS[g]}: {int(kept[l])}/{per} kept ({100 * kept[l] / per:.1f}%)"
+    fig = go.Figure(go.Heatmap(
+        z=z, x=[LABELS[g] for g in LAYER_GRANULARITIES], y=list(range(L)), zmin=0, zmax=1,
+        colorscale=SEQUENTIAL, text=text, hovertemplate="%{text}<extra></extra>",
+        colorbar={"title": "retained<br>fraction"}))
+    emb = "kept" if bool(circuit.masks["embedding"].all()) else "pruned"
+    fig.update_layout(title=title or f"Retained fraction per layer and granularity (embedding {emb})",
+                      xaxis_title="granularity", yaxis_title="layer (0-indexed)",
+                      yaxis={"autorange": "reversed", "dtick": 1 if L <= 32 else None},
+                      height=max(320, 22 * L + 140), template="plotly_white")
+    return fig
+
+
+def _reference_heads(reference) -> set[tuple[int, int]]:
+    if reference is None:
+        return set()
+    if isinstance(reference, str):
+        from .reference import get_reference
+
+        reference = get_reference(reference)
+    heads = getattr(reference, "heads", reference)
+    return {tuple(h) for h in heads}
+
+
+def head_grid(circuit: Circuit, color_by_neurons: bool = True, reference=None,
+              title: str | None = None) -> go.Figure:
+    """Layer × head grid of retained heads.
+
+    Args:
+        circuit: the circuit.
+        color_by_neurons: colour kept heads by the fraction of their ``d_head`` attention neurons
+            that are kept (otherwise kept = 1, pruned = 0).
+        reference: heads to outline: a reference-circuit name (``"ioi"``), a
+            :class:`~mgnp_lens.reference.ReferenceCircuit` or an iterable of ``(layer, head)``.
+
+    Returns:
+        a figure with one ``Heatmap`` (z [n_layers, n_heads]) and one rectangle shape per
+        reference head; a dotted legend entry names the outline.
+    """
+    d, m = circuit.dims, circuit.masks
+    heads = m["attn_head"].float().numpy()
+    neurons = m["attn_neuron"].float().mean(-1).numpy()  # [L, H]
+    z = heads * neurons if color_by_neurons else heads
+    ref = _reference_heads(reference)
+    text = np.empty(z.shape, dtype=object)
+    for l in range(d.n_layers):
+        for h in range(d.n_heads):
+            state = "kept" if heads[l, h] else "pruned"
+            extra = f", {int(round(neurons[l, h] * d.d_head))}/{d.d_head} neurons" if heads[l, h] else ""
+            tag = " · in reference" if (l, h) in ref else ""
+            text[l, h] = f"L{l} H{h}: {state}{extra}{tag}"
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(range(d.n_heads)), y=list(range(d.n_layers)), zmin=0, zmax=1, colorscale=SEQUENTIAL,
+        text=text, hovertemplate="%{text}<extra></extra>", xgap=1, ygap=1,
+        colorbar={"title": "kept neuron<br>fraction" if color_by_neurons else "kept"}))
+    for l, h in sorted(ref):
+        if l < d.n_layers and h < d.n_heads:
+            fig.add_shape(type="rect", x0=h - 0.5, x1=h + 0.5, y0=l - 0.5, y1=l + 0.5,
+                          line={"color": OKABE_ITO[5], "width": 2.5})
+    if ref:
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="reference head",
+                                 marker={"symbol": "square-open", "size": 12, "color": OKABE_ITO[5]}))
+    n_kept = int(heads.sum())
+    fig.update_layout(title=title or f"Attention heads: {n_kept}/{heads.size} kept",
+                      xaxis_title="head", yaxis_title="layer (0-indexed)",
+                      yaxis={"autorange": "reversed"}, xaxis={"dtick": 1},
+                      height=max(320, 22 * d.n_layers + 140), template="plotly_white",
+                      legend={"orientation": "h", "y": -0.15})
+    return fig
+
+
+def neuron_strips(circuit: Circuit, granularities: Sequence[str] = ("mlp_hidden", "mlp_output"),
+                  title: str | None = None) -> go.Figure:
+    """Per-layer neuron strips: which MLP hidden / output neurons survive.
+
+    Returns:
+        a figure with one binary ``Heatmap`` (z [n_layers, units]) per granularity, stacked.
+    """
+    for g in granularities:
+        if g not in ("mlp_hidden", "mlp_output", "attn_neuron"):
+            raise ValueError(f"neuron_strips draws mlp_hidden, mlp_output or attn_neuron, not {g!r}")
+    fig = make_subplots(rows=len(granularities), cols=1, vertical_spacing=0.12,
+                        subplot_titles=[f"{LABELS[g]}: {circuit.count(g):,}/{circuit.dims.count(g):,} kept"
+                                        for g in granularities])
+    for i, g in enumerate(granularities, start=1):
+        z = circuit.masks[g].reshape(circuit.dims.n_layers, -1).float().numpy()
+        fig.add_trace(go.Heatmap(
+            z=z, zmin=0, zmax=1, colorscale=[[0, "#f2f2f2"], [1, OKABE_ITO[0]]], showscale=False,
+            name=LABELS[g], hovertemplate="L%{y} neuron %{x}: %{z}<extra>" + LABELS[g] + "</extra>"),
+            row=i, col=1)
+        fig.update_yaxes(title_text="layer", autorange="reversed", row=i, col=1)
+        fig.update_xaxes(title_text="neuron index", row=i, col=1)
+    fig.update_layout(title=title or "Surviving neurons per layer (blue = kept)", template="plotly_white",
+                      height=max(360, (12 * circuit.dims.n_layers + 120) * len(granularities)))
+    return fig
+
+
+def training_curves(history: pd.DataFrame, title: str | None = None) -> go.Figure:
+    """KL, loss and expected active nodes per granularity against the step.
+
+    Args:
+        history: :attr:`DiscoveryResult.history` (columns step, loss, kl, active_<g>, l0_<g>).
+
+    Returns:
+        a two-panel figure: KL and loss (nats) on top; expected active fraction per granularity
+        (``l0_<g>``) below, one trace each.
+    """
+    for col in ("step", "loss", "kl"):
+        if col not in history.columns:
+            raise ValueError(f"history has no {col!r} column; pass DiscoveryResult.history or history.csv")
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=["Objective", "Expected active fraction per granularity"])
+    fig.add_trace(go.Scatter(x=history["step"], y=history["kl"], name="KL(full ‖ circuit)",
+                             line={"color": OKABE_ITO[0]}), row=1, col=1)
+    fig.add_trace(go.Scatter(x=history["step"], y=history["loss"], name="loss (KL + λ·L0)",
+                             line={"color": OKABE_ITO[1], "dash": "dash"}), row=1, col=1)
+    for g in GRANULARITIES:
+        if f"l0_{g}" not in history.columns:
+            continue
+        active = history.get(f"active_{g}")
+        fig.add_trace(go.Scatter(
+            x=history["step"], y=history[f"l0_{g}"], name=LABELS[g], line={"color": GRANULARITY_COLOURS[g]},
+            customdata=active, hovertemplate=f"{LABELS[g]} step %{{x}}: %{{y:.3f}} (≈%{{customdata:.0f}} nodes)"
+                                             "<extra></extra>"), row=2, col=1)
+    fig.update_yaxes(title_text="nats", row=1, col=1)
+    fig.update_yaxes(title_text="E[active] / total", range=[0, 1.02], row=2, col=1)
+    fig.update_xaxes(title_text="optimizer step", row=2, col=1)
+    fig.update_layout(title=title or "Training curves", template="plotly_white", height=620)
+    return fig
+
+
+def size_vs_faithfulness(runs: pd.DataFrame | Iterable, size: str = "n_params", faithfulness: str = "kl",
+                         label: str = "label", title: str | None = None) -> go.Figure:
+    """Circuit size against faithfulness for several runs (a λ sweep), with the Pareto frontier.
+
+    Args:
+        runs: a DataFrame with columns ``size``, ``faithfulness`` and optionally ``label`` and
+            ``method`` (one colour per method), e.g. :func:`mgnp_lens.sweep.sweep`'s table; or an
+            iterable of :class:`~mgnp_lens.DiscoveryResult` (size = parameters, KL on the test split).
+        size: column on the x axis (e.g. ``n_params``, ``attn_head``, ``n_nodes``).
+        faithfulness: column on the y axis; lower is better (KL).
+
+    Returns:
+        a figure with one marker trace per method and a ``Pareto frontier`` line trace.
+    """
+    if not isinstance(runs, pd.DataFrame):
+        rows = []
+        for i, r in enumerate(runs):
+            ev = r.evaluation or r.train_evaluation
+            rows.append({"label": f"run {i} (λ×{r.config.lambda_scale:g})", "n_params": r.circuit.n_params(),
+                         "kl": ev.kl if ev else float("nan"), **r.circuit.counts()})
+        runs = pd.DataFrame(rows)
+    for col in (size, faithfulness):
+        if col not in runs.columns:
+            raise ValueError(f"runs has no column {col!r} (columns: {', '.join(map(str, runs.columns))})")
+    if runs.empty:
+        raise ValueError("no runs to plot")
+    runs = runs.copy()
+    if label not in runs.columns:
+        runs[label] = [str(i) for i in range(len(runs))]
+    if "method" not in runs.columns:
+        runs["method"] = "mgnp"
+    fig = go.Figure()
+    for i, (method, part) in enumerate(runs.groupby("method", sort=False)):
+        fig.add_trace(go.Scatter(
+            x=part[size], y=part[faithfulness], mode="markers", name=str(method),
+            marker={"size": 10, "color": OKABE_ITO[i % len(OKABE_ITO)]}, text=part[label],
+            hovertemplate="%{text}<br>" + size + " %{x:,}<br>" + faithfulness + " %{y:.4f}<extra></extra>"))
+    front = pareto_frontier(runs, size, faithfulness)
+    fig.add_trace(go.Scatter(x=front[size], y=front[faithfulness], mode="lines", name="Pareto frontier",
+                             line={"color": "#555555", "dash": "dot", "shape": "hv"}))
+    fig.update_layout(title=title or "Circuit size vs faithfulness", template="plotly_white",
+                      xaxis_title=f"{size} (count)", yaxis_title=f"{faithfulness} (nats, lower is better)"
+                      if faithfulness == "kl" else faithfulness)
+    return fig
+
+
+def pareto_frontier(runs: pd.DataFrame, size: str = "n_params", faithfulness: str = "kl") -> pd.DataFrame:
+    """Rows not dominated by a smaller-or-equal and at-least-as-faithful run, sorted by size."""
+    ordered = runs.dropna(subset=[size, faithfulness]).sort_values([size, faithfulness], kind="stable")
+    keep, best = [], float("inf")
+    for idx, row in ordered.iterrows():
+        if row[faithfulness] < best:
+            keep.append(idx)
+            best = row[faithfulness]
+    return ordered.loc[keep]
+
+
+def roc_curve(curves: dict, title: str | None = None) -> go.Figure:
+    """ROC curves from :func:`mgnp_lens.reference.roc`, ``{name: RocCurve}``, with AUC in the legend."""
+    fig = go.Figure()
+    for i, (name, c) in enumerate(curves.items()):
+        pts = c.points[c.points["on_curve"]] if "on_curve" in c.points else c.points
+        fig.add_trace(go.Scatter(x=pts["fpr"], y=pts["tpr"], mode="lines+markers",
+                                 name=f"{name} (AUC {c.auc:.3f})", line={"color": OKABE_ITO[i % len(OKABE_ITO)]}))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line={"color": "#999", "dash": "dot"}))
+    fig.update_layout(title=title or "Node ROC against the reference circuit", template="plotly_white",
+                      xaxis_title="false positive rate", yaxis_title="true positive rate",
+                      xaxis={"range": [0, 1]}, yaxis={"range": [0, 1.02]})
+    return fig
+
+
+def interaction_graph(edges: pd.DataFrame, top: int = 40, title: str | None = None) -> go.Figure:
+    """Draw an edge list (columns ``src``, ``dst``, ``score``) between circuit nodes laid out by layer.
+
+    Node names are ``L{l} H{h}``, ``L{l} MLP`` or ``embed``; line width ∝ |score|; the ``top``
+    strongest edges are drawn.
+    """
+    for col in ("src", "dst", "score"):
+        if col not in edges.columns:
+            raise ValueError(f"edges has no {col!r} column")
+    e = edges.reindex(edges["score"].abs().sort_values(ascending=False).index).head(top)
+    names = sorted(set(e["src"]) | set(e["dst"]), key=_node_sort_key)
+    by_layer: dict[float, list[str]] = {}
+    for n in names:
+        by_layer.setdefault(_node_sort_key(n)[0], []).append(n)
+    pos = {}
+    for y, ns in by_layer.items():
+        for i, n in enumerate(ns):
+            pos[n] = (i - (len(ns) - 1) / 2, y)
+    fig = go.Figure()
+    smax = float(e["score"].abs().max()) if len(e) else 1.0
+    for _, r in e.iterrows():
+        (x0, y0), (x1, y1) = pos[r["src"]], pos[r["dst"]]
+        fig.add_trace(go.Scatter(x=[x0, x1], y=[y0, y1], mode="lines", showlegend=False, hoverinfo="text",
+                                 text=f"{r['src']} → {r['dst']}: {r['score']:.3g}",
+                                 line={"width": 1 + 5 * abs(r["score"]) / (smax or 1.0),
+                                       "color": OKABE_ITO[0] if r["score"] >= 0 else OKABE_ITO[5]}))
+    fig.add_trace(go.Scatter(x=[pos[n][0] for n in names], y=[pos[n][1] for n in names], mode="markers+text",
+                             text=names, textposition="middle right", name="circuit node",
+                             marker={"size": 10, "color": OKABE_ITO[1]}, hovertemplate="%{text}<extra></extra>"))
+    fig.update_layout(title=title or "Interactions between kept nodes (blue: helps, vermillion: hurts)",
+                      template="plotly_white", xaxis={"visible": False},
+                      yaxis={"title": "layer", "autorange": "reversed"}, height=max(400, 40 * len(by_layer) + 150))
+    return fig
+
+
+def _node_sort_key(name: str) -> tuple[float, int]:
+    if name == "embed":
+        return (-1.0, 0)
+    parts = name.split()
+    layer = float(parts[0][1:])
+    if parts[1] == "MLP":
+        return (layer + 0.5, 0)
+    return (layer, int(parts[1][1:]))

@@ -1,0 +1,246 @@
+"""Known circuits and the paper's numbers: what a discovered circuit is compared against.
+
+* Reference circuits of GPT-2 small (``data/reference_circuits.json``): the IOI circuit of Wang
+  et al. (heads by class) and the Greater-Than circuit of Hanna et al. in two encodings that
+  disagree: ``gt`` / ``gt-acdc`` (ACDC's encoding, used by published ROC AUCs) and ``gt-hanna``
+  (Hanna et al.'s own path-patching list: it has heads 5.1 and 8.8 and lacks 6.1).
+* :func:`compare` scores one circuit against a reference; :func:`roc` scores a set of circuits
+  (a λ sweep) the way ACDC does: one (FPR, TPR) point per circuit, endpoints (0, 0) and (1, 1)
+  added, area by the trapezoid rule.
+* The paper's own GPT-2 tables (``data/paper_tables.json``) keyed by our granularity names:
+  :func:`paper_summary` (Table 1), :func:`paper_faithfulness` (Table 2), :func:`paper_per_layer`
+  (Appendix D).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .circuit import Circuit
+from .granularity import APPENDIX_D_COLUMNS
+from .tasks import _data
+
+#: Our names for the reference circuits, and the key of each in reference_circuits.json.
+REFERENCES = {"ioi": "ioi_wang2022", "gt": "greater_than_acdc", "gt-acdc": "greater_than_acdc",
+              "gt-hanna": "greater_than_hanna"}
+
+#: Paper table keys → our granularity names.
+PAPER_GRANULARITY_NAMES = {"attn_blocks": "attn_block", "mlp_blocks": "mlp_block", "attn_heads": "attn_head",
+                           "attn_neurons": "attn_neuron", "mlp_hidden": "mlp_hidden", "mlp_output": "mlp_output"}
+
+#: Paper task keys (Tables 1-2, Appendix D); our built-in task names are the same.
+PAPER_TASKS = ("ioi", "gp", "gt")
+
+_GPT2_SMALL = {"n_layers": 12, "n_heads": 12, "d_head": 64, "d_mlp": 3072, "d_model": 768}
+
+
+@dataclass(frozen=True)
+class ReferenceCircuit:
+    """A published circuit of GPT-2 small, as 0-indexed heads and MLP layers by class.
+
+    Attributes:
+        name: our name (``ioi``, ``gt-acdc``, ``gt-hanna``).
+        source: where the list comes from.
+        heads_by_class: ``{class: [(layer, head), ...]}``.
+        mlps_by_class: ``{class: [layer, ...]}`` (empty when MLPs are not circuit nodes).
+        n_layers, n_heads: the model the circuit belongs to.
+    """
+
+    name: str
+    source: str
+    heads_by_class: dict[str, list[tuple[int, int]]]
+    mlps_by_class: dict[str, list[int]] = field(default_factory=dict)
+    n_layers: int = 12
+    n_heads: int = 12
+    note: str = ""
+
+    @property
+    def heads(self) -> set[tuple[int, int]]:
+        return {h for hs in self.heads_by_class.values() for h in hs}
+
+    @property
+    def mlps(self) -> set[int]:
+        return {m for ms in self.mlps_by_class.values() for m in ms}
+
+    def head_class(self) -> dict[tuple[int, int], str]:
+        """``{(layer, head): class}`` for every reference head."""
+        return {h: c for c, hs in self.heads_by_class.items() for h in hs}
+
+
+def reference_names() -> list[str]:
+    return sorted(REFERENCES)
+
+
+def get_reference(name: str) -> ReferenceCircuit:
+    """The reference circuit called ``name`` (see :data:`REFERENCES`).
+
+    Raises:
+        ValueError: unknown name, or a task without a published circuit (``gp``).
+    """
+    data = _data.load("reference_circuits")
+    if name in ("gp", "gendered_pronouns"):
+        raise ValueError(f"no reference circuit for {name!r}: {data['gendered_pronouns']['note']}")
+    if name not in REFERENCES:
+        raise ValueError(f"unknown reference circuit {name!r}; expected one of {', '.join(reference_names())}")
+    entry = data[REFERENCES[name]]
+    heads = {c: [tuple(h) for h in hs] for c, hs in entry["heads_by_class"].items()}
+    mlps = {c: list(ms) for c, ms in entry.get("mlps_by_class", {}).items()}
+    return ReferenceCircuit(name, entry["source"], heads, mlps, note=entry.get("note", ""))
+
+
+def _check_shape(circuit: Circuit, ref: ReferenceCircuit) -> None:
+    d = circuit.dims
+    if (d.n_layers, d.n_heads) != (ref.n_layers, ref.n_heads):
+        raise ValueError(
+            f"reference circuit {ref.name!r} is for GPT-2 small ({ref.n_layers} layers × {ref.n_heads} heads); "
+            f"this circuit has {d.n_layers} layers × {d.n_heads} heads, so heads cannot be matched")
+
+
+def _scores(found: set, truth: set, universe: int) -> dict:
+    tp = len(found & truth)
+    precision = tp / len(found) if found else float("nan")
+    recall = tp / len(truth) if truth else float("nan")
+    f1 = 2 * precision * recall / (precision + recall) if found and truth and (precision + recall) else 0.0
+    union = len(found | truth)
+    return {"n_reference": len(truth), "n_found": len(found), "true_positives": tp,
+            "precision": precision, "recall": recall, "f1": f1 if found and truth else float("nan"),
+            "jaccard": tp / union if union else float("nan"),
+            "tpr": recall, "fpr": (len(found) - tp) / (universe - len(truth)) if universe > len(truth) else 0.0}
+
+
+def compare(circuit: Circuit, reference: str | ReferenceCircuit) -> pd.DataFrame:
+    """Score ``circuit`` against a reference circuit at head level and MLP level.
+
+    Returns:
+        DataFrame with one row per reference class (``level`` head/mlp, ``class``, ``recall``,
+        counts) and one ``class == "all"`` row per level with precision, recall, F1, Jaccard,
+        TPR and FPR. The MLP level is present only when the reference has MLP classes.
+    """
+    ref = get_reference(reference) if isinstance(reference, str) else reference
+    _check_shape(circuit, ref)
+    heads = set(circuit.active_heads())
+    rows = []
+    n_heads = ref.n_layers * ref.n_heads
+    for cls, hs in ref.heads_by_class.items():
+        s = _scores(heads, set(hs), n_heads)
+        rows.append({"level": "head", "class": cls, "n_reference": s["n_reference"],
+                     "n_found": s["true_positives"], "recall": s["recall"]})
+    rows.append({"level": "head", "class": "all", **_scores(heads, ref.heads, n_heads)})
+    if ref.mlps_by_class:
+        mlps = set(circuit.active_mlps())
+        for cls, ms in ref.mlps_by_class.items():
+            s = _scores(mlps, set(ms), ref.n_layers)
+            rows.append({"level": "mlp", "class": cls, "n_reference": s["n_reference"],
+                         "n_found": s["true_positives"], "recall": s["recall"]})
+        rows.append({"level": "mlp", "class": "all", **_scores(mlps, ref.mlps, ref.n_layers)})
+    cols = ["level", "class", "n_reference", "n_found", "true_positives", "precision", "recall", "f1", "jaccard",
+            "tpr", "fpr"]
+    return pd.DataFrame(rows).reindex(columns=cols)
+
+
+@dataclass
+class RocCurve:
+    """ROC points (sorted by FPR, endpoints included) and the area under them."""
+
+    points: pd.DataFrame
+    auc: float
+
+
+def roc(circuits: list[Circuit], reference: str | ReferenceCircuit, level: str = "node",
+        labels: list | None = None) -> RocCurve:
+    """ACDC-style ROC over a set of circuits (e.g. a λ sweep).
+
+    Each circuit gives one point: TPR = |found ∩ ref| / |ref| and FPR = |found \\ ref| / |non-ref|
+    over the nodes of ``level`` (``head``; ``mlp``; ``node`` = heads plus MLP layers when the
+    reference has MLP classes, else heads). (0, 0) and (1, 1) are added and the points sorted by
+    FPR (then TPR). As in ACDC, the curve keeps only points that no point of lower-or-equal FPR
+    beats on TPR (a sweep's circuits need not be nested), and the area is the trapezoid sum
+    under those points.
+
+    Returns:
+        :class:`RocCurve` with columns ``label, fpr, tpr, on_curve``.
+    """
+    if level not in ("head", "mlp", "node"):
+        raise ValueError(f"unknown ROC level {level!r}; expected 'head', 'mlp' or 'node'")
+    ref = get_reference(reference) if isinstance(reference, str) else reference
+    if not circuits:
+        raise ValueError("roc needs at least one circuit")
+    if level == "mlp" and not ref.mlps_by_class:
+        raise ValueError(f"reference {ref.name!r} has no MLP nodes; use level='head'")
+    labels = list(labels) if labels is not None else list(range(len(circuits)))
+    if len(labels) != len(circuits):
+        raise ValueError(f"{len(labels)} labels for {len(circuits)} circuits")
+
+    def nodes_of(c: Circuit) -> set:
+        out = set()
+        if level in ("head", "node"):
+            out |= {("head", *h) for h in c.active_heads()}
+        if level == "mlp" or (level == "node" and ref.mlps_by_class):
+            out |= {("mlp", m) for m in c.active_mlps()}
+        return out
+
+    truth = set()
+    universe = 0
+    if level in ("head", "node"):
+        truth |= {("head", *h) for h in ref.heads}
+        universe += ref.n_layers * ref.n_heads
+    if level == "mlp" or (level == "node" and ref.mlps_by_class):
+        truth |= {("mlp", m) for m in ref.mlps}
+        universe += ref.n_layers
+    rows = [{"label": "endpoint", "fpr": 0.0, "tpr": 0.0}]
+    for c, lab in zip(circuits, labels):
+        _check_shape(c, ref)
+        s = _scores(nodes_of(c), truth, universe)
+        rows.append({"label": lab, "fpr": s["fpr"], "tpr": s["tpr"]})
+    rows.append({"label": "endpoint", "fpr": 1.0, "tpr": 1.0})
+    pts = pd.DataFrame(rows).sort_values(["fpr", "tpr"], kind="stable").reset_index(drop=True)
+    best, on_curve = -1.0, []
+    for tpr in pts["tpr"]:  # a point is on the curve unless a point with lower-or-equal FPR has higher TPR
+        on_curve.append(tpr >= best)
+        best = max(best, tpr)
+    pts["on_curve"] = on_curve
+    curve = pts[pts["on_curve"]]
+    auc = float(np.trapezoid(curve["tpr"].to_numpy(), curve["fpr"].to_numpy()))
+    return RocCurve(pts, auc)
+
+
+# --------------------------------------------------------------------- the paper's GPT-2 tables
+def _paper_task(task: str) -> str:
+    if task not in PAPER_TASKS:
+        raise ValueError(f"the paper reports no tables for task {task!r}; expected one of {', '.join(PAPER_TASKS)}")
+    return task
+
+
+def paper_summary(task: str) -> pd.DataFrame:
+    """Paper Table 1 for ``task`` (GPT-2 small): granularity, active, sparsity_pct."""
+    t1 = _data.load("paper_tables")["table1_active_and_sparsity"][_paper_task(task)]
+    return pd.DataFrame([{"granularity": ours, "active": t1[k][0], "sparsity_pct": t1[k][1]}
+                         for k, ours in PAPER_GRANULARITY_NAMES.items()])
+
+
+def paper_faithfulness(task: str) -> dict:
+    """Paper Table 2 row for ``task``: base_metric, circuit_metric, kl, metric."""
+    return dict(_data.load("paper_tables")["table2_faithfulness"][_paper_task(task)])
+
+
+def paper_per_layer(task: str) -> pd.DataFrame:
+    """Paper Appendix D table for ``task`` with our column names (layers 1-indexed, as printed)."""
+    rows = _data.load("paper_tables")["appendix_d_per_layer"][_paper_task(task)]
+    keys = ["layer", "attn_block", "mlp_block", "attn_heads", "attn_neurons", "mlp_hidden", "mlp_output"]
+    return pd.DataFrame([[r[k] for k in keys] for r in rows], columns=APPENDIX_D_COLUMNS)
+
+
+def paper_comparison(circuit: Circuit, task: str) -> pd.DataFrame:
+    """Our Table 1 beside the paper's (GPT-2 small) for the same task: counts and sparsity %."""
+    ours = circuit.summary().set_index("granularity")
+    paper = paper_summary(task).set_index("granularity")
+    rows = []
+    for g in paper.index:
+        rows.append({"granularity": g, "active": int(ours.loc[g, "active"]), "total": int(ours.loc[g, "total"]),
+                     "sparsity_pct": float(ours.loc[g, "sparsity_pct"]),
+                     "paper_active_gpt2": int(paper.loc[g, "active"]),
+                     "paper_sparsity_pct_gpt2": float(paper.loc[g, "sparsity_pct"])})
+    return pd.DataFrame(rows)

@@ -1,0 +1,183 @@
+"""One self-contained ``report.html`` per run directory (plotly.js embedded: opens offline).
+
+A run directory is what :meth:`DiscoveryResult.save` and ``mgnp discover`` write:
+``circuit.json``, ``history.csv``, ``evaluation.json``, ``config.json`` (and the CSV tables).
+The report holds the Appendix D table and heatmap, the Table 1 summary, the Table 2 row, the
+head grid, neuron strips, training curves, the run configuration and, when the task is one of
+the paper's, the paper's GPT-2 numbers beside ours (and the reference-circuit comparison when
+the model is GPT-2-small shaped).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from .circuit import Circuit
+
+REQUIRED = ("circuit.json",)
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1200px;
+       color: #222; padding: 0 1rem; }
+h1 { font-size: 1.6rem; margin-bottom: 0.2rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid #ddd; }
+.sub { color: #555; margin-top: 0; }
+table.tbl { border-collapse: collapse; font-size: 0.88rem; margin: 0.6rem 0; }
+table.tbl th, table.tbl td { border: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: right; }
+table.tbl th { background: #f3f5f8; }
+.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(180px, 1fr)); gap: 0.8rem; }
+.card { border: 1px solid #ddd; border-radius: 6px; padding: 0.6rem 0.8rem; background: #fafbfc; }
+.card b { display: block; font-size: 1.3rem; } .card span { color: #555; font-size: 0.85rem; }
+.warn { background: #fff4e5; border: 1px solid #E69F00; padding: 0.5rem 0.8rem; border-radius: 6px; }
+pre { background: #f6f8fa; padding: 0.8rem; overflow-x: auto; font-size: 0.8rem; }
+"""
+
+
+def _read_json(path: Path):
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def load_run(directory: str | Path) -> dict:
+    """Read a run directory: ``{"circuit", "history", "evaluation", "config"}`` (missing parts are None).
+
+    Raises:
+        FileNotFoundError: the directory or its ``circuit.json`` is missing.
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        raise FileNotFoundError(f"no run directory at {d}")
+    for name in REQUIRED:
+        if not (d / name).exists():
+            raise FileNotFoundError(f"{d} is not a run directory: {name} is missing")
+    history = pd.read_csv(d / "history.csv") if (d / "history.csv").exists() and (d / "history.csv").stat().st_size \
+        else None
+    config = _read_json(d / "config.json") or {}
+    if "config" not in config:  # a bare PruningConfig dict (older layout)
+        config = {"config": config}
+    return {"circuit": Circuit.load(d / "circuit.json"), "history": history,
+            "evaluation": _read_json(d / "evaluation.json") or {}, "config": config, "dir": d}
+
+
+def _table(frame: pd.DataFrame, float_format: str = "{:,.4g}") -> str:
+    return frame.to_html(index=False, border=0, classes="tbl", na_rep="–",
+                         float_format=lambda x: float_format.format(x), escape=True)
+
+
+def _cards(items: list[tuple[str, str]]) -> str:
+    return '<div class="grid">' + "".join(
+        f'<div class="card"><b>{html.escape(v)}</b><span>{html.escape(k)}</span></div>' for k, v in items) + "</div>"
+
+
+def _task_name(run: dict) -> str | None:
+    task = run["config"].get("task") or run["circuit"].task or {}
+    return task.get("name") if isinstance(task, dict) else None
+
+
+def build_report(directory: str | Path, out: str | Path | None = None, reference: str | None = None) -> Path:
+    """Build ``report.html`` for a run directory.
+
+    Args:
+        directory: a run directory (see module docstring).
+        out: where to write (default ``directory/report.html``).
+        reference: reference circuit to compare with (default: the task's, if the model is
+            GPT-2-small shaped).
+
+    Returns:
+        the path of the written report.
+    """
+    from . import plot
+    from .reference import PAPER_TASKS, compare, get_reference, paper_comparison, paper_faithfulness
+
+    run = load_run(directory)
+    circuit: Circuit = run["circuit"]
+    cfg = run["config"]
+    ev = run["evaluation"]
+    task = _task_name(run)
+    dims = circuit.dims
+    gpt2_shaped = (dims.n_layers, dims.n_heads, dims.d_mlp, dims.d_model) == (12, 12, 3072, 768)
+    if reference is None and gpt2_shaped and task in ("ioi", "gt"):
+        reference = task
+    ref = get_reference(reference) if reference else None
+
+    figures = [("Retained fraction per layer (Appendix D as a picture)", plot.layer_heatmap(circuit)),
+               ("Attention heads", plot.head_grid(circuit, reference=ref)),
+               ("Surviving MLP neurons", plot.neuron_strips(circuit))]
+    if run["history"] is not None and len(run["history"]):
+        figures.append(("Training curves", plot.training_curves(run["history"])))
+
+    model = cfg.get("model") or {}
+    model_name = model.get("source") if isinstance(model, dict) else str(model)
+    counts = circuit.counts()
+    summary = circuit.summary()
+    head_line = f"{counts['attn_head']}/{dims.count('attn_head')}"
+    cards = [("attention heads kept", head_line),
+             ("attention neurons kept", f"{counts['attn_neuron']:,}/{dims.count('attn_neuron'):,}"),
+             ("MLP hidden neurons kept", f"{counts['mlp_hidden']:,}/{dims.count('mlp_hidden'):,}"),
+             ("MLP output neurons kept", f"{counts['mlp_output']:,}/{dims.count('mlp_output'):,}"),
+             ("parameter compression", f"{circuit.compression_ratio():.1f}×")]
+    test = ev.get("evaluation")
+    train = ev.get("train_evaluation")
+    if test:
+        cards.append((f"KL on {test['split']} ({test['n_examples']} pairs)", f"{test['kl']:.3f}"))
+    if train:
+        cards.append(("KL on train (hard circuit)", f"{train['kl']:.3f}"))
+
+    parts = [f"<h1>mgnp-lens circuit report: {html.escape(task or 'custom task')}</h1>",
+             f'<p class="sub">model {html.escape(str(model_name))} · {dims.n_layers} layers × {dims.n_heads} heads'
+             f' · {ev.get("steps_completed", "?")} steps · built '
+             f'{datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}</p>']
+    if ev.get("interrupted"):
+        parts.append('<p class="warn">This run was interrupted: the circuit is the one of the last finished '
+                     'step, and it was not evaluated.</p>')
+    parts.append(_cards(cards))
+
+    parts.append("<h2>Faithfulness (Table 2 row)</h2>")
+    rows = [e for e in (train, test) if e]
+    if rows:
+        frame = pd.DataFrame(rows)[["split", "n_examples", "metric_name", "base_metric", "circuit_metric", "kl"]]
+        parts.append(_table(frame))
+    else:
+        parts.append("<p>No evaluation in this run directory (run <code>mgnp evaluate DIR</code>).</p>")
+
+    parts.append("<h2>Sparsity per granularity (Table 1)</h2>")
+    if task in PAPER_TASKS:
+        parts.append(_table(paper_comparison(circuit, task)))
+        pf = paper_faithfulness(task)
+        parts.append(f"<p>Paper, GPT-2 small, {task}: {html.escape(pf['metric'])} {pf['base_metric']:.3f} (full) → "
+                     f"{pf['circuit_metric']:.3f} (circuit), KL {pf['kl']:.3f}. The paper's numbers are for "
+                     "GPT-2 small, so they are a scale for comparison, not a target for another model.</p>")
+    else:
+        parts.append(_table(summary))
+    parts.append(f"<p>Parameters touching kept nodes: {circuit.n_params():,} "
+                 f"(compression {circuit.compression_ratio():.1f}× over the gated weights).</p>")
+
+    if ref is not None:
+        parts.append(f"<h2>Against the reference circuit ({html.escape(ref.name)})</h2>")
+        parts.append(f"<p>{html.escape(ref.source)}</p>")
+        parts.append(_table(compare(circuit, ref)))
+
+    fig_html = []
+    for i, (title, fig) in enumerate(figures):
+        fig_html.append(f"<h2>{html.escape(title)}</h2>")
+        fig_html.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0),
+                                    config={"displaylogo": False, "responsive": True}))
+    parts.extend(fig_html)
+
+    parts.append("<h2>Per-layer table (Appendix D)</h2>")
+    parts.append(_table(circuit.per_layer()))
+    parts.append("<h2>Run configuration</h2>")
+    parts.append(f"<pre>{html.escape(json.dumps(cfg, indent=2, default=str))}</pre>")
+
+    body = "\n".join(parts)
+    page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>mgnp-lens report: {html.escape(task or 'custom')}</title><style>{_CSS}</style></head>"
+            f"<body>\n{body}\n</body></html>\n")
+    path = Path(out) if out else run["dir"] / "report.html"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,116 @@
+"""λ sweeps (circuit size vs faithfulness, Pareto frontier) and seed stability.
+
+    res = sweep(model, task, scales=[0.25, 0.5, 1, 2, 4], steps=120)
+    res.table                      # one row per λ scale: counts, n_nodes, n_params, KL, metric
+    res.pareto()                   # the non-dominated rows
+    plot.size_vs_faithfulness(res.table)
+    stability(model, task, seeds=[0, 1, 2])   # Jaccard overlap of heads and neurons between seeds
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from .circuit import Circuit
+from .granularity import GRANULARITIES
+
+NEURON_GRANULARITIES = ("attn_neuron", "mlp_hidden", "mlp_output")
+
+
+def circuit_row(circuit: Circuit, evaluation=None, **extra) -> dict:
+    """One table row: counts per granularity, total nodes, parameters, and the evaluation's KL/metric."""
+    row = dict(extra)
+    row.update(circuit.counts())
+    row["n_nodes"] = sum(row[g] for g in GRANULARITIES)
+    row["n_params"] = circuit.n_params()
+    if evaluation is not None:
+        row.update({"kl": evaluation.kl, "circuit_metric": evaluation.circuit_metric,
+                    "base_metric": evaluation.base_metric, "split": evaluation.split,
+                    "n_examples": evaluation.n_examples})
+    return row
+
+
+@dataclass
+class SweepResult:
+    """Results of a λ sweep: the runs and their size-vs-faithfulness table."""
+
+    results: list
+    table: pd.DataFrame
+
+    def pareto(self, size: str = "n_params", faithfulness: str = "kl") -> pd.DataFrame:
+        from .plot import pareto_frontier
+
+        return pareto_frontier(self.table, size, faithfulness)
+
+    def circuits(self) -> list[Circuit]:
+        return [r.circuit for r in self.results]
+
+
+def sweep(model, task, scales: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0), config=None,
+          out_dir: str | Path | None = None, **overrides) -> SweepResult:
+    """Run discovery once per λ scale (every λ multiplied by the scale).
+
+    Args:
+        scales: the ``lambda_scale`` values.
+        config: base :class:`~mgnp_lens.PruningConfig`; ``overrides`` replace its fields.
+        out_dir: if set, each run is saved to ``out_dir/scale_<s>`` as it finishes (a long
+            sweep never loses finished runs).
+
+    Returns:
+        :class:`SweepResult`; ``table`` has one row per scale (``lambda_scale``, counts,
+        ``n_nodes``, ``n_params``, ``kl``, ``circuit_metric``, ...).
+    """
+    from .discover import discover
+
+    if not scales:
+        raise ValueError("sweep needs at least one λ scale")
+    results, rows = [], []
+    for s in scales:
+        if not s >= 0:
+            raise ValueError(f"λ scale must be >= 0, got {s}")
+        r = discover(model, task, config, **{**overrides, "lambda_scale": float(s)})
+        if out_dir is not None:
+            r.save(Path(out_dir) / f"scale_{s:g}")
+        results.append(r)
+        rows.append(circuit_row(r.circuit, r.evaluation or r.train_evaluation, lambda_scale=float(s),
+                                label=f"λ×{s:g}", method="mgnp"))
+    return SweepResult(results, pd.DataFrame(rows))
+
+
+def jaccard(a, b) -> float:
+    """|a ∩ b| / |a ∪ b| of two boolean tensors (1.0 when both are empty)."""
+    a, b = a.bool(), b.bool()
+    union = int((a | b).sum())
+    return 1.0 if union == 0 else int((a & b).sum()) / union
+
+
+def overlap(circuits: Sequence[Circuit], labels: Sequence | None = None) -> pd.DataFrame:
+    """Pairwise Jaccard overlap of heads, attention neurons, MLP hidden and MLP output neurons."""
+    labels = list(labels) if labels is not None else list(range(len(circuits)))
+    rows = []
+    for (i, a), (j, b) in itertools.combinations(list(enumerate(circuits)), 2):
+        row = {"a": labels[i], "b": labels[j], "attn_head": jaccard(a.masks["attn_head"], b.masks["attn_head"])}
+        for g in NEURON_GRANULARITIES:
+            row[g] = jaccard(a.masks[g], b.masks[g])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def stability(model, task, seeds: Sequence[int] = (0, 1, 2), config=None, **overrides) -> tuple[pd.DataFrame, list]:
+    """The same task with several seeds: pairwise Jaccard overlap of the circuits.
+
+    Returns:
+        ``(table, results)``: one row per pair of seeds (columns ``a, b, attn_head, attn_neuron,
+        mlp_hidden, mlp_output``) and the runs.
+    """
+    from .discover import discover
+
+    if len(seeds) < 2:
+        raise ValueError("stability needs at least two seeds")
+    results = [discover(model, task, config, **{**overrides, "seed": int(s)}) for s in seeds]
+    return overlap([r.circuit for r in results], labels=list(seeds)), results

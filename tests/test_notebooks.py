@@ -1,0 +1,32 @@
+"""The notebooks run top to bottom (fast setting: MGNP_NOTEBOOK_FAST=1) on the embedded default model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+
+
+def test_the_three_notebooks_exist():
+    assert {p.name for p in NOTEBOOKS} >= {"quickstart.ipynb", "custom_task.ipynb", "compare_with_paper.ipynb"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_executes(path, tmp_path, default_model_loads, monkeypatch):
+    # default_model_loads has converted the model into this session's MGNP_LENS_CACHE; the kernel inherits it
+    monkeypatch.setenv("MGNP_NOTEBOOK_FAST", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
+    assert os.environ["MGNP_LENS_CACHE"]  # the kernel used the session cache, not the user's
+    if path.stem == "quickstart":
+        assert (tmp_path / "runs" / "quickstart" / "report.html").exists()
+    if path.stem == "custom_task":
+        assert (tmp_path / "runs" / "capitals" / "circuit.json").exists()
