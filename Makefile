@@ -19,8 +19,11 @@ $(STAMP): pyproject.toml constraints.txt
 test: setup
 	$(PY) -m pytest -q
 
+# each demo run gets its own directory, so a finished run is never overwritten
+DEMO_OUT ?= runs/ioi-$(shell date +%Y%m%d-%H%M%S)
+
 demo: setup
-	$(PY) -m mgnp_lens.cli discover --task ioi --n-test 512 --out runs/ioi
+	$(VENV)/bin/mgnp discover --task ioi --n-test 512 --out $(DEMO_OUT)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -84,9 +84,9 @@ def _half_dead_step(model, task, B, skip: bool) -> float:
     import statistics
 
     import mgnp_lens as mg
-    from mgnp_lens import discover as disc
+    from mgnp_lens.gates import HardConcreteGates
 
-    orig = disc.HardConcreteGates.__init__
+    orig = HardConcreteGates.__init__
 
     def init(self, *a, **k):
         orig(self, *a, **k)
@@ -97,12 +97,12 @@ def _half_dead_step(model, task, B, skip: bool) -> float:
                 if g in self.log_alpha:
                     self.log_alpha[g][::2] = -50.0
 
-    disc.HardConcreteGates.__init__ = init
+    HardConcreteGates.__init__ = init
     try:
         r = mg.discover(model, task, steps=4, batch_size=B, lr=1e-6, progress=False, eval_split=None,
                         skip_dead_sites=skip)
     finally:
-        disc.HardConcreteGates.__init__ = orig
+        HardConcreteGates.__init__ = orig
     return statistics.median(r.history["seconds"].tolist()[1:])
 
 

@@ -28,8 +28,11 @@ def main() -> None:
     configs = [("cache, whole batch", {"corruption": "cache"}),
                ("cache, micro-batch 8", {"corruption": "cache", "micro_batch_size": 8}),
                ("cache, micro-batch 4", {"corruption": "cache", "micro_batch_size": 4}),
+               ("cache, micro-batch 2", {"corruption": "cache", "micro_batch_size": 2}),
+               ("cache, micro-batch 1", {"corruption": "cache", "micro_batch_size": 1}),
                ("batch, whole batch", {"corruption": "batch"}),
-               ("batch, micro-batch 4", {"corruption": "batch", "micro_batch_size": 4})]
+               ("batch, micro-batch 4", {"corruption": "batch", "micro_batch_size": 4}),
+               ("batch, micro-batch 2", {"corruption": "batch", "micro_batch_size": 2})]
     rows = []
     for label, cfg in configs:
         r = in_subprocess(__file__, {**base, "config": cfg})

@@ -333,7 +333,8 @@ def discover(model, task, config: PruningConfig | None = None, **overrides) -> D
 
     t0 = time.perf_counter()
     try:
-        base, cache = _precompute(model, dims, train, config.eval_batch_size, config.corruption == "cache")
+        pre_batch = min(config.eval_batch_size, config.micro_batch_size or config.eval_batch_size)
+        base, cache = _precompute(model, dims, train, pre_batch, config.corruption == "cache")
         bar = tqdm(range(config.steps), desc="mgnp discover", disable=not config.progress, dynamic_ncols=True)
         for step in bar:
             t_step = time.perf_counter()

@@ -86,13 +86,14 @@ def head_grid(circuit: Circuit, color_by_neurons: bool = True, reference=None,
             :class:`~mgnp_lens.reference.ReferenceCircuit` or an iterable of ``(layer, head)``.
 
     Returns:
-        a figure with one ``Heatmap`` (z [n_layers, n_heads]) and one rectangle shape per
-        reference head; a dotted legend entry names the outline.
+        a figure with one ``Heatmap`` (z [n_layers, n_heads]: NaN for pruned heads, drawn grey, so
+        that a kept head with few neurons still stands out) and one rectangle shape per reference
+        head; a legend entry names the outline.
     """
     d, m = circuit.dims, circuit.masks
     heads = m["attn_head"].float().numpy()
     neurons = m["attn_neuron"].float().mean(-1).numpy()  # [L, H]
-    z = heads * neurons if color_by_neurons else heads
+    z = np.where(heads > 0, neurons if color_by_neurons else 1.0, np.nan)  # pruned heads: blank (grey) cells
     ref = _reference_heads(reference)
     text = np.empty(z.shape, dtype=object)
     for l in range(d.n_layers):
@@ -113,7 +114,8 @@ def head_grid(circuit: Circuit, color_by_neurons: bool = True, reference=None,
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="reference head",
                                  marker={"symbol": "square-open", "size": 12, "color": OKABE_ITO[5]}))
     n_kept = int(heads.sum())
-    fig.update_layout(title=title or f"Attention heads: {n_kept}/{heads.size} kept",
+    fig.update_layout(title=title or f"Attention heads: {n_kept}/{heads.size} kept (grey: pruned)",
+                      plot_bgcolor="#e6e6e6",
                       xaxis_title="head", yaxis_title="layer (0-indexed)",
                       yaxis={"autorange": "reversed"}, xaxis={"dtick": 1},
                       height=max(320, 22 * d.n_layers + 140), template="plotly_white",

@@ -45,15 +45,15 @@ def test_layer_heatmap(known):
 def test_head_grid_with_reference_outline(known):
     fig = plot.head_grid(known, reference=[(0, 1), (2, 3)])
     hm = fig.data[0]
-    z = np.asarray(hm.z)
-    assert z.shape == (3, 4) and z[0, 1] == pytest.approx(0.5) and z.sum() == pytest.approx(0.5)
+    z = np.asarray(hm.z, dtype=float)
+    assert z.shape == (3, 4) and z[0, 1] == pytest.approx(0.5) and np.isnan(z).sum() == 11  # pruned: blank
     assert hm.text[0][1] == "L0 H1: kept, 1/2 neurons · in reference"
     assert hm.text[2][3] == "L2 H3: pruned · in reference"
     assert len(fig.layout.shapes) == 2 and fig.layout.shapes[0].type == "rect"
     assert any(t.name == "reference head" for t in fig.data)
     assert fig.layout.xaxis.title.text == "head"
     plain = plot.head_grid(known, color_by_neurons=False)
-    assert np.asarray(plain.data[0].z)[0, 1] == 1 and len(plain.layout.shapes) == 0
+    assert np.asarray(plain.data[0].z, dtype=float)[0, 1] == 1 and len(plain.layout.shapes) == 0
 
 
 def test_head_grid_by_reference_name():
