@@ -155,6 +155,10 @@ def render(payload: dict) -> str:
              "task every circuit is evaluated on the same held-out test pairs. SmolLM2 has 30 layers × 9 heads (270 heads, 17,280 attention neurons, 46,080 MLP hidden, "
              "17,280 MLP output neurons); the paper's GPT-2 small has 12 × 12. The paper's numbers are a scale, "
              "not a target: different model, different step budget.", ""]
+    missing = [t for t in ("ioi", "gp", "gt") if t not in {x["task"] for x in payload["tasks"]}]
+    if missing:
+        parts += [f"**Not run yet: {', '.join(missing)}.** Add them with "
+                  f"`python benchmarks/replicate.py --tasks {','.join(missing)} --append`.", ""]
     for t in payload["tasks"]:
         name = t["task"]
         parts += [f"## {name.upper()}", "", "### Table 1 analogue (multi-granular circuit)", ""]
