@@ -44,6 +44,7 @@ def row(name, circuit, ev, **extra) -> dict:
 def run_task(name: str, steps: int, n_test: int, device: str) -> dict:
     import mgnp_lens as mg
     from mgnp_lens import baselines, reference
+    from mgnp_lens.tasks import _data
 
     model = mg.load_model(device=device)
     task = mg.tasks.get_task(name, model, n_test=n_test)
@@ -83,8 +84,7 @@ def run_task(name: str, steps: int, n_test: int, device: str) -> dict:
     if name in reference.PAPER_TASKS:
         paper = {"table1": reference.paper_summary(name).to_dict("records"),
                  "table2": reference.paper_faithfulness(name),
-                 "table3": __import__("mgnp_lens.tasks._data", fromlist=["load"]).load("paper_tables")[
-                     "table3_baselines"].get(name)}
+                 "table3": _data.load("paper_tables")["table3_baselines"].get(name)}
     return {"task": name, "task_description": task.describe(), "dims": dims.to_dict(), "rows": rows,
             "table1": ours.circuit.summary().to_dict("records"), "per_layer": ours.circuit.per_layer().to_dict("records"),
             "paper": paper, "config": ours.config.to_dict()}

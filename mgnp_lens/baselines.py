@@ -20,7 +20,7 @@ import torch
 
 from .circuit import Circuit
 from .granularity import GRANULARITIES, ModelDims
-from .hooks import Interpolator, check_hook_points, masked_answer_logits
+from .hooks import Interpolator, check_hook_points, freeze_weights, masked_answer_logits
 
 COARSE_GRANULARITIES = ("attn_head", "mlp_block")
 
@@ -133,9 +133,7 @@ def attribution_scores(model, task, split: str = "train", batch_size: int = 16,
         pairs = pairs.head(max_examples)
     metric = metric or task.metric
     device = next(model.parameters()).device
-    grad_flags = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
+    restore_weights = freeze_weights(model)
     totals = {g: torch.zeros(dims.shape(g)) for g in GRANULARITIES}
     n = 0
     interp = Interpolator(dims, "batch", skip_dead_sites=False)
@@ -151,8 +149,7 @@ def attribution_scores(model, task, split: str = "train", batch_size: int = 16,
                 totals[g] += ones[g].grad.abs().sum(0).cpu()
             n += B
     finally:
-        for p, flag in zip(model.parameters(), grad_flags):
-            p.requires_grad_(flag)
+        restore_weights()
     return {g: v / max(n, 1) for g, v in totals.items()}
 
 

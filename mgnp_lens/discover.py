@@ -30,6 +30,7 @@ from .hooks import (
     check_hook_points,
     check_mode,
     corrupted_activations,
+    freeze_weights,
     logits_at,
     masked_answer_logits,
 )
@@ -318,9 +319,7 @@ def discover(model, task, config: PruningConfig | None = None, **overrides) -> D
     optimizer = torch.optim.AdamW(gates.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     lambdas = {g: config.lambdas[g] * config.lambda_scale for g in gates.trainable}
 
-    grad_flags = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
+    restore_weights = freeze_weights(model)
     interp = Interpolator(dims, config.corruption, skip_dead_sites=config.skip_dead_sites)
     rows: list[dict] = []
     steps_done, interrupted, error = 0, False, None
@@ -372,8 +371,7 @@ def discover(model, task, config: PruningConfig | None = None, **overrides) -> D
     except Exception as e:  # keep finished work, then re-raise with it attached
         interrupted, error = True, e
     finally:
-        for p, flag in zip(model.parameters(), grad_flags):
-            p.requires_grad_(flag)
+        restore_weights()
     seconds = time.perf_counter() - t0
 
     circuit, history = snapshot()

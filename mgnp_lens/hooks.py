@@ -39,6 +39,23 @@ CorruptionMode = Literal["batch", "cache"]
 CORRUPTION_MODES = ("batch", "cache")
 
 
+def freeze_weights(model):
+    """Set ``requires_grad=False`` on every model parameter; returns a function that restores the flags.
+
+    Only gates (or mask leaves) train; the model's weights must not collect gradients.
+    """
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+
+    def restore() -> None:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+    return restore
+
+
 def check_mode(mode: str) -> CorruptionMode:
     if mode not in CORRUPTION_MODES:
         raise ValueError(f"unknown corruption mode {mode!r}; expected 'batch' or 'cache'")

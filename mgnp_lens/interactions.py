@@ -22,7 +22,7 @@ import torch
 
 from .circuit import Circuit
 from .granularity import ModelDims
-from .hooks import Interpolator, check_hook_points, logits_at
+from .hooks import Interpolator, check_hook_points, freeze_weights, logits_at
 
 
 def _node(l: int, h: int | None = None) -> str:
@@ -78,13 +78,11 @@ def interactions(model, task, circuit: Circuit, split: str = "train", max_exampl
     interp.set_masks(circuit.masks)
     scores = torch.zeros(len(writers), len(readers), dtype=torch.float64)
     n = 0
-    flags = [p.requires_grad for p in model.parameters()]
+    restore_weights = freeze_weights(model)
     try:
         model.set_use_split_qkv_input(True)
         model.set_use_attn_result(True)
         model.set_use_hook_mlp_in(True)
-        for p in model.parameters():
-            p.requires_grad_(False)
         for batch in pairs.batches(batch_size):
             batch = batch.to(device)
             B = len(batch)
@@ -138,8 +136,7 @@ def interactions(model, task, circuit: Circuit, split: str = "train", max_exampl
         model.set_use_split_qkv_input(saved[0])
         model.set_use_attn_result(saved[1])
         model.set_use_hook_mlp_in(saved[2])
-        for p, f in zip(model.parameters(), flags):
-            p.requires_grad_(f)
+        restore_weights()
     rows = []
     for i, (wname, wpos, _, _) in enumerate(writers):
         for j, (rname, rpos, _, _) in enumerate(readers):
