@@ -90,6 +90,52 @@ def run_task(name: str, steps: int, n_test: int, device: str) -> dict:
             "paper": paper, "config": ours.config.to_dict()}
 
 
+def run_stability(name: str, seeds: list[int], steps: int, n_test: int, device: str) -> dict:
+    """The multi-granular run repeated with several seeds: pairwise Jaccard overlap, and chance level."""
+    import torch
+
+    import mgnp_lens as mg
+    from mgnp_lens.sweep import NEURON_GRANULARITIES, stability
+
+    model = mg.load_model(device=device)
+    task = mg.tasks.get_task(name, model, n_test=n_test)
+    table, results = stability(model, task, seeds=seeds, steps=steps, eval_max_examples=n_test, progress=False)
+    runs = [row(f"seed {s}", r.circuit, r.evaluation, seed=s, train_kl=r.train_evaluation.kl)
+            for s, r in zip(seeds, results)]
+    overlap = table.to_dict("records")
+    for rec in overlap:  # what two random sets of the same sizes would share (expected Jaccard)
+        a, b = (results[seeds.index(rec[k])].circuit for k in ("a", "b"))
+        for g in ("attn_head", *NEURON_GRANULARITIES):
+            n, ka, kb = a.masks[g].numel(), a.count(g), b.count(g)
+            inter = ka * kb / n
+            rec[f"{g}_chance"] = inter / (ka + kb - inter) if ka + kb - inter > 0 else 1.0
+    kept_by_all = {g: int(torch.stack([r.circuit.masks[g].bool() for r in results]).all(0).sum())
+                   for g in ("attn_head", *NEURON_GRANULARITIES)}
+    heads_all = torch.stack([r.circuit.masks["attn_head"].bool() for r in results]).all(0)
+    return {"task": name, "seeds": list(seeds), "steps": steps, "n_test": n_test, "runs": runs,
+            "overlap": overlap, "kept_by_all": kept_by_all,
+            "heads_kept_by_all": [f"L{l} H{h}" for l, h in heads_all.nonzero().tolist()]}
+
+
+def render_stability(st: dict) -> list[str]:
+    grans = ["attn_head", "attn_neuron", "mlp_hidden", "mlp_output"]
+    parts = [f"## Seed stability ({st['task'].upper()})", "",
+             f"The multi-granular run repeated with seeds {', '.join(map(str, st['seeds']))} ({st['steps']} steps, "
+             f"{st['n_test']} test pairs); the seed sets gate initialisation, batch order and gate noise.", "",
+             _md_table(st["runs"], ["method", *grans, "n_params", "train_kl", "kl", "circuit_metric"]), "",
+             "Pairwise Jaccard overlap (|A ∩ B| / |A ∪ B|), with the overlap two random sets of the same sizes "
+             "would have in brackets:", ""]
+    recs = [{"pair": f"{r['a']} vs {r['b']}", **{g: f"{r[g]:.3f} ({r[g + '_chance']:.3f})" for g in grans}}
+            for r in st["overlap"]]
+    parts += [_md_table(recs, ["pair", *grans]), ""]
+    mean = {g: sum(r[g] for r in st["overlap"]) / len(st["overlap"]) for g in grans}
+    chance = {g: sum(r[g + "_chance"] for r in st["overlap"]) / len(st["overlap"]) for g in grans}
+    parts += ["- Mean Jaccard: " + ", ".join(f"{g} {mean[g]:.2f} (chance {chance[g]:.2f})" for g in grans) + ".",
+              "- Kept by every seed: " + ", ".join(f"{st['kept_by_all'][g]:,} {g}" for g in grans)
+              + f"; heads: {', '.join(st['heads_kept_by_all']) or 'none'}.", ""]
+    return parts
+
+
 # ----------------------------------------------------------------------------------- markdown
 def _md_table(records: list[dict], cols: list[str], fmt: dict | None = None) -> str:
     fmt = fmt or {}
@@ -196,8 +242,12 @@ def render(payload: dict) -> str:
                 parts.append("Paper Table 3 (GPT-2 small, same sparsity): " + "; ".join(
                     f"{k}: {v['heads']} heads, KL {v['kl']}" for k, v in t["paper"]["table3"].items()) + ".")
         parts += ["", "### Judgement", ""] + verdict(t) + [""]
+    for st in payload.get("stability", []):
+        parts += render_stability(st)
     parts += ["## Caveats", "",
-              "- One seed per run; `mgnp_lens.sweep.stability` measures how much circuits move between seeds.",
+              "- One seed per pruning run in the task tables"
+              + ("; the seed-stability section shows how much circuits move between seeds." if payload.get("stability")
+                 else "; `mgnp_lens.sweep.stability` measures how much circuits move between seeds."),
               "- Faithfulness is KL(full ‖ circuit) at the answer position on held-out pairs; the task metric is "
               "shown beside it.",
               "- Attribution patching scores are first-order (gradient × activation difference) at the full model, "
@@ -215,7 +265,19 @@ def main() -> None:
     ap.add_argument("--md", default=str(ROOT / "docs" / "results.md"))
     ap.add_argument("--md-only", action="store_true", help="only re-render --md from --out")
     ap.add_argument("--append", action="store_true", help="add/replace these tasks in an existing --out JSON")
+    ap.add_argument("--stability", metavar="TASK", help="instead of the task tables, repeat TASK's multi-granular "
+                    "run with --seeds and record the overlap (added to the existing --out JSON)")
+    ap.add_argument("--seeds", default="0,1,2")
     args = ap.parse_args()
+    if args.stability:
+        payload = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {"tasks": []}
+        seeds = [int(s) for s in args.seeds.split(",")]
+        print(f"== stability {args.stability} seeds {seeds}", flush=True)
+        st = run_stability(args.stability, seeds, args.steps, args.n_test, args.device)
+        payload["stability"] = [s for s in payload.get("stability", []) if s["task"] != args.stability] + [st]
+        payload.setdefault("commands", []).append("python benchmarks/replicate.py " + " ".join(sys.argv[1:]))
+        write("replicate", {k: v for k, v in payload.items() if k not in ("benchmark", "when", "machine")}, args.out)
+        args.md_only = True
     if not args.md_only:
         old = json.loads(Path(args.out).read_text()) if args.append and Path(args.out).exists() else {}
         tasks = list(old.get("tasks", []))
@@ -230,7 +292,8 @@ def main() -> None:
             result.update(steps=args.steps, n_test=args.n_test)
             tasks = [t for t in tasks if t["task"] != name] + [result]
             # write after every task: a long run never loses finished work
-            write("replicate", {"tasks": tasks, "commands": commands}, args.out)
+            write("replicate", {"tasks": tasks, "commands": commands,
+                                **({"stability": old["stability"]} if "stability" in old else {})}, args.out)
     payload = json.loads(Path(args.out).read_text())
     for t in payload["tasks"]:
         t.setdefault("steps", payload.get("steps"))
