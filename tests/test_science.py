@@ -202,7 +202,8 @@ def test_interactions_match_a_finite_difference(kind):
         logits = model.run_with_hooks(batch.clean, fwd_hooks=[("blocks.1.hook_resid_post", hook)])[:, -1]
         return task.metric(logits, batch).mean()
 
-    fd = (metric_with(eps * delta) - metric_with(-eps * delta)) / (2 * eps)
+    with torch.no_grad():
+        fd = (metric_with(eps * delta) - metric_with(-eps * delta)) / (2 * eps)
     score = edges[(edges.src == "L0 MLP") & (edges.dst == "logits")].score.item()
     assert score == pytest.approx(float(fd), rel=1e-2, abs=1e-4)
     assert isinstance(edges, pd.DataFrame) and edges.score.abs().is_monotonic_decreasing
