@@ -20,18 +20,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_device_arg, print_table, step_seconds, write  # noqa: E402
 
 
-@torch.inference_mode()
-def answer_logp(model, split, batch_size: int = 32):
-    """[n, d_vocab] float32 log-probs of the full model at the answer positions, in split order."""
-    from mgnp_lens.hooks import logits_at
+def answer_logp(model, split):
+    """[n, d_vocab] float32 log-probs of the full model at the answer positions (the discovery loop's own
+    base-logit pass, bucket by bucket)."""
+    from mgnp_lens.discover import _precompute
+    from mgnp_lens.granularity import ModelDims
 
-    device = next(model.parameters()).device
-    out = []
-    for bucket in split.buckets:
-        for start in range(0, len(bucket), batch_size):
-            b = bucket.select(torch.arange(start, min(start + batch_size, len(bucket)))).to(device)
-            out.append(torch.log_softmax(logits_at(model, b.clean, b.answer_pos, len(b)).float(), -1).cpu())
-    return torch.cat(out)
+    base, _ = _precompute(model, ModelDims.from_model(model), split, 32, with_cache=False)
+    return torch.cat(base).cpu()
 
 
 def main() -> None:
