@@ -89,10 +89,16 @@ def random_task(model, n: int, seq: int, seed: int = 0):
 
 
 def step_seconds(model, task, warmup: int = 1, steps: int = 3, **config) -> dict:
-    """Median wall time of a discovery step (after ``warmup`` steps) and the run's history."""
+    """Median wall time of a discovery step (after ``warmup`` steps) and the run's history.
+
+    Steps run in float32 (``autocast="float32"``) unless ``config`` says otherwise, so that ratios against
+    the bare float32 forward+backward compare like with like; ``dtype.py`` compares precisions.
+    """
     import statistics
 
     import mgnp_lens as mg
+
+    config.setdefault("autocast", "float32")
 
     r = mg.discover(model, task, steps=warmup + steps, progress=False, eval_split=None, **config)
     secs = r.history["seconds"].tolist()[warmup:]

@@ -1,11 +1,15 @@
-"""Parameter dtype: discovery step time in float32 vs bfloat16 on the embedded model, and what it costs.
+"""Training precision: discovery step time in float32, float32 weights with bfloat16 autocast, and
+bfloat16 weights, on the embedded model, and what each costs.
 
-    python benchmarks/dtype.py [--dtypes float32,bfloat16] [--device cpu] [--out results.json]
+    python benchmarks/dtype.py [--settings float32,autocast-bfloat16,bfloat16] [--device cpu] [--out results.json]
 
-For each dtype: median wall time of a discovery step (SmolLM2-135M IOI, batch 32 × 15 tokens,
-cache mode, after one warm-up step). The cost of the lower precision is measured on 128 IOI test
-pairs as KL(float32 full model ‖ this dtype's full model) at the answer position and the task
-metric of each; a bfloat16 run's circuit is then judged against its own (bfloat16) full model.
+For each setting: median wall time of a discovery step (SmolLM2-135M IOI, batch 32, cache mode, 10
+steps after two warm-up steps; single steps vary by ±20% on a shared machine). The cost of the lower
+precision is measured on 128 IOI test pairs as KL(float32 full model ‖ this setting's full model) at
+the answer position, and the task metric.
+``autocast-bfloat16`` is ``PruningConfig(autocast="bfloat16")`` (the ``"auto"`` default on hardware with
+native bfloat16): weights stay float32, matrix products run in bfloat16, norms and softmax in float32.
+``bfloat16`` casts the weights themselves (``load_model(dtype="bfloat16")``).
 """
 
 from __future__ import annotations
@@ -20,14 +24,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_device_arg, print_table, step_seconds, write  # noqa: E402
 
 
-def answer_logp(model, split):
+def answer_logp(model, split, amp: bool = False):
     """[n, d_vocab] float32 log-probs of the full model at the answer positions (the discovery loop's own
-    base-logit pass, bucket by bucket)."""
+    base-logit pass, bucket by bucket), under bfloat16 autocast if ``amp``."""
     from mgnp_lens.discover import _precompute
     from mgnp_lens.granularity import ModelDims
 
-    base, _ = _precompute(model, ModelDims.from_model(model), split, 32, with_cache=False)
+    device = next(model.parameters()).device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        base, _ = _precompute(model, ModelDims.from_model(model), split, 32, with_cache=False)
     return torch.cat(base).cpu()
+
+
+SETTINGS = {  # name: (weights dtype, PruningConfig.autocast)
+    "float32": ("float32", "float32"),
+    "autocast-bfloat16": ("float32", "bfloat16"),
+    "bfloat16": ("bfloat16", "float32"),
+}
 
 
 def main() -> None:
@@ -35,23 +48,29 @@ def main() -> None:
     from mgnp_lens.evaluate import kl_full_circuit
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--settings", default=",".join(SETTINGS))
     add_device_arg(ap)
     args = ap.parse_args()
-    rows, ref = [], None
-    for name in args.dtypes.split(","):
-        model = mg.load_model(device=args.device, dtype=name)
-        task = mg.tasks.IOI(model, n_train=64, n_validation=1, n_test=128)
-        step = step_seconds(model, task, warmup=1, steps=3)
-        logp = answer_logp(model, task.split("test"))
+    rows, ref, model = [], None, None
+    for name in args.settings.split(","):
+        if name not in SETTINGS:
+            raise SystemExit(f"unknown setting {name!r}; expected some of {', '.join(SETTINGS)}")
+        weights, autocast = SETTINGS[name]
+        if model is None or next(model.parameters()).dtype != getattr(torch, weights):
+            model = mg.load_model(device=args.device, dtype=weights)
+            task = mg.tasks.IOI(model, n_train=64, n_validation=1, n_test=128)
+        step = step_seconds(model, task, warmup=2, steps=10, autocast=autocast)
+        amp = autocast == "bfloat16"
+        logp = answer_logp(model, task.split("test"), amp=amp)
         ref = logp if ref is None else ref
-        metric = mg.evaluate(model, task, mg.Circuit.full(model), "test").base_metric
-        rows.append({"dtype": name, "step_s": step["median_s"], "all_step_s": step["all_s"],
-                     "kl_vs_first": float(kl_full_circuit(ref, logp).mean()), "test_metric": metric})
-        del model
+        with torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16, enabled=amp):
+            metric = mg.evaluate(model, task, mg.Circuit.full(model), "test").base_metric
+        rows.append({"setting": name, "weights": weights, "autocast": autocast, "step_s": step["median_s"],
+                     "all_step_s": step["all_s"], "kl_vs_first": float(kl_full_circuit(ref, logp).mean()),
+                     "test_metric": metric})
     for r in rows:
         r["speedup_vs_first"] = rows[0]["step_s"] / r["step_s"]
-    print_table(rows, ["dtype", "step_s", "speedup_vs_first", "kl_vs_first", "test_metric"])
+    print_table(rows, ["setting", "step_s", "speedup_vs_first", "kl_vs_first", "test_metric"])
     write("dtype", {"model": "SmolLM2-135M (embedded)", "task": "IOI, batch 32, cache mode", "rows": rows}, args.out)
 
 

@@ -100,7 +100,7 @@ def _half_dead_step(model, task, B, skip: bool) -> float:
     HardConcreteGates.__init__ = init
     try:
         r = mg.discover(model, task, steps=4, batch_size=B, lr=1e-6, progress=False, eval_split=None,
-                        skip_dead_sites=skip)
+                        skip_dead_sites=skip, autocast="float32")
     finally:
         HardConcreteGates.__init__ = orig
     return statistics.median(r.history["seconds"].tolist()[1:])

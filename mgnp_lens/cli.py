@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="GRAN=VALUE", help="override one granularity's λ (repeatable)")
     d.add_argument("--corruption-mode", choices=["batch", "cache"], default=None,
                    help="corrupted activations from the same pass (batch) or precomputed (cache, default)")
+    d.add_argument("--autocast", choices=["auto", "bfloat16", "float16", "float32"], default=None,
+                   help="precision of the training passes (default auto: bfloat16 where the hardware has it)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default="cpu")
     d.add_argument("--n-test", type=_positive_int, default=1024, help="test pairs to generate and evaluate")
@@ -179,7 +181,8 @@ def cmd_discover(args) -> int:
     data = str(_check_data_file(args.data)) if args.data else None
     _check_out_dir(out, args.overwrite)
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-                                   "lambda_scale": args.lambda_scale, "corruption": args.corruption_mode}.items()
+                                   "lambda_scale": args.lambda_scale, "corruption": args.corruption_mode,
+                                   "autocast": args.autocast}.items()
                  if v is not None}
     if args.lambdas:
         overrides["lambdas"] = dict(args.lambdas)

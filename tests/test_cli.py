@@ -17,7 +17,8 @@ def cli_run(tiny_gpt2_checkpoint, tmp_path_factory):
     path, _, _ = tiny_gpt2_checkpoint
     out = tmp_path_factory.mktemp("cli") / "run"
     argv = ["discover", "--task", "ioi", "--model", str(path), "--steps", "3", "--batch-size", "4",
-            "--n-test", "8", "--lambda", "attn_head=2.5", "--seed", "3", "--out", str(out), "--quiet"]
+            "--n-test", "8", "--lambda", "attn_head=2.5", "--seed", "3", "--autocast", "float32", "--out", str(out),
+            "--quiet"]
     code = main(argv)
     return code, out, path
 
@@ -31,6 +32,7 @@ def test_discover_writes_every_file(cli_run, capsys):
     config = json.loads((out / "config.json").read_text())
     assert config["config"]["lambdas"]["attn_head"] == 2.5 and config["config"]["steps"] == 3
     assert config["seed"] == 3 and config["cli"]["task"] == "ioi"
+    assert config["config"]["autocast"] == "float32" and config["training_precision"] == "float32"
     assert {"torch", "transformers", "transformer_lens", "mgnp_lens"} <= set(config["versions"])
     ev = json.loads((out / "evaluation.json").read_text())
     assert ev["evaluation"]["split"] == "test" and ev["evaluation"]["n_examples"] == 8
@@ -46,7 +48,7 @@ def test_circuit_json_reloads_into_the_run_circuit(cli_run):
     model = mg.load_model(str(path))
     task = mg.tasks.IOI(model, n_test=8, seed=3)
     result = mg.discover(model, task, steps=3, batch_size=4, lambdas={"attn_head": 2.5}, seed=3,
-                         progress=False, eval_split=None)
+                         autocast="float32", progress=False, eval_split=None)
     assert saved == result.circuit
     assert mg.Circuit.load(out / "circuit.json") == saved  # and reloads identically again
     # the binarised saved gates reproduce the saved circuit

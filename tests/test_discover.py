@@ -62,7 +62,7 @@ def test_same_seed_same_circuit_and_modes_agree(mode):
     model = micro_model("llama")
     clean, corrupted = random_pairs(model, n=24, pos=5, seed=2)
     task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
-    kw = dict(steps=25, batch_size=8, progress=False, corruption=mode)
+    kw = dict(steps=25, batch_size=8, progress=False, corruption=mode, autocast="float32")  # exact agreement
     a = mg.discover(model, task, seed=7, **kw)
     b = mg.discover(model, task, seed=7, **kw)
     c = mg.discover(model, task, seed=8, **kw)
@@ -145,6 +145,7 @@ def test_periodic_checkpoints(gpt2_micro, tmp_path):
         assert (tmp_path / name).exists(), name
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["config"]["steps"] == 4 and saved["seed"] == 0
+    assert mg.PruningConfig.from_dict(saved["config"]) == r.config  # JSON round trip (betas list → tuple)
     assert saved["model_dims"]["n_layers"] == 2 and "torch" in saved["versions"] and saved["task"]["name"] == "custom"
     assert mg.Circuit.load(tmp_path / "circuit.json") == r.circuit
 
@@ -154,7 +155,9 @@ def test_periodic_checkpoints(gpt2_micro, tmp_path):
     (dict(corruption="both"), "corruption mode"), (dict(lambdas={"heads": 1.0}), "unknown granularity"),
     (dict(lambdas={"attn_head": -1.0}), "lambda"), (dict(granularities=("attn_heads",)), "unknown granularity"),
     (dict(lr_schedule="step"), "unknown lr_schedule"), (dict(micro_batch_size=0), "micro_batch_size"),
-    (dict(lr_final_fraction=2.0), "lr_final_fraction"),
+    (dict(lr_final_fraction=2.0), "lr_final_fraction"), (dict(betas=(0.9, 1.0)), "betas"),
+    (dict(betas=0.9), "betas"), (dict(log_alpha_clamp=0), "log_alpha_clamp"),
+    (dict(log_alpha_clamp=(2.0, 1.0)), "log_alpha_clamp"), (dict(autocast="half"), "unknown autocast"),
 ])
 def test_bad_config_is_a_clear_value_error(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -182,7 +185,7 @@ def test_micro_batches_give_the_same_run(gpt2_micro, mode, per_example):
     clean, corrupted = random_pairs(gpt2_micro, n=16)
     task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
     kw = dict(steps=6, batch_size=8, lr=0.5, corruption=mode, mask_per_example=per_example, progress=False,
-              eval_split=None)
+              eval_split=None, autocast="float32")  # exact agreement needs one precision
     whole = mg.discover(gpt2_micro, task, **kw)
     micro = mg.discover(gpt2_micro, task, micro_batch_size=3, **kw)
     for g in whole.gates.log_alpha:
@@ -223,3 +226,43 @@ def test_cosine_schedule_decays_to_the_final_fraction():
     assert _lr_factor(cfg, 0) == pytest.approx(1.0) and _lr_factor(cfg, 10) == pytest.approx(0.2)
     assert _lr_factor(cfg, 5) == pytest.approx(0.6)
     assert _lr_factor(mg.PruningConfig(steps=11), 7) == 1.0
+
+
+def test_log_alpha_clamp_and_betas_reach_the_optimizer(gpt2_micro):
+    clean = torch.randint(0, gpt2_micro.cfg.d_vocab, (8, 6))
+    corrupted = torch.randint(0, gpt2_micro.cfg.d_vocab, (8, 6))
+    task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
+    common = dict(steps=12, batch_size=4, lr=0.5, progress=False, eval_split=None)
+    free = mg.discover(gpt2_micro, task, **common)
+    clamped = mg.discover(gpt2_micro, task, log_alpha_clamp=1.0, **common)
+    assert max(float(la.detach().abs().max()) for la in free.gates.log_alpha.values()) > 1.0
+    assert max(float(la.detach().abs().max()) for la in clamped.gates.log_alpha.values()) <= 1.0
+    capped = mg.discover(gpt2_micro, task, log_alpha_clamp=(-20.0, 1.5), **common)
+    assert max(float(la.detach().max()) for la in capped.gates.log_alpha.values()) <= 1.5
+    assert min(float(la.detach().min()) for la in capped.gates.log_alpha.values()) < -1.5
+    assert mg.PruningConfig.from_dict(capped.config.to_dict()) == capped.config
+    slow = mg.discover(gpt2_micro, task, betas=(0.0, 0.5), **common)
+    assert not all(torch.equal(slow.gates.log_alpha[g], free.gates.log_alpha[g]) for g in free.gates.log_alpha)
+
+
+def test_bf16_autocast_trains_close_to_float32(gpt2_micro):
+    clean, corrupted = random_pairs(gpt2_micro, n=16)
+    task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
+    kw = dict(steps=5, batch_size=8, progress=False, eval_split=None)
+    full = mg.discover(gpt2_micro, task, autocast="float32", **kw)
+    low = mg.discover(gpt2_micro, task, autocast="bfloat16", **kw)
+    assert full.meta["training_precision"] == "float32" and low.meta["training_precision"] == "bfloat16"
+    assert not np.array_equal(low.history.kl.values, full.history.kl.values)  # the low precision did run
+    np.testing.assert_allclose(low.history.kl, full.history.kl, rtol=0.1, atol=2e-3)
+    assert low.train_evaluation is not None and next(gpt2_micro.parameters()).dtype == torch.float32
+
+
+def test_autocast_auto_resolves_by_device_and_model_dtype():
+    from mgnp_lens.discover import autocast_dtype, bf16_is_fast
+
+    cpu = torch.device("cpu")
+    auto = mg.PruningConfig()
+    assert autocast_dtype(auto, cpu, torch.float32) == (torch.bfloat16 if bf16_is_fast(cpu) else None)
+    assert autocast_dtype(auto, cpu, torch.bfloat16) is None
+    assert autocast_dtype(mg.PruningConfig(autocast="float32"), cpu, torch.float32) is None
+    assert autocast_dtype(mg.PruningConfig(autocast="float16"), cpu, torch.float32) == torch.float16
