@@ -105,7 +105,7 @@ class PruningConfig:
             else the model's precision; ``"bfloat16"``, ``"float16"``, or ``"float32"`` (no autocast). The
             full model's reference log-probs, the corrupted-activation cache and every evaluation stay in the
             model's precision. On SmolLM2 IOI, bfloat16 autocast moves the full model's answer distribution by
-            KL 4e-4 and makes a CPU step 1.5× faster (``benchmarks/dtype.py``).
+            KL 4e-4 and makes a CPU step about 1.6× faster (``benchmarks/dtype.py``).
         skip_dead_sites: cut hook sites whose mask is exactly 0 out of the autograd graph (exact; saves
             backward compute once whole blocks are pruned).
         eval_split: split evaluated at the end (``None``: skip).
