@@ -173,7 +173,8 @@ def test_bad_task_input_names_the_problem(gpt2_micro):
         PromptPairTask.from_tokens(clean, corrupted, [1] * 3, [2] * 4)
     with pytest.raises(ValueError, match="fractions must sum to 1"):
         PromptPairTask.from_tokens(clean, corrupted, [1] * 4, [2] * 4, split_fractions={"train": 0.5})
-    task = PromptPairTask.from_tokens(clean, corrupted, [1] * 4, [2] * 4)
+    with pytest.warns(UserWarning, match="only 4 pairs: every split uses all of them"):
+        task = PromptPairTask.from_tokens(clean, corrupted, [1] * 4, [2] * 4)
     with pytest.raises(ValueError, match="no split 'dev'"):
         task.split("dev")
 
