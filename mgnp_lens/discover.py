@@ -188,6 +188,12 @@ class PruningConfig:
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
 
+    @property
+    def log_alpha_range(self) -> tuple[float, float] | None:
+        """``log_alpha_clamp`` as a ``(low, high)`` pair (None: no clamp)."""
+        c = self.log_alpha_clamp
+        return None if c is None else (-c, c) if isinstance(c, (int, float)) else c
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["granularities"] = list(self.granularities)
@@ -329,6 +335,7 @@ def _kl_backward(model, interp: Interpolator, masks: dict[str, torch.Tensor], ba
     n = len(batch)
     size = config.micro_batch_size or n
     per_example = config.mask_per_example
+    device_type = _model_device(model).type
     kl_sum = 0.0
     for start in range(0, n, size):
         sl = slice(start, min(start + size, n))
@@ -336,7 +343,7 @@ def _kl_backward(model, interp: Interpolator, masks: dict[str, torch.Tensor], ba
         if config.corruption == "cache":
             idx = rows[sl]
             interp.set_corrupted({k: v[idx.to(v.device)] for k, v in cache[batch.bucket].items()})
-        with torch.autocast(_model_device(model).type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = masked_answer_logits(model, interp, batch.clean[sl], batch.corrupted[sl], batch.answer_pos[sl])
         kl = kl_full_circuit(base[batch.bucket][rows[sl].to(logits.device)], logits).sum() / n
         kl.backward()
@@ -385,8 +392,10 @@ def discover(model, task, config: PruningConfig | None = None, **overrides) -> D
     steps_done, interrupted, error = 0, False, None
     ckpt = Path(config.checkpoint_dir) if config.checkpoint_dir else None
     meta = _run_meta(model, task)
-    amp_dtype = autocast_dtype(config, device, next(model.parameters()).dtype)
-    meta["training_precision"] = str(amp_dtype or next(model.parameters()).dtype).replace("torch.", "")
+    model_dtype = next(model.parameters()).dtype
+    amp_dtype = autocast_dtype(config, device, model_dtype)
+    meta["training_precision"] = str(amp_dtype or model_dtype).replace("torch.", "")
+    clamp = config.log_alpha_range
 
     def snapshot() -> tuple[Circuit, pd.DataFrame]:
         circuit = Circuit(dims, gates.binarize(), task=task.describe(), config=config.to_dict())
@@ -413,12 +422,10 @@ def discover(model, task, config: PruningConfig | None = None, **overrides) -> D
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * _lr_factor(config, step)
             optimizer.step()
-            if config.log_alpha_clamp is not None:
-                c = config.log_alpha_clamp
-                low, high = (-c, c) if isinstance(c, (int, float)) else c
+            if clamp is not None:
                 with torch.no_grad():
                     for la in gates.log_alpha.values():
-                        la.clamp_(low, high)
+                        la.clamp_(*clamp)
             steps_done = step + 1
             with torch.no_grad():
                 expected = {g: float(v.sum()) for g, v in expected_l0.items()}

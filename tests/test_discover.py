@@ -230,8 +230,7 @@ def test_cosine_schedule_decays_to_the_final_fraction():
 
 
 def test_log_alpha_clamp_and_betas_reach_the_optimizer(gpt2_micro):
-    clean = torch.randint(0, gpt2_micro.cfg.d_vocab, (8, 6))
-    corrupted = torch.randint(0, gpt2_micro.cfg.d_vocab, (8, 6))
+    clean, corrupted = random_pairs(gpt2_micro, n=8)
     task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
     common = dict(steps=12, batch_size=4, lr=0.5, progress=False, eval_split=None)
     free = mg.discover(gpt2_micro, task, **common)
@@ -242,6 +241,7 @@ def test_log_alpha_clamp_and_betas_reach_the_optimizer(gpt2_micro):
     assert max(float(la.detach().max()) for la in capped.gates.log_alpha.values()) <= 1.5
     assert min(float(la.detach().min()) for la in capped.gates.log_alpha.values()) < -1.5
     assert mg.PruningConfig.from_dict(capped.config.to_dict()) == capped.config
+    assert clamped.config.log_alpha_range == (-1.0, 1.0) and free.config.log_alpha_range is None
     slow = mg.discover(gpt2_micro, task, betas=(0.0, 0.5), **common)
     assert not all(torch.equal(slow.gates.log_alpha[g], free.gates.log_alpha[g]) for g in free.gates.log_alpha)
 
