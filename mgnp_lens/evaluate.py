@@ -70,15 +70,32 @@ def evaluate(model, task, circuit: Circuit, split: str = "test", batch_size: int
     device = _resolve_device(model)
     interp = Interpolator(circuit.dims, "batch")
     interp.set_masks(circuit.masks)
+
+    def passes():
+        for batch in pairs.batches(batch_size):
+            batch = batch.to(device)
+            base = logits_at(model, batch.clean, batch.answer_pos, len(batch))
+            yield batch, base, masked_answer_logits(model, interp, batch.clean, batch.corrupted, batch.answer_pos)
+
+    return summarize(task, split, passes())
+
+
+def summarize(task, split: str, passes) -> Evaluation:
+    """Means over ``passes`` of the KL and of the task metric, full model vs circuit.
+
+    Args:
+        task: supplies ``metric(logits, batch)`` → [B].
+        split: the split's name, recorded in the result.
+        passes: iterable of ``(batch, base_logits [B, d_vocab], circuit_logits [B, d_vocab])``.
+    """
     n, kl_sum, base_sum, circ_sum = 0, 0.0, 0.0, 0.0
-    for batch in pairs.batches(batch_size):
-        batch = batch.to(device)
-        base = logits_at(model, batch.clean, batch.answer_pos, len(batch))
-        circ = masked_answer_logits(model, interp, batch.clean, batch.corrupted, batch.answer_pos)
+    for batch, base, circ in passes:
         base_logp = torch.log_softmax(base.float(), dim=-1)
         kl_sum += float(kl_full_circuit(base_logp, circ).sum())
         base_sum += float(task.metric(base, batch).sum())
         circ_sum += float(task.metric(circ, batch).sum())
         n += len(batch)
+    if n == 0:
+        raise ValueError(f"split {split!r} has no examples to evaluate")
     return Evaluation(split=split, n_examples=n, base_metric=base_sum / n, circuit_metric=circ_sum / n,
                       kl=kl_sum / n, metric_name=getattr(task, "metric_name", "metric"))

@@ -158,6 +158,8 @@ def test_periodic_checkpoints(gpt2_micro, tmp_path):
     (dict(lr_final_fraction=2.0), "lr_final_fraction"), (dict(betas=(0.9, 1.0)), "betas"),
     (dict(betas=0.9), "betas"), (dict(log_alpha_clamp=0), "log_alpha_clamp"),
     (dict(log_alpha_clamp=(2.0, 1.0)), "log_alpha_clamp"), (dict(autocast="half"), "unknown autocast"),
+    (dict(lr_warmup_steps=-1), "lr_warmup_steps"), (dict(lr_scales={"mlp": 2.0}), "unknown granularity"),
+    (dict(lr_scales={"mlp_hidden": 0.0}), "lr_scales"), (dict(lr_warmup_steps=2.5), "lr_warmup_steps"),
 ])
 def test_bad_config_is_a_clear_value_error(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -223,16 +225,41 @@ def test_skipping_dead_sites_is_exact(gpt2_micro):
 def test_cosine_schedule_decays_to_the_final_fraction():
     from mgnp_lens.discover import _lr_factor
 
-    cfg = mg.PruningConfig(steps=11, lr_schedule="cosine", lr_final_fraction=0.2)
+    cfg = mg.PruningConfig(steps=11, lr_schedule="cosine", lr_final_fraction=0.2, lr_warmup_steps=0)
     assert _lr_factor(cfg, 0) == pytest.approx(1.0) and _lr_factor(cfg, 10) == pytest.approx(0.2)
     assert _lr_factor(cfg, 5) == pytest.approx(0.6)
-    assert _lr_factor(mg.PruningConfig(steps=11), 7) == 1.0
+    assert _lr_factor(mg.PruningConfig(steps=11, lr_warmup_steps=0), 7) == 1.0
+
+
+def test_lr_warmup_ramps_linearly_then_follows_the_schedule():
+    from mgnp_lens.discover import _lr_factor
+
+    cfg = mg.PruningConfig(steps=20, lr_warmup_steps=4)
+    assert [_lr_factor(cfg, s) for s in range(6)] == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
+    cos = mg.PruningConfig(steps=11, lr_schedule="cosine", lr_final_fraction=0.2, lr_warmup_steps=2)
+    assert _lr_factor(cos, 0) == pytest.approx(0.5) and _lr_factor(cos, 10) == pytest.approx(0.2)
+
+
+def test_lr_scales_move_only_the_named_granularity(gpt2_micro):
+    clean, corrupted = random_pairs(gpt2_micro, n=8)
+    task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
+    common = dict(steps=1, batch_size=4, lr=0.1, progress=False, eval_split=None, autocast="float32")
+    init = mg.discover(gpt2_micro, task, steps=1, lr=1e-12, batch_size=4, progress=False, eval_split=None)
+    plain = mg.discover(gpt2_micro, task, **common)
+    scaled = mg.discover(gpt2_micro, task, lr_scales={"mlp_hidden": 3.0}, **common)
+    for g, la in plain.gates.log_alpha.items():
+        moved = (la.detach() - init.gates.log_alpha[g].detach()).abs().max()
+        moved_scaled = (scaled.gates.log_alpha[g].detach() - init.gates.log_alpha[g].detach()).abs().max()
+        # Adam's first step moves every parameter by about lr, whatever its gradient's size
+        assert float(moved_scaled) == pytest.approx(float(moved) * (3.0 if g == "mlp_hidden" else 1.0), rel=1e-3)
+    assert mg.PruningConfig.from_dict(mg.PruningConfig(lr_scales={"attn_head": 0.5}).to_dict()).lr_scales \
+        == {"attn_head": 0.5}
 
 
 def test_log_alpha_clamp_and_betas_reach_the_optimizer(gpt2_micro):
     clean, corrupted = random_pairs(gpt2_micro, n=8)
     task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
-    common = dict(steps=12, batch_size=4, lr=0.5, progress=False, eval_split=None)
+    common = dict(steps=12, batch_size=4, lr=0.5, lr_warmup_steps=0, progress=False, eval_split=None)
     free = mg.discover(gpt2_micro, task, **common)
     clamped = mg.discover(gpt2_micro, task, log_alpha_clamp=1.0, **common)
     assert max(float(la.detach().abs().max()) for la in free.gates.log_alpha.values()) > 1.0
@@ -267,3 +294,22 @@ def test_autocast_auto_resolves_by_device_and_model_dtype():
     assert autocast_dtype(auto, cpu, torch.bfloat16) is None
     assert autocast_dtype(mg.PruningConfig(autocast="float32"), cpu, torch.float32) is None
     assert autocast_dtype(mg.PruningConfig(autocast="float16"), cpu, torch.float32) == torch.float16
+
+
+def test_training_evaluation_from_the_loop_cache_equals_a_fresh_evaluation(gpt2_micro):
+    """Cache mode scores the training split from the loop's precomputed logits and corrupted
+    activations; it must agree with evaluate(), which recomputes both, over several buckets."""
+    g = torch.Generator().manual_seed(3)
+    lengths = [5] * 7 + [8] * 4
+    clean = [torch.randint(0, gpt2_micro.cfg.d_vocab, (n,), generator=g).tolist() for n in lengths]
+    corrupted = [torch.randint(0, gpt2_micro.cfg.d_vocab, (n,), generator=g).tolist() for n in lengths]
+    pairs = PairSet.from_examples(clean, corrupted, [c[0] for c in clean], [c[0] for c in corrupted])
+    task = PromptPairTask({"train": pairs})
+    r = mg.discover(gpt2_micro, task, steps=6, batch_size=4, lr=0.5, lr_warmup_steps=0, progress=False,
+                    eval_split=None, eval_batch_size=3, autocast="float32")
+    assert len(pairs.buckets) == 2 and r.circuit != mg.Circuit.full(gpt2_micro)
+    fresh = mg.evaluate(gpt2_micro, task, r.circuit, "train", batch_size=3)
+    assert r.train_evaluation.n_examples == fresh.n_examples == 11
+    assert r.train_evaluation.kl == pytest.approx(fresh.kl, rel=1e-4, abs=1e-6) and fresh.kl > 0
+    assert r.train_evaluation.circuit_metric == pytest.approx(fresh.circuit_metric, rel=1e-4, abs=1e-5)
+    assert r.train_evaluation.base_metric == pytest.approx(fresh.base_metric, rel=1e-4, abs=1e-5)
