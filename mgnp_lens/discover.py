@@ -38,6 +38,7 @@ from .hooks import (
 
 LR_SCHEDULES = ("constant", "cosine")
 AUTOCAST_CHOICES = ("auto", "bfloat16", "float16", "float32")
+L0_PENALTIES = ("gate", "path")
 _AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}
 
 
@@ -94,6 +95,9 @@ class PruningConfig:
         lambdas: per-granularity sparsity weights (paper Appendix C by default).
         lambda_scale: multiplies every λ (for sweeps).
         lambda_warmup_steps: λ ramps linearly from 0 to full over this many steps (0: no warm-up).
+        l0_penalty: ``"gate"`` (the paper: each gate's own probability of being non-zero) or ``"path"``
+            (times its ancestors' probabilities, i.e. the expected number of nodes active in the circuit;
+            a head then also carries the L0 of its neurons, an MLP block that of its neurons).
         corruption: ``"cache"`` (corrupted activations precomputed) or ``"batch"`` (one 2B pass).
         seed: seeds gate initialisation, batch order and gate noise.
         granularities: which granularities are gated (the others are always kept).
@@ -139,6 +143,7 @@ class PruningConfig:
     lambdas: dict[str, float] = field(default_factory=lambda: dict(PAPER_LAMBDAS))
     lambda_scale: float = 1.0
     lambda_warmup_steps: int = 0
+    l0_penalty: str = "gate"
     corruption: str = "cache"
     seed: int = 0
     granularities: tuple[str, ...] = GRANULARITIES
@@ -177,6 +182,8 @@ class PruningConfig:
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"lr_scales[{g!r}] must be a finite number > 0, got {v!r}")
         self.lr_scales = {g: float(v) for g, v in scales.items()}
+        if self.l0_penalty not in L0_PENALTIES:
+            raise ValueError(f"unknown l0_penalty {self.l0_penalty!r}; expected one of {', '.join(L0_PENALTIES)}")
         if self.lambda_warmup_steps < 0:
             raise ValueError(f"lambda_warmup_steps must be >= 0, got {self.lambda_warmup_steps}")
         if self.lambda_scale < 0:
@@ -457,7 +464,8 @@ def discover(model, task, config: PruningConfig | None = None, **overrides) -> D
             masks = gates.sample(generator=noise_gen, batch_size=len(batch) if config.mask_per_example else None)
             kl = _kl_backward(model, interp, masks, batch, batch_cpu.rows, base, cache, config, amp_dtype)
             factor = min(1.0, (step + 1) / config.lambda_warmup_steps) if config.lambda_warmup_steps else 1.0
-            expected_l0 = gates.expected_l0()  # per-gate P(z > 0), shared by the loss and the history
+            # per-gate P(z > 0) (times its ancestors' with l0_penalty="path"), shared by the loss and the history
+            expected_l0 = gates.expected_l0(path=config.l0_penalty == "path")
             l0 = {g: v.mean() for g, v in expected_l0.items()}
             sparsity = sum(lambdas[g] * l0[g] for g in gates.trainable)
             (factor * sparsity).backward()

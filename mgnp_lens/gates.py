@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .granularity import GRANULARITIES, ModelDims
+from .granularity import GRANULARITIES, PARENT, ModelDims
 
 
 @dataclass(frozen=True)
@@ -115,11 +115,29 @@ class HardConcreteGates(nn.Module):
                 out[g] = (s * (p.zeta - p.gamma) + p.gamma).clamp(0.0, 1.0)
         return out
 
-    def expected_l0(self) -> dict[str, torch.Tensor]:
-        """Per-gate probability of being non-zero (Eq. 7), for the trainable granularities."""
+    def expected_l0(self, path: bool = False) -> dict[str, torch.Tensor]:
+        """Per-gate probability of being non-zero (Eq. 7), for the trainable granularities.
+
+        Args:
+            path: if True, each gate's probability is multiplied by its ancestors' (e.g. an attention
+                neuron's by its head's and its attention block's), so it is the probability that the
+                node is active in the circuit, and the L0 of a child granularity also pushes on its parents.
+
+        Returns:
+            ``{granularity: tensor shaped dims.shape(g)}`` with values in (0, 1).
+        """
         p = self.params
         shift = p.beta * math.log(-p.gamma / p.zeta)
-        return {g: torch.sigmoid(la - shift) for g, la in self.log_alpha.items()}
+        own = {g: torch.sigmoid(la - shift) for g, la in self.log_alpha.items()}
+        if not path:
+            return own
+        chain: dict[str, torch.Tensor | None] = {}  # path probability, broadcastable to the shape
+        for g in GRANULARITIES:  # parents come before their children
+            parent = PARENT[g]
+            above = None if parent is None or chain[parent] is None else chain[parent].unsqueeze(-1)
+            mine = own.get(g)
+            chain[g] = mine if above is None else above if mine is None else above * mine
+        return {g: chain[g] for g in own}
 
     def mean_l0(self) -> dict[str, torch.Tensor]:
         """Each trainable granularity's expected L0 divided by its gate count, in [0, 1]."""

@@ -54,6 +54,29 @@ def test_hard_concrete_formulas():
     assert set(samples) == set(GRANULARITIES)
 
 
+def test_path_l0_multiplies_each_gate_by_its_ancestors():
+    dims = ModelDims(2, 3, 4, 5, 6)
+    gates = HardConcreteGates(dims, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for la in gates.log_alpha.values():
+            la.copy_(torch.randn(la.shape, generator=torch.Generator().manual_seed(la.numel())) * 3)
+    own, path = gates.expected_l0(), gates.expected_l0(path=True)
+    torch.testing.assert_close(path["attn_block"], own["attn_block"])
+    torch.testing.assert_close(path["attn_head"], own["attn_head"] * own["attn_block"][:, None])
+    torch.testing.assert_close(path["attn_neuron"],
+                               own["attn_neuron"] * own["attn_head"][..., None] * own["attn_block"][:, None, None])
+    torch.testing.assert_close(path["mlp_hidden"], own["mlp_hidden"] * own["mlp_block"][:, None])
+    torch.testing.assert_close(path["mlp_output"], own["mlp_output"] * own["mlp_block"][:, None])
+    # the children's L0 now reaches the parents' log alpha
+    path["attn_neuron"].sum().backward()
+    assert gates.log_alpha["attn_head"].grad.abs().min() > 0 and gates.log_alpha["attn_block"].grad is not None
+    # an ungated parent counts as always on
+    heads_fixed = HardConcreteGates(dims, granularities=("attn_block", "attn_neuron"))
+    p2 = heads_fixed.expected_l0(path=True)
+    o2 = heads_fixed.expected_l0()
+    torch.testing.assert_close(p2["attn_neuron"], o2["attn_neuron"] * o2["attn_block"][:, None, None])
+
+
 def test_sampled_gates_hit_exact_zero_and_one():
     dims = ModelDims(1, 1, 1, 1, 1)
     gates = HardConcreteGates(dims)

@@ -159,7 +159,7 @@ def test_periodic_checkpoints(gpt2_micro, tmp_path):
     (dict(betas=0.9), "betas"), (dict(log_alpha_clamp=0), "log_alpha_clamp"),
     (dict(log_alpha_clamp=(2.0, 1.0)), "log_alpha_clamp"), (dict(autocast="half"), "unknown autocast"),
     (dict(lr_warmup_steps=-1), "lr_warmup_steps"), (dict(lr_scales={"mlp": 2.0}), "unknown granularity"),
-    (dict(lr_scales={"mlp_hidden": 0.0}), "lr_scales"), (dict(lr_warmup_steps=2.5), "lr_warmup_steps"),
+    (dict(lr_scales={"mlp_hidden": 0.0}), "lr_scales"), (dict(l0_penalty="node"), "unknown l0_penalty"), (dict(lr_warmup_steps=2.5), "lr_warmup_steps"),
 ])
 def test_bad_config_is_a_clear_value_error(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -313,3 +313,16 @@ def test_training_evaluation_from_the_loop_cache_equals_a_fresh_evaluation(gpt2_
     assert r.train_evaluation.kl == pytest.approx(fresh.kl, rel=1e-4, abs=1e-6) and fresh.kl > 0
     assert r.train_evaluation.circuit_metric == pytest.approx(fresh.circuit_metric, rel=1e-4, abs=1e-5)
     assert r.train_evaluation.base_metric == pytest.approx(fresh.base_metric, rel=1e-4, abs=1e-5)
+
+
+def test_path_l0_penalty_is_wired_into_the_loss(gpt2_micro):
+    clean, corrupted = random_pairs(gpt2_micro, n=8)
+    task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
+    common = dict(steps=3, batch_size=4, progress=False, eval_split=None)
+    gate = mg.discover(gpt2_micro, task, **common).history
+    path = mg.discover(gpt2_micro, task, l0_penalty="path", **common).history
+    # same initial gates; the path L0 of a child multiplies its own by its ancestors' (< 1)
+    assert path["kl"].iloc[0] == pytest.approx(gate["kl"].iloc[0])
+    assert path["active_attn_neuron"].iloc[0] < gate["active_attn_neuron"].iloc[0]
+    assert path["active_attn_block"].iloc[0] == pytest.approx(gate["active_attn_block"].iloc[0])
+    assert path["loss"].iloc[0] < gate["loss"].iloc[0]
