@@ -16,7 +16,6 @@ hierarchy is enforced; ``raw_counts`` records ours the same way, beside the circ
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -30,16 +29,13 @@ REFERENCE = {"attn_head": 27, "attn_neuron": 1894, "mlp_hidden": 5763, "mlp_outp
 
 
 def parse_sets(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+    """``--set KEY=VALUE`` items as PruningConfig overrides (the library's parser, as in ``mgnp discover --set``)."""
+    from mgnp_lens.discover import parse_overrides
+
+    try:
+        return parse_overrides(items)
+    except ValueError as e:
+        raise SystemExit(f"--set: {e}") from None
 
 
 def run(templates: str, device: str = "cpu", **overrides) -> dict:

@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="corrupted activations from the same pass (batch) or precomputed (cache, default)")
     d.add_argument("--autocast", choices=["auto", "bfloat16", "float16", "float32"], default=None,
                    help="precision of the training passes (default auto: bfloat16 where the hardware has it)")
+    d.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="any PruningConfig field, value as JSON when it parses, e.g. --set lr_warmup_steps=0 "
+                        "--set 'betas=[0.9,0.999]' --set l0_penalty=path (repeatable; applied after the flags)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default="cpu")
     d.add_argument("--n-test", type=_positive_int, default=1024, help="test pairs to generate and evaluate")
@@ -174,7 +177,7 @@ def _print_result(result) -> None:
 
 # --------------------------------------------------------------------------- commands
 def cmd_discover(args) -> int:
-    from .discover import PruningConfig, discover
+    from .discover import PruningConfig, discover, parse_overrides
     from .report import build_report
 
     out = Path(args.out)
@@ -186,8 +189,11 @@ def cmd_discover(args) -> int:
                  if v is not None}
     if args.lambdas:
         overrides["lambdas"] = dict(args.lambdas)
-    config = PruningConfig(seed=args.seed, checkpoint_dir=str(out), progress=not args.quiet,
-                           eval_max_examples=args.n_test, **overrides)
+    settings = {"seed": args.seed, "eval_max_examples": args.n_test, **overrides, **parse_overrides(args.settings)}
+    for fixed in ("checkpoint_dir", "progress"):
+        if fixed in settings:
+            raise CliError(f"--set {fixed}=... is not allowed: the CLI sets it from --out / --quiet")
+    config = PruningConfig(**{**settings, "checkpoint_dir": str(out), "progress": not args.quiet})
     cli = {"task": None if data else (args.task or "ioi"), "data": data, "model": args.model,
            "n_test": args.n_test, "seed": args.seed, "device": args.device}
     out.mkdir(parents=True, exist_ok=True)

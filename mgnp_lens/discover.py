@@ -13,7 +13,7 @@ import json
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +236,30 @@ class PruningConfig:
         if "granularities" in d:
             d["granularities"] = tuple(d["granularities"])
         return cls(**d)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["KEY=VALUE", ...]`` → ``{KEY: VALUE}`` for :class:`PruningConfig` fields (the CLI's ``--set``).
+
+    Values are parsed as JSON when they can be (``lr=0.1``, ``'betas=[0.9,0.99]'``,
+    ``'lr_scales={"mlp_hidden":2}'``) and kept as strings otherwise (``l0_penalty=path``).
+
+    Raises:
+        ValueError: an item without ``=``, or a key that is not a ``PruningConfig`` field.
+    """
+    names = {f.name for f in fields(PruningConfig)}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        if key not in names:
+            raise ValueError(f"unknown PruningConfig field {key!r} in {item!r}; fields: {', '.join(sorted(names))}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 @dataclass

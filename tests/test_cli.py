@@ -18,7 +18,7 @@ def cli_run(tiny_gpt2_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
     argv = ["discover", "--task", "ioi", "--model", str(path), "--steps", "3", "--batch-size", "4",
             "--n-test", "8", "--lambda", "attn_head=2.5", "--seed", "3", "--autocast", "float32", "--out", str(out),
-            "--quiet"]
+            "--set", "lr_warmup_steps=0", "--set", "betas=[0.9,0.99]", "--quiet"]
     code = main(argv)
     return code, out, path
 
@@ -33,6 +33,7 @@ def test_discover_writes_every_file(cli_run, capsys):
     assert config["config"]["lambdas"]["attn_head"] == 2.5 and config["config"]["steps"] == 3
     assert config["seed"] == 3 and config["cli"]["task"] == "ioi"
     assert config["config"]["autocast"] == "float32" and config["training_precision"] == "float32"
+    assert config["config"]["lr_warmup_steps"] == 0 and config["config"]["betas"] == [0.9, 0.99]  # --set
     assert {"torch", "transformers", "transformer_lens", "mgnp_lens"} <= set(config["versions"])
     ev = json.loads((out / "evaluation.json").read_text())
     assert ev["evaluation"]["split"] == "test" and ev["evaluation"]["n_examples"] == 8
@@ -48,7 +49,7 @@ def test_circuit_json_reloads_into_the_run_circuit(cli_run):
     model = mg.load_model(str(path))
     task = mg.tasks.IOI(model, n_test=8, seed=3)
     result = mg.discover(model, task, steps=3, batch_size=4, lambdas={"attn_head": 2.5}, seed=3,
-                         autocast="float32", progress=False, eval_split=None)
+                         autocast="float32", lr_warmup_steps=0, betas=(0.9, 0.99), progress=False, eval_split=None)
     assert saved == result.circuit
     assert mg.Circuit.load(out / "circuit.json") == saved  # and reloads identically again
     # the binarised saved gates reproduce the saved circuit
@@ -129,6 +130,10 @@ def test_bad_arguments_exit_with_a_clear_message(argv, message, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
+    (["discover", "--set", "lr"], "expected KEY=VALUE"),
+    (["discover", "--set", "learning_rate=0.1"], "unknown PruningConfig field 'learning_rate'"),
+    (["discover", "--set", "l0_penalty=node"], "unknown l0_penalty"),
+    (["discover", "--set", "progress=false"], "not allowed"),
     (["discover", "--data", "missing.csv"], "no such file"),
     (["discover", "--data", "pairs.txt"], "expected a .csv or .jsonl"),
     (["report", "no/such/run"], "no run directory"),
