@@ -87,7 +87,8 @@ def run_task(name: str, steps: int, n_test: int, device: str) -> dict:
                  "table3": _data.load("paper_tables")["table3_baselines"].get(name)}
     return {"task": name, "task_description": task.describe(), "dims": dims.to_dict(), "rows": rows,
             "table1": ours.circuit.summary().to_dict("records"), "per_layer": ours.circuit.per_layer().to_dict("records"),
-            "paper": paper, "config": ours.config.to_dict()}
+            "paper": paper, "config": ours.config.to_dict(),
+            "training_precision": ours.meta.get("training_precision", "float32")}
 
 
 def run_stability(name: str, seeds: list[int], steps: int, n_test: int, device: str) -> dict:
@@ -205,7 +206,11 @@ def _optimizer_words(payload: dict) -> str:
     """How the gates were fitted, from the recorded config of the first task."""
     cfg = payload["tasks"][0].get("config", {}) if payload["tasks"] else {}
     sample = "one gate sample per example" if cfg.get("mask_per_example") else "one gate sample per batch"
-    return f"AdamW lr {cfg.get('lr', '?')}, {sample}"
+    betas = cfg.get("betas", [0.9, 0.999])  # runs recorded before the field existed used PyTorch's default
+    warm = cfg.get("lr_warmup_steps", 0)
+    precision = payload["tasks"][0].get("training_precision", "float32") if payload["tasks"] else "float32"
+    return (f"AdamW lr {cfg.get('lr', '?')} (betas {betas[0]}, {betas[1]}; "
+            f"{f'{warm}-step lr warm-up' if warm else 'no lr warm-up'}), {sample}, training in {precision}")
 
 
 def render(payload: dict) -> str:
