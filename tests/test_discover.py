@@ -159,7 +159,7 @@ def test_periodic_checkpoints(gpt2_micro, tmp_path):
     (dict(betas=0.9), "betas"), (dict(log_alpha_clamp=0), "log_alpha_clamp"),
     (dict(log_alpha_clamp=(2.0, 1.0)), "log_alpha_clamp"), (dict(autocast="half"), "unknown autocast"),
     (dict(lr_warmup_steps=-1), "lr_warmup_steps"), (dict(lr_scales={"mlp": 2.0}), "unknown granularity"),
-    (dict(lr_scales={"mlp_hidden": 0.0}), "lr_scales"), (dict(l0_penalty="node"), "unknown l0_penalty"), (dict(lr_warmup_steps=2.5), "lr_warmup_steps"),
+    (dict(lr_scales={"mlp_hidden": 0.0}), "lr_scales"), (dict(lr_scales=2.0), "lr_scales"), (dict(l0_penalty="node"), "unknown l0_penalty"), (dict(lr_warmup_steps=2.5), "lr_warmup_steps"),
 ])
 def test_bad_config_is_a_clear_value_error(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -254,6 +254,14 @@ def test_lr_scales_move_only_the_named_granularity(gpt2_micro):
         assert float(moved_scaled) == pytest.approx(float(moved) * (3.0 if g == "mlp_hidden" else 1.0), rel=1e-3)
     assert mg.PruningConfig.from_dict(mg.PruningConfig(lr_scales={"attn_head": 0.5}).to_dict()).lr_scales \
         == {"attn_head": 0.5}
+
+
+def test_a_config_saved_before_a_field_existed_loads_with_the_behaviour_it_ran_with():
+    old = mg.PruningConfig().to_dict()
+    del old["betas"], old["lr_warmup_steps"]
+    loaded = mg.PruningConfig.from_dict(old)
+    assert loaded.betas == (0.9, 0.999) and loaded.lr_warmup_steps == 0
+    assert mg.PruningConfig.from_dict(mg.PruningConfig().to_dict()) == mg.PruningConfig()
 
 
 def test_log_alpha_clamp_and_betas_reach_the_optimizer(gpt2_micro):
