@@ -361,26 +361,30 @@ def _model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def _chunks(pairs, batch_size: int, device):
+    """``(bucket index, row indices [b] in the bucket, those rows on device)``, bucket by bucket, in order."""
+    for i, bucket in enumerate(pairs.buckets):
+        for start in range(0, len(bucket), batch_size):
+            idx = torch.arange(start, min(start + batch_size, len(bucket)))
+            yield i, idx, bucket.select(idx).to(device)
+
+
 @torch.inference_mode()
 def _precompute(model, dims, pairs, batch_size, with_cache: bool):
     """Full-model answer logits [n, d_vocab] (float32) per bucket and, for cache mode, corrupted activations per bucket."""
-    device = _model_device(model)
-    base, cache = [], []
-    for bucket in pairs.buckets:
-        logits, acts = [], []
-        for start in range(0, len(bucket), batch_size):
-            b = bucket.select(torch.arange(start, min(start + batch_size, len(bucket)))).to(device)
-            logits.append(logits_at(model, b.clean, b.answer_pos, len(b)).float())
-            if with_cache:
-                acts.append(corrupted_activations(model, dims, b.corrupted))
-        base.append(torch.cat(logits))
+    logits = [[] for _ in pairs.buckets]
+    acts = [[] for _ in pairs.buckets]
+    for i, _, b in _chunks(pairs, batch_size, _model_device(model)):
+        logits[i].append(logits_at(model, b.clean, b.answer_pos, len(b)).float())
         if with_cache:
-            cache.append({k: torch.cat([a[k] for a in acts]) for k in acts[0]})
+            acts[i].append(corrupted_activations(model, dims, b.corrupted))
+    base = [torch.cat(chunks) for chunks in logits]
+    cache = [{k: torch.cat([a[k] for a in chunks]) for k in chunks[0]} for chunks in acts] if with_cache else []
     return base, cache
 
 
 def _kl_backward(model, interp: Interpolator, masks: dict[str, torch.Tensor], batch, rows: torch.Tensor,
-                 base: list[torch.Tensor], cache: list[dict], config: PruningConfig,
+                 base_logp: list[torch.Tensor], cache: list[dict], config: PruningConfig,
                  amp_dtype: torch.dtype | None = None) -> float:
     """Mean KL(full ‖ masked model) over ``batch``, back-propagated into the gates behind ``masks``.
 
@@ -388,7 +392,8 @@ def _kl_backward(model, interp: Interpolator, masks: dict[str, torch.Tensor], ba
     masks enter each pass as detached leaves; their gradients are summed over the micro-batches
     and pushed through the gate sampling once, so peak activation memory is that of one
     micro-batch and the gradient equals the full-batch one. With ``amp_dtype`` the masked passes
-    run under ``torch.autocast`` to that dtype; the KL itself is taken in float32.
+    run under ``torch.autocast`` to that dtype; the KL itself is taken in float32 against
+    ``base_logp`` (the full model's answer log-probs [n, d_vocab] per bucket).
     """
     leaves = {g: m.detach().requires_grad_(m.requires_grad) for g, m in masks.items()}
     n = len(batch)
@@ -404,8 +409,7 @@ def _kl_backward(model, interp: Interpolator, masks: dict[str, torch.Tensor], ba
             interp.set_corrupted({k: v[idx.to(v.device)] for k, v in cache[batch.bucket].items()})
         with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = masked_answer_logits(model, interp, batch.clean[sl], batch.corrupted[sl], batch.answer_pos[sl])
-        base_logp = torch.log_softmax(base[batch.bucket][rows[sl].to(logits.device)], dim=-1)
-        kl = kl_full_circuit(base_logp, logits).sum() / n
+        kl = kl_full_circuit(base_logp[batch.bucket][rows[sl].to(logits.device)], logits).sum() / n
         kl.backward()
         kl_sum += float(kl.detach())
         interp.set_corrupted(None)
@@ -426,13 +430,10 @@ def _evaluate_train(model, task, circuit: Circuit, pairs, base: list[torch.Tenso
     interp.set_masks(circuit.masks)
 
     def passes():
-        for i, bucket in enumerate(pairs.buckets):
-            for start in range(0, len(bucket), batch_size):
-                idx = torch.arange(start, min(start + batch_size, len(bucket)))
-                b = bucket.select(idx).to(device)
-                interp.set_corrupted({k: v[idx.to(v.device)] for k, v in cache[i].items()})
-                circ = masked_answer_logits(model, interp, b.clean, b.corrupted, b.answer_pos)
-                yield b, base[i][idx.to(base[i].device)], circ
+        for i, idx, b in _chunks(pairs, batch_size, device):
+            interp.set_corrupted({k: v[idx.to(v.device)] for k, v in cache[i].items()})
+            circ = masked_answer_logits(model, interp, b.clean, b.corrupted, b.answer_pos)
+            yield b, base[i][idx.to(base[i].device)], circ
 
     return summarize(task, "train", passes())
 
@@ -487,6 +488,7 @@ def discover(model, task, config: PruningConfig | None = None, **overrides) -> D
     try:
         pre_batch = min(config.eval_batch_size, config.micro_batch_size or config.eval_batch_size)
         base, cache = _precompute(model, dims, train, pre_batch, config.corruption == "cache")
+        base_logp = [torch.log_softmax(b, dim=-1) for b in base]  # once, not per step
         bar = tqdm(range(config.steps), desc="mgnp discover", disable=not config.progress, dynamic_ncols=True)
         for step in bar:
             t_step = time.perf_counter()
@@ -494,7 +496,7 @@ def discover(model, task, config: PruningConfig | None = None, **overrides) -> D
             batch_cpu, batch = batch, batch.to(device)
             optimizer.zero_grad(set_to_none=True)
             masks = gates.sample(generator=noise_gen, batch_size=len(batch) if config.mask_per_example else None)
-            kl = _kl_backward(model, interp, masks, batch, batch_cpu.rows, base, cache, config, amp_dtype)
+            kl = _kl_backward(model, interp, masks, batch, batch_cpu.rows, base_logp, cache, config, amp_dtype)
             factor = min(1.0, (step + 1) / config.lambda_warmup_steps) if config.lambda_warmup_steps else 1.0
             # per-gate P(z > 0) (times its ancestors' with l0_penalty="path"), shared by the loss and the history
             expected_l0 = gates.expected_l0(path=config.l0_penalty == "path")
