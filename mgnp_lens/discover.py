@@ -111,7 +111,11 @@ class PruningConfig:
             steps: with a long memory, gates that stopped mattering keep a large second-moment estimate
             and drift down to their L0 optimum very slowly. On SmolLM2 IOI (guide template, 240 steps)
             it kept ~22% fewer MLP hidden neurons than 0.999 (two seeds each) at a training KL about 0.01
-            higher, the same place that 0.999 reaches in about 320 steps.
+            higher, the same place that 0.999 reaches in about 320 steps. The default β1 0.6 (PyTorch's
+            is 0.9) carries less momentum, so gates overshoot less far into saturation and follow the
+            KL landscape as it changes while other gates leave: on the same runs MLP hidden −13%
+            (5,018 / 4,940 vs 5,753 / 5,747, two seeds) and MLP output −10% at the same training KL
+            (0.146 / 0.145 vs 0.149 / 0.145), with 1-2 more heads kept; β1 0.95 kept 25% more.
         log_alpha_clamp: if set, every ``log α`` is clamped after each step, to ``[-c, c]`` for a number ``c`` or
             to ``[low, high]`` for a pair, so no gate runs off to where it is (almost) always 0 or 1 and its
             gradients vanish (``None``: no clamp).
@@ -153,7 +157,7 @@ class PruningConfig:
     granularities: tuple[str, ...] = GRANULARITIES
     hard_concrete: HardConcreteParams = field(default_factory=HardConcreteParams)
     weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.95)
+    betas: tuple[float, float] = (0.6, 0.95)
     log_alpha_clamp: float | tuple[float, float] | None = None
     mask_per_example: bool = True
     autocast: str = "auto"
