@@ -31,6 +31,7 @@ from .hooks import (
     check_hook_points,
     check_mode,
     corrupted_activations,
+    fast_weight_layout,
     freeze_weights,
     logits_at,
     masked_answer_logits,
@@ -473,6 +474,7 @@ def discover(model, task, config: PruningConfig | None = None, **overrides) -> D
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     lambdas = {g: config.lambdas[g] * config.lambda_scale for g in gates.trainable}
 
+    fast_weight_layout(model)  # no per-pass weight copies; numerically identical
     restore_weights = freeze_weights(model)
     interp = Interpolator(dims, config.corruption, skip_dead_sites=config.skip_dead_sites)
     rows: list[dict] = []

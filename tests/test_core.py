@@ -307,3 +307,31 @@ def test_per_example_masks_apply_row_by_row(mode):
             alone = masked_answer_logits(model, one, clean[i:i + 1], corrupted[i:i + 1], pos[i:i + 1])
         assert (together[i] - alone[0]).abs().max() <= 1e-4
     assert (together[0] - together[1]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "neox"])
+def test_fast_weight_layout_changes_memory_order_only(kind):
+    from mgnp_lens.hooks import fast_weight_layout
+
+    model = micro_model(kind)
+    tokens, _ = random_pairs(model, n=4)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        logits = model(tokens)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits_bf16 = model(tokens)
+    gated = kind == "llama"
+    expected = 1 + model.cfg.n_layers * (1 + (3 if gated else 0))  # W_U, W_O per layer, gated MLP weights
+    assert fast_weight_layout(model) == expected
+    assert fast_weight_layout(model) == 0  # idempotent
+    assert model.unembed.W_U.T.is_contiguous() and not model.unembed.W_U.is_contiguous()
+    w_o = model.blocks[0].attn.W_O
+    assert w_o.permute(2, 0, 1).is_contiguous()
+    if gated:
+        assert model.blocks[1].mlp.W_out.T.is_contiguous()
+    for n, p in model.named_parameters():
+        assert p.shape == before[n].shape and torch.equal(p, before[n]), n
+    with torch.no_grad():
+        assert torch.equal(model(tokens), logits)  # bit for bit: the matmuls see the same operands
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(model(tokens), logits_bf16)
