@@ -53,6 +53,7 @@ def main() -> None:
     model = mg.load_model(device=args.device)
     t_model = time.perf_counter() - t0
     task = mg.tasks.IOI(model, n_test=512, templates="mixed" if args.templates == "mixed" else [GUIDE])
+    t_task = time.perf_counter() - t0 - t_model
     overrides = {"eval_max_examples": 512, **parse_sets(args.set)}
     result = mg.discover(model, task, **overrides)
     t_total = time.perf_counter() - t0
@@ -61,6 +62,9 @@ def main() -> None:
     sparsity = {g: 100 * (1 - c.count(g) / dims.count(g)) for g in mg.GRANULARITIES}
     r = {"templates": args.templates, "overrides": overrides, "seconds_total": t_total, "seconds_model_load": t_model,
          "seconds_loop": result.seconds, "s_per_step": float(result.history["seconds"].median()),
+         # where the rest goes: task building, the precompute before the loop, the two evaluations after it
+         "seconds_task_build": t_task, "seconds_precompute": result.seconds - float(result.history["seconds"].sum()),
+         "seconds_evaluation": t_total - t_model - t_task - result.seconds,
          "steps": result.steps_completed, "counts": c.counts(), "sparsity_pct": sparsity,
          "train_kl": result.train_evaluation.kl, "test_kl": result.evaluation.kl,
          "test_metric": [result.evaluation.base_metric, result.evaluation.circuit_metric],
@@ -73,7 +77,8 @@ def main() -> None:
                   "sparsity": all(sparsity[g] >= TARGET["sparsity_pct"] for g in ("attn_head", "attn_neuron",
                                                                                    "mlp_hidden")),
                   "train_kl": r["train_kl"] <= TARGET["train_kl"]}
-    for k in ("seconds_total", "seconds_loop", "s_per_step", "steps", "train_kl", "test_kl",
+    for k in ("seconds_total", "seconds_model_load", "seconds_task_build", "seconds_precompute", "seconds_loop",
+              "seconds_evaluation", "s_per_step", "steps", "train_kl", "test_kl",
               "first_step_meeting_bar_in_training", "first_step_kl_target_in_training",
               "first_step_sparsity_bar_in_training"):
         print(f"{k:>36}: {r[k]}")

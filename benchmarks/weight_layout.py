@@ -1,0 +1,98 @@
+"""Weight layout: a discovery step with TransformerLens' row-major weights vs ``fast_weight_layout``.
+
+    python benchmarks/weight_layout.py [--models gpt2-small,default] [--rounds 4] [--device cpu] [--out results.json]
+
+TransformerLens computes ``F.linear(x, W.T.contiguous())`` for the unembedding, ``W_O`` and the
+gated-MLP weights, so a row-major weight is copied on every pass. ``fast_weight_layout`` (applied by
+``load_model`` and ``discover``) stores those weights in the copy's layout. Each round times a
+discovery step (cache mode, batch 32, training precision as the defaults pick it) and a float32
+forward pass (as in the evaluations) first with the row-major layout, then with the fast one;
+the speed-up is the median of the per-round ratios. The results of both layouts are compared too
+(they must be identical).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_device_arg, print_table, step_seconds, write  # noqa: E402
+from hook_overhead import setup  # noqa: E402
+
+
+def row_major(model) -> None:
+    """Undo ``fast_weight_layout``: every parameter back to a plain contiguous tensor."""
+    for p in model.parameters():
+        p.data = p.data.contiguous()
+
+
+def forward_seconds(model, task, B: int) -> tuple[float, "torch.Tensor"]:
+    import torch
+    from mgnp_lens.hooks import logits_at
+
+    batch = task.split("train").sample(B, generator=torch.Generator().manual_seed(0))
+    times, out = [], None
+    with torch.inference_mode():
+        for i in range(3):
+            t = time.perf_counter()
+            out = logits_at(model, batch.clean, batch.answer_pos, len(batch))
+            if i:
+                times.append(time.perf_counter() - t)
+    return min(times), out
+
+
+def measure(name: str, device: str, rounds: int) -> dict:
+    import importlib
+
+    from mgnp_lens.hooks import fast_weight_layout
+
+    disc = importlib.import_module("mgnp_lens.discover")  # the module (the package exports the function)
+
+    model, task = setup(name, device)
+    B, keep = 32, disc.fast_weight_layout
+    step = {"row_major": [], "fast": []}
+    fwd = {"row_major": [], "fast": []}
+    same = True
+    try:
+        for _ in range(rounds):
+            outs = {}
+            for layout in ("row_major", "fast"):
+                if layout == "row_major":
+                    row_major(model)
+                    disc.fast_weight_layout = lambda m: 0  # keep discover() from re-arranging
+                else:
+                    fast_weight_layout(model)
+                    disc.fast_weight_layout = keep
+                step[layout].append(step_seconds(model, task, batch_size=B, corruption="cache", autocast="auto",
+                                                 warmup=1, steps=2)["median_s"])
+                seconds, outs[layout] = forward_seconds(model, task, B)
+                fwd[layout].append(seconds)
+            same &= bool((outs["row_major"] == outs["fast"]).all())
+    finally:
+        disc.fast_weight_layout = keep
+    ratio = lambda d: statistics.median(a / b for a, b in zip(d["row_major"], d["fast"]))  # noqa: E731
+    return {"model": name, "batch": B, "step_row_major_s": statistics.median(step["row_major"]),
+            "step_fast_s": statistics.median(step["fast"]), "step_speedup": ratio(step),
+            "fwd_fp32_row_major_s": statistics.median(fwd["row_major"]),
+            "fwd_fp32_fast_s": statistics.median(fwd["fast"]), "fwd_speedup": ratio(fwd),
+            "identical_logits": same, "rounds": {"step": step, "forward": fwd}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="gpt2-small,default")
+    ap.add_argument("--rounds", type=int, default=4)
+    add_device_arg(ap)
+    args = ap.parse_args()
+    rows = [measure(m, args.device, args.rounds) for m in args.models.split(",")]
+    print_table(rows, ["model", "step_row_major_s", "step_fast_s", "step_speedup", "fwd_fp32_row_major_s",
+                       "fwd_fp32_fast_s", "fwd_speedup", "identical_logits"])
+    write("weight_layout", {"results": rows}, args.out)
+
+
+if __name__ == "__main__":
+    main()
