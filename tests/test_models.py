@@ -35,6 +35,10 @@ def test_default_model_loads_offline_and_does_ioi(default_model_loads):
     # the cached model is the same model
     with torch.no_grad():
         assert (first(tokens) - model(tokens)).abs().max() < 1e-4
+    # both loads (cache miss and hit) store the per-pass-copied weights transposed (fast_weight_layout)
+    for m in (first, second):
+        assert m.unembed.W_U.T.is_contiguous() and m.blocks[29].mlp.W_in.T.is_contiguous()
+        assert m.blocks[0].attn.W_O.permute(2, 0, 1).is_contiguous()
 
 
 def test_explicit_gguf_path_loads_through_the_cache(default_model_loads):
