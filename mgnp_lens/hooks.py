@@ -56,28 +56,36 @@ def freeze_weights(model):
     return restore
 
 
-# (storage order, the permutation back to the parameter's shape) for the weights that
-# TransformerLens turns into a contiguous copy on every forward pass
-_TRANSPOSED_LAYOUTS = {2: ((1, 0), (1, 0)), 3: ((2, 0, 1), (1, 2, 0))}
+# Storage orders that make TransformerLens' per-pass rearrangement of a weight a free view:
+# (permutation to store contiguously, permutation back to the parameter's shape).
+_T2 = ((1, 0), (1, 0))  # W.T.contiguous() of a [in, out] matrix
+_W_O = ((2, 0, 1), (1, 2, 0))  # rearrange(W_O, "h d m -> m (h d)").contiguous()
+_W_QKV = ((0, 2, 1), (0, 2, 1))  # rearrange(W, "h m d -> (h d) m") in simple_attn_linear
 
 
-def _transposed_weights(model) -> list[torch.nn.Parameter]:
-    """The weights a HookedTransformer forward copies: ``W_U.T.contiguous()`` in the unembed,
-    ``rearrange(W_O, "h d m -> m (h d)").contiguous()`` in attention and ``W.T.contiguous()``
-    for ``W_gate``, ``W_in``, ``W_out`` of a gated MLP."""
+def _transposed_weights(model) -> list[tuple[torch.nn.Parameter, tuple, tuple]]:
+    """The weights a HookedTransformer forward copies, each with its fast storage order: ``W_U``
+    (``W_U.T.contiguous()`` in the unembed), ``W_O`` and ``W_Q``/``W_K``/``W_V`` (``_W_K``/``_W_V``
+    with grouped-query attention) in attention, and ``W_gate``, ``W_in``, ``W_out`` of a gated MLP."""
     from transformer_lens.components.mlps.gated_mlp import GatedMLP
 
     found = []
-    unembed = getattr(model, "unembed", None)
-    if isinstance(getattr(unembed, "W_U", None), torch.nn.Parameter):
-        found.append(unembed.W_U)
+
+    def add(p, layout):
+        if isinstance(p, torch.nn.Parameter) and p.dim() == len(layout[0]):
+            found.append((p, *layout))
+
+    add(getattr(getattr(model, "unembed", None), "W_U", None), _T2)
     for block in getattr(model, "blocks", []):
-        w_o = getattr(getattr(block, "attn", None), "W_O", None)
-        if isinstance(w_o, torch.nn.Parameter) and w_o.dim() == 3:
-            found.append(w_o)
+        attn = getattr(block, "attn", None)
+        add(getattr(attn, "W_O", None), _W_O)
+        for name in ("W_Q", "W_K", "W_V", "_W_K", "_W_V"):
+            if name in getattr(attn, "_parameters", {}):  # the stored ones, not GQA's expanding properties
+                add(attn._parameters[name], _W_QKV)
         mlp = getattr(block, "mlp", None)
         if type(mlp) is GatedMLP:
-            found.extend(getattr(mlp, n) for n in ("W_gate", "W_in", "W_out") if hasattr(mlp, n))
+            for name in ("W_gate", "W_in", "W_out"):
+                add(getattr(mlp, name, None), _T2)
     return found
 
 
@@ -86,10 +94,11 @@ def fast_weight_layout(model) -> int:
 
     TransformerLens computes e.g. ``F.linear(x, W_U.T.contiguous())``: for a row-major ``W_U``
     that is a full transposed copy of the weight on every forward pass (on SmolLM2: 28 M
-    unembedding floats, plus three MLP matrices and ``W_O`` per layer), about a fifth of a
-    discovery step on a CPU. Re-storing each such weight so that the transposed view is already
-    contiguous makes those copies no-ops. Values, shapes and results are unchanged (the matmuls
-    see the same contiguous operand as before); only the memory order differs. Idempotent.
+    unembedding floats, plus the three MLP matrices, ``W_O`` and ``W_Q``/``W_K``/``W_V`` of
+    every layer), about a fifth of a discovery step on a CPU. Re-storing each such weight so
+    that the rearranged view is already contiguous makes those copies no-ops. Values, shapes and
+    results are unchanged (the matmuls see the same contiguous operand as before); only the
+    memory order differs. Idempotent.
 
     Args:
         model: a ``HookedTransformer``; other models are left alone.
@@ -100,8 +109,7 @@ def fast_weight_layout(model) -> int:
     if type(model).__name__ != "HookedTransformer":
         return 0
     changed = 0
-    for p in _transposed_weights(model):
-        store, back = _TRANSPOSED_LAYOUTS[p.dim()]
+    for p, store, back in _transposed_weights(model):
         if p.data.permute(*store).is_contiguous():
             continue
         p.data = p.data.permute(*store).contiguous().permute(*back)

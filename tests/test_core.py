@@ -321,12 +321,14 @@ def test_fast_weight_layout_changes_memory_order_only(kind):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             logits_bf16 = model(tokens)
     gated = kind == "llama"
-    expected = 1 + model.cfg.n_layers * (1 + (3 if gated else 0))  # W_U, W_O per layer, gated MLP weights
+    # W_U; W_O, W_Q, W_K, W_V (the stored _W_K, _W_V with grouped-query attention) per layer; gated MLP weights
+    expected = 1 + model.cfg.n_layers * (4 + (3 if gated else 0))
     assert fast_weight_layout(model) == expected
     assert fast_weight_layout(model) == 0  # idempotent
     assert model.unembed.W_U.T.is_contiguous() and not model.unembed.W_U.is_contiguous()
     w_o = model.blocks[0].attn.W_O
     assert w_o.permute(2, 0, 1).is_contiguous()
+    assert model.blocks[0].attn.W_Q.permute(0, 2, 1).is_contiguous()
     if gated:
         assert model.blocks[1].mlp.W_out.T.is_contiguous()
     for n, p in model.named_parameters():
