@@ -98,7 +98,9 @@ def fast_weight_layout(model) -> int:
     every layer), about a fifth of a discovery step on a CPU. Re-storing each such weight so
     that the rearranged view is already contiguous makes those copies no-ops. Values, shapes and
     results are unchanged (the matmuls see the same contiguous operand as before); only the
-    memory order differs. Idempotent.
+    memory order differs. In place (the same ``Parameter`` objects get new storage) and
+    idempotent. The re-stored parameters are not contiguous, so saving a state dict with
+    safetensors needs ``.contiguous()`` on each tensor.
 
     Args:
         model: a ``HookedTransformer``; other models are left alone.
