@@ -62,7 +62,8 @@ def main() -> None:
     sparsity = {g: 100 * (1 - c.count(g) / dims.count(g)) for g in mg.GRANULARITIES}
     r = {"templates": args.templates, "overrides": overrides, "seconds_total": t_total, "seconds_model_load": t_model,
          "seconds_loop": result.seconds, "s_per_step": float(result.history["seconds"].median()),
-         # where the rest goes: task building, the precompute before the loop, the two evaluations after it
+         # where the rest goes: task building, the precompute before the loop (with the little bookkeeping
+         # between timed steps), the two evaluations after it
          "seconds_task_build": t_task, "seconds_precompute": result.seconds - float(result.history["seconds"].sum()),
          "seconds_evaluation": t_total - t_model - t_task - result.seconds,
          "steps": result.steps_completed, "counts": c.counts(), "sparsity_pct": sparsity,

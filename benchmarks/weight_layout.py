@@ -1,9 +1,10 @@
 """Weight layout: a discovery step with TransformerLens' row-major weights vs ``fast_weight_layout``.
 
-    python benchmarks/weight_layout.py [--models gpt2-small,default] [--rounds 4] [--device cpu] [--out results.json]
+    python benchmarks/weight_layout.py [--models gpt2-small,default] [--rounds 6] [--device cpu] [--out results.json]
 
-TransformerLens computes ``F.linear(x, W.T.contiguous())`` for the unembedding, ``W_O`` and the
-gated-MLP weights, so a row-major weight is copied on every pass. ``fast_weight_layout`` (applied by
+TransformerLens computes ``F.linear(x, W.T.contiguous())`` (or a rearranged copy) for the
+unembedding, ``W_O``, ``W_Q``/``W_K``/``W_V`` and the gated-MLP weights, so a row-major weight is
+copied on every pass. ``fast_weight_layout`` (applied by
 ``load_model`` and ``discover``) stores those weights in the copy's layout. Each round times a
 discovery step (cache mode, batch 32, training precision as the defaults pick it) and a float32
 forward pass (as in the evaluations) first with the row-major layout, then with the fast one;
