@@ -105,6 +105,14 @@ def step_seconds(model, task, warmup: int = 1, steps: int = 3, **config) -> dict
     return {"median_s": statistics.median(secs), "all_s": secs}
 
 
+def ab_speedup(before: list[float], after: list[float]) -> dict:
+    """Speed-up of alternating A/B rounds: the median of the per-round ratios ``before/after`` and, less
+    sensitive to a busy spell of a shared machine, the ratio of each side's fastest round."""
+    import statistics
+
+    return {"median": statistics.median(a / b for a, b in zip(before, after)), "best_rounds": min(before) / min(after)}
+
+
 def bare_step_seconds(model, task, batch_size: int, warmup: int = 1, steps: int = 3, answer_only: bool = True,
                       grad: bool = True) -> float:
     """Median time of the physical floor: forward + backward of the unhooked model on the same batch.

@@ -8,7 +8,8 @@ and in micro-batches (gradient accumulation, same gradient), in cache and batch 
 training set is the one batch of 32 pairs (cache mode holds its corrupted activations:
 32 × 64 × 12 × (768 + 3072 + 768) floats ≈ 453 MB).
 Rows run in float32 unless they say bf16 autocast (the default on hardware with native bfloat16, where
-autocast also keeps bfloat16 copies of the weights). ``--only`` keeps the rows whose setting contains one of
+discovery keeps bfloat16 copies of the matrix-product weights for the run, ``precast_weights``; the
+"weights cast on every pass" row lets autocast cast them in each pass instead). ``--only`` keeps the rows whose setting contains one of
 the given strings (e.g. ``--only "batch, micro-batch 2"``); their results replace those rows in the JSON.
 Target: ≤ 2,000 MB on CPU.
 """
@@ -41,6 +42,8 @@ def main() -> None:
                ("batch, micro-batch 2", {"corruption": "batch", "micro_batch_size": 2}),
                ("batch, micro-batch 2, bf16 autocast", {"corruption": "batch", "micro_batch_size": 2,
                                                         "autocast": "bfloat16"}),
+               ("batch, micro-batch 2, bf16 autocast, weights cast on every pass",
+                {"corruption": "batch", "micro_batch_size": 2, "autocast": "bfloat16", "precast_weights": False}),
                ("cache, micro-batch 1, bf16 autocast", {"corruption": "cache", "micro_batch_size": 1,
                                                         "autocast": "bfloat16"})]
     if args.only:

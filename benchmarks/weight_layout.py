@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_device_arg, print_table, step_seconds, write  # noqa: E402
+from _common import ab_speedup, add_device_arg, print_table, step_seconds, write  # noqa: E402
 from hook_overhead import setup  # noqa: E402
 
 
@@ -76,14 +76,13 @@ def measure(name: str, device: str, rounds: int) -> dict:
             same &= bool((outs["row_major"] == outs["fast"]).all())
     finally:
         disc.fast_weight_layout = keep
-    ratio = lambda d: statistics.median(a / b for a, b in zip(d["row_major"], d["fast"]))  # noqa: E731
-    best = lambda d: min(d["row_major"]) / min(d["fast"])  # noqa: E731  (fastest round of each side)
+    s_up, f_up = ab_speedup(step["row_major"], step["fast"]), ab_speedup(fwd["row_major"], fwd["fast"])
     return {"model": name, "batch": B, "step_row_major_s": statistics.median(step["row_major"]),
-            "step_fast_s": statistics.median(step["fast"]), "step_speedup": ratio(step),
-            "step_speedup_of_best_rounds": best(step),
+            "step_fast_s": statistics.median(step["fast"]), "step_speedup": s_up["median"],
+            "step_speedup_of_best_rounds": s_up["best_rounds"],
             "fwd_fp32_row_major_s": statistics.median(fwd["row_major"]),
-            "fwd_fp32_fast_s": statistics.median(fwd["fast"]), "fwd_speedup": ratio(fwd),
-            "fwd_speedup_of_best_rounds": best(fwd),
+            "fwd_fp32_fast_s": statistics.median(fwd["fast"]), "fwd_speedup": f_up["median"],
+            "fwd_speedup_of_best_rounds": f_up["best_rounds"],
             "identical_logits": same, "rounds": {"step": step, "forward": fwd}}
 
 

@@ -337,3 +337,40 @@ def test_fast_weight_layout_changes_memory_order_only(kind):
         assert torch.equal(model(tokens), logits)  # bit for bit: the matmuls see the same operands
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert torch.equal(model(tokens), logits_bf16)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "neox"])
+def test_precast_weights_is_bit_identical_under_autocast_and_restores(kind):
+    from mgnp_lens.hooks import MATMUL_WEIGHTS, fast_weight_layout, precast_weights
+
+    model = micro_model(kind)
+    fast_weight_layout(model)
+    dims = ModelDims.from_model(model)
+    clean, corrupted = random_pairs(model, n=4)
+    gates = HardConcreteGates(dims, generator=torch.Generator().manual_seed(0))
+    masks = {g: m.detach() for g, m in gates.sample(torch.Generator().manual_seed(1), batch_size=4).items()}
+    pos = torch.full((4,), clean.shape[1] - 1)
+    interp = Interpolator(dims, "cache")
+    interp.set_corrupted(corrupted_activations(model, dims, corrupted))  # float32 cache, as in discover
+    interp.set_masks(masks)
+
+    def masked_logits():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return masked_answer_logits(model, interp, clean, corrupted, pos)
+
+    originals = {n: p.detach() for n, p in model.named_parameters()}
+    reference = masked_logits()
+    restore = precast_weights(model, torch.bfloat16)
+    params = dict(model.named_parameters())
+    lowered = [n for n, p in params.items() if p.dtype == torch.bfloat16]
+    assert lowered and all(n.rsplit(".", 1)[-1] in MATMUL_WEIGHTS for n in lowered)
+    assert {n.rsplit(".", 1)[-1] for n in lowered} >= {"W_Q", "W_O", "W_in", "W_out", "W_U"}
+    assert all(params[n].dtype == torch.float32 for n in params if n.endswith(("W_E", ".w", "b_Q", "b_in")))
+    assert all(params[n].stride() == originals[n].stride() for n in lowered)  # the fast layout survives
+    assert torch.equal(masked_logits(), reference)  # autocast would have made exactly these casts
+    restore()
+    restore()  # idempotent
+    assert all(p.data_ptr() == originals[n].data_ptr() and p.dtype == torch.float32
+               and p.stride() == originals[n].stride() for n, p in model.named_parameters())  # the same storage
+    precast_weights(model, None)()  # no autocast: nothing to cast
+    assert all(p.dtype == torch.float32 for p in model.parameters())

@@ -334,3 +334,17 @@ def test_path_l0_penalty_is_wired_into_the_loss(gpt2_micro):
     assert path["active_attn_neuron"].iloc[0] < gate["active_attn_neuron"].iloc[0]
     assert path["active_attn_block"].iloc[0] == pytest.approx(gate["active_attn_block"].iloc[0])
     assert path["loss"].iloc[0] < gate["loss"].iloc[0]
+
+
+def test_precast_weights_gives_the_same_run_and_puts_float32_back(gpt2_micro):
+    clean, corrupted = random_pairs(gpt2_micro, n=16)
+    task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
+    kw = dict(steps=4, batch_size=8, progress=False, eval_split=None, autocast="bfloat16")
+    before = {n: p.detach().clone() for n, p in gpt2_micro.named_parameters()}
+    cast = mg.discover(gpt2_micro, task, precast_weights=True, **kw)
+    plain = mg.discover(gpt2_micro, task, precast_weights=False, **kw)
+    np.testing.assert_array_equal(cast.history.kl.values, plain.history.kl.values)
+    assert all(torch.equal(cast.gates.log_alpha[g], plain.gates.log_alpha[g]) for g in plain.gates.log_alpha)
+    assert cast.train_evaluation.kl == plain.train_evaluation.kl  # evaluated with the float32 weights
+    for n, p in gpt2_micro.named_parameters():
+        assert p.dtype == torch.float32 and torch.equal(p, before[n]), n
