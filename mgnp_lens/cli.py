@@ -2,6 +2,7 @@
 
     mgnp discover --task ioi --out runs/ioi             # embedded SmolLM2-135M, paper λ, writes report.html
     mgnp discover --data pairs.csv --model /path/to/ckpt --steps 100 --lambda attn_head=2.0
+    mgnp discover --resume runs/ioi [--steps 400]       # continue a stopped run (or train a finished one longer)
     mgnp report runs/ioi                                 # (re)build runs/ioi/report.html
     mgnp evaluate runs/ioi --split validation            # re-evaluate the saved circuit
     mgnp compare runs/gpt2-ioi --reference ioi           # against a published GPT-2 circuit
@@ -23,7 +24,9 @@ EXIT_MODEL = 3
 EXIT_INTERRUPTED = 130
 
 RUN_FILES = ("circuit.json", "per_layer.csv", "summary.csv", "evaluation.json", "history.csv", "config.json",
-             "gates.pt", "report.html")
+             "gates.pt", "state.pt", "report.html")
+DEFAULT_OUT = "runs/latest"
+DEFAULT_N_TEST = 1024
 
 
 class CliError(Exception):
@@ -80,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("discover", help="discover a circuit; write its tables, figures and report.html",
                        description="Discover a circuit with multi-granular node pruning and write circuit.json, "
                                    "per_layer.csv, summary.csv, evaluation.json, history.csv, config.json, "
-                                   "gates.pt and report.html into --out.")
+                                   "gates.pt, state.pt (to --resume from) and report.html into --out.")
     src = d.add_mutually_exclusive_group()
     src.add_argument("--task", choices=sorted(TASKS), default=None, help="built-in task (default: ioi)")
     src.add_argument("--data", default=None, metavar="PAIRS.{csv,jsonl}",
@@ -99,11 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                    help="any PruningConfig field, value as JSON when it parses, e.g. --set lr_warmup_steps=0 "
                         "--set 'betas=[0.9,0.999]' --set l0_penalty=path (repeatable; applied after the flags)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=None, help="seed (default 0)")
     d.add_argument("--device", default="cpu")
-    d.add_argument("--n-test", type=_positive_int, default=1024, help="test pairs to generate and evaluate")
-    d.add_argument("--out", default="runs/latest", help="output directory (default runs/latest)")
+    d.add_argument("--n-test", type=_positive_int, default=None,
+                   help=f"test pairs to generate and evaluate (default {DEFAULT_N_TEST})")
+    d.add_argument("--out", default=None, help=f"output directory (default {DEFAULT_OUT})")
     d.add_argument("--overwrite", action="store_true", help="replace a finished run already in --out")
+    d.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue the run in DIR from its last checkpoint (state.pt) with its saved settings, "
+                        "exactly as if it had not stopped; with --steps, train a finished run longer. Only "
+                        "--steps, --device and --quiet may be given with it")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
 
     r = sub.add_parser("report", help="(re)build DIR/report.html from a run directory")
@@ -178,9 +186,12 @@ def _print_result(result) -> None:
 # --------------------------------------------------------------------------- commands
 def cmd_discover(args) -> int:
     from .discover import PruningConfig, discover, parse_overrides
-    from .report import build_report
 
-    out = Path(args.out)
+    if args.resume is not None:
+        return _resume(args)
+    out = Path(args.out or DEFAULT_OUT)
+    args.seed = 0 if args.seed is None else args.seed
+    args.n_test = DEFAULT_N_TEST if args.n_test is None else args.n_test
     data = str(_check_data_file(args.data)) if args.data else None
     _check_out_dir(out, args.overwrite)
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
@@ -198,17 +209,58 @@ def cmd_discover(args) -> int:
            "n_test": args.n_test, "seed": args.seed, "device": args.device}
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({"config": config.to_dict(), "cli": cli,
-                                                 "command": ["mgnp", *sys.argv[1:]]}, indent=2, default=str))
+                                                 "command": ["mgnp", *args.argv]}, indent=2, default=str))
     model = _load_model(args.model, args.device)
     task = _build_task(model, cli)
-    result = discover(model, task, config)
+    return _finish(discover(model, task, config), out)
+
+
+def _resume(args) -> int:
+    """``mgnp discover --resume DIR``: rebuild the run's model and task from DIR/config.json and continue it."""
+    from .discover import STATE_FILE, PruningConfig, discover
+
+    given = [flag for flag, value in (("--task", args.task), ("--data", args.data), ("--model", args.model),
+                                      ("--batch-size", args.batch_size), ("--lr", args.lr),
+                                      ("--lambda-scale", args.lambda_scale), ("--lambda", args.lambdas or None),
+                                      ("--corruption-mode", args.corruption_mode), ("--autocast", args.autocast),
+                                      ("--set", args.settings or None), ("--seed", args.seed),
+                                      ("--n-test", args.n_test), ("--out", args.out),
+                                      ("--overwrite", args.overwrite or None)) if value is not None]
+    if given:
+        raise CliError(f"--resume continues the run with its saved settings; {', '.join(given)} cannot be given "
+                       "with it (only --steps, --device and --quiet)")
+    out = Path(args.resume)
+    if not (out / STATE_FILE).exists():
+        raise CliError(f"--resume {out}: no {STATE_FILE} there (a run writes it at each checkpoint, on Ctrl-C or "
+                       "an error, and at the end)")
+    saved = json.loads((out / "config.json").read_text())
+    if not saved.get("cli"):
+        raise CliError(f"--resume {out}: the run was not started by mgnp discover; resume it from Python with "
+                       "mgnp_lens.discover(model, task, resume_from=DIR)")
+    config = PruningConfig.from_dict({**saved["config"], "progress": not args.quiet, "checkpoint_dir": str(out),
+                                      **({"steps": args.steps} if args.steps is not None else {})})
+    status = json.loads((out / "evaluation.json").read_text()) if (out / "evaluation.json").exists() else {}
+    if status.get("interrupted") is False and status.get("steps_completed", 0) >= config.steps:
+        raise CliError(f"--resume {out}: the run already finished its {status['steps_completed']} steps; "
+                       "pass a larger --steps to train it longer")
+    saved["resumed"] = [*saved.get("resumed", []), ["mgnp", *args.argv]]
+    (out / "config.json").write_text(json.dumps(saved, indent=2, default=str))
+    model = _load_model(saved["cli"].get("model"), args.device)
+    task = _build_task(model, saved["cli"])
+    return _finish(discover(model, task, config, resume_from=out), out)
+
+
+def _finish(result, out: Path) -> int:
+    """Build the report, print the tables and where the outputs are; the exit code."""
+    from .report import build_report
+
     report = build_report(out)
     _print_result(result)
     print(f"\noutputs in {out}/: {', '.join(n for n in RUN_FILES if (out / n).exists())}")
     print(f"report: {report.resolve()}")
     if result.interrupted:
-        print(f"interrupted after {result.steps_completed} steps; the circuit of the last finished step is saved",
-              file=sys.stderr)
+        print(f"interrupted after {result.steps_completed} steps; the circuit of the last finished step is saved; "
+              f"continue with: mgnp discover --resume {out}", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
 
@@ -278,6 +330,7 @@ def main(argv=None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in config.json
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

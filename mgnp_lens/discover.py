@@ -9,6 +9,8 @@ once per dataset without gradients.
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import math
 import platform
@@ -42,6 +44,12 @@ from .hooks import (
 LR_SCHEDULES = ("constant", "cosine")
 AUTOCAST_CHOICES = ("auto", "bfloat16", "float16", "float32")
 L0_PENALTIES = ("gate", "path")
+#: The resumable training state written beside a run's outputs (see ``discover(resume_from=...)``).
+STATE_FILE = "state.pt"
+STATE_FORMAT = "mgnp-state/1"
+#: PruningConfig fields a resumed run may change: none of them alters the steps already taken.
+RESUMABLE_CHANGES = ("steps", "checkpoint_dir", "checkpoint_every", "progress", "eval_split", "eval_max_examples",
+                     "eval_batch_size", "precast_weights")
 #: The behaviour of runs whose saved config predates a field (see PruningConfig.from_dict).
 _BEFORE_FIELD_EXISTED = {"betas": [0.9, 0.999], "lr_warmup_steps": 0}
 _AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}
@@ -296,8 +304,11 @@ class DiscoveryResult:
         gates: the trained gates.
         steps_completed: optimizer steps that finished.
         interrupted: True if the run stopped early (Ctrl-C or an error).
-        seconds: wall time of the optimisation loop.
+        seconds: wall time of the optimisation loop (summed over resumed sessions).
         meta: task description, model source and library versions (written to config.json).
+        state: the training state after ``steps_completed`` steps (gates, AdamW moments, random
+            generators, history): ``discover(..., resume_from=result)`` or a saved directory continues from it
+            exactly as the uninterrupted run would have.
     """
 
     circuit: Circuit
@@ -310,12 +321,14 @@ class DiscoveryResult:
     interrupted: bool = False
     seconds: float = 0.0
     meta: dict = field(default_factory=dict)
+    state: dict | None = field(default=None, repr=False)
 
     def save(self, directory: str | Path) -> Path:
-        """Write circuit.json, gates.pt, history.csv, per_layer.csv, summary.csv, evaluation.json, config.json."""
+        """Write circuit.json, gates.pt, history.csv, per_layer.csv, summary.csv, evaluation.json, config.json
+        and (for resuming) state.pt."""
         return _write_outputs(Path(directory), self.circuit, self.gates, self.history, self.config,
                               self.evaluation, self.train_evaluation, self.steps_completed, self.interrupted,
-                              self.meta, self.seconds)
+                              self.meta, self.seconds, self.state)
 
     def report(self, directory: str | Path) -> Path:
         """Save the run into ``directory`` and build its ``report.html``; returns the report's path."""
@@ -348,12 +361,19 @@ def _write_json(path: Path, payload) -> None:
     tmp.replace(path)
 
 
+def _save_atomically(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
 def _write_outputs(out: Path, circuit, gates, history, config, evaluation, train_evaluation,
-                   steps_completed, interrupted, meta, seconds) -> Path:
+                   steps_completed, interrupted, meta, seconds, state: dict | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     circuit.save(out / "circuit.json")
-    torch.save({g: v.detach().cpu() for g, v in gates.log_alpha.items()}, out / "gates.pt.tmp")
-    (out / "gates.pt.tmp").replace(out / "gates.pt")
+    _save_atomically({g: v.detach().cpu() for g, v in gates.log_alpha.items()}, out / "gates.pt")
+    if state is not None:
+        _save_atomically(_to_cpu(state), out / STATE_FILE)
     for name, frame in (("history.csv", history), ("per_layer.csv", circuit.per_layer()),
                         ("summary.csv", circuit.summary())):
         frame.to_csv(out / (name + ".tmp"), index=False)
@@ -367,6 +387,67 @@ def _write_outputs(out: Path, circuit, gates, history, config, evaluation, train
         if isinstance(previous, dict) and "config" in previous else {}
     _write_json(out / "config.json", {"config": config.to_dict(), "seed": config.seed, **meta, **extra})
     return out
+
+
+def _to_cpu(obj):
+    """``obj`` with every tensor inside (nested dicts/lists) moved to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def train_fingerprint(pairs) -> str:
+    """SHA-256 of a split's tokens and answers (bucket by bucket): identifies the pairs a run trained on."""
+    h = hashlib.sha256()
+    for b in pairs.buckets:
+        for t in (b.clean, b.corrupted, b.correct, b.incorrect, b.answer_pos):
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.detach().cpu().to(torch.int64).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_state(source) -> dict:
+    """The training state to resume from: a :class:`DiscoveryResult`, a run directory, or its ``state.pt``.
+
+    Raises:
+        ValueError: no state there (a run that never reached a checkpoint, or saved without one), or not a
+            mgnp-lens training state.
+    """
+    if isinstance(source, DiscoveryResult):
+        if source.state is None:
+            raise ValueError("cannot resume: this result holds no training state")
+        return source.state
+    path = Path(source)
+    path = path / STATE_FILE if path.is_dir() else path
+    if not path.exists():
+        raise ValueError(f"cannot resume from {source}: no {STATE_FILE} there (a run writes it at each checkpoint, "
+                         "on Ctrl-C or an error, and at the end)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"cannot resume from {path}: not a {STATE_FORMAT} training state")
+    return state
+
+
+def _check_resumable(state: dict, config: "PruningConfig", dims: ModelDims, task, fingerprint: str) -> None:
+    """Raise ``ValueError`` naming what differs between a saved training state and the run that would resume it."""
+    if state["model_dims"] != dims.to_dict():
+        raise ValueError(f"cannot resume: the saved state is for a model shaped {state['model_dims']}, "
+                         f"this model is {dims.to_dict()}")
+    if state["task"] != task.describe() or state["train_fingerprint"] != fingerprint:
+        raise ValueError(f"cannot resume: the saved state was trained on other pairs ({state['task']}); "
+                         f"this task is {task.describe()}")
+    saved, now = PruningConfig.from_dict(state["config"]).to_dict(), config.to_dict()
+    differ = [f"{k} ({saved[k]!r} → {now[k]!r})" for k in now if k not in RESUMABLE_CHANGES and saved[k] != now[k]]
+    if differ:
+        raise ValueError(f"cannot resume: the config differs from the saved run's in {', '.join(differ)}; "
+                         f"only {', '.join(RESUMABLE_CHANGES)} may change")
+    if config.steps < state["step"]:
+        raise ValueError(f"cannot resume: steps={config.steps} but the saved state has already taken "
+                         f"{state['step']} steps")
 
 
 def _model_device(model) -> torch.device:
@@ -450,26 +531,43 @@ def _evaluate_train(model, task, circuit: Circuit, pairs, base: list[torch.Tenso
     return summarize(task, "train", passes())
 
 
-def discover(model, task, config: PruningConfig | None = None, **overrides) -> DiscoveryResult:
+def discover(model, task, config: PruningConfig | None = None, *, resume_from=None,
+             **overrides) -> DiscoveryResult:
     """Find the nodes of ``model`` that ``task`` needs, at all seven granularities at once.
 
     Args:
         model: a ``HookedTransformer`` (or ``TransformerBridge``) with the gated hook points.
         task: a :class:`mgnp_lens.tasks.Task` (its ``train`` split is optimised on).
-        config: a :class:`PruningConfig`; keyword ``overrides`` replace its fields.
+        config: a :class:`PruningConfig`; keyword ``overrides`` replace its fields. When resuming
+            without a config, the saved run's config (with the overrides) is used.
+        resume_from: continue a run from its training state: a :class:`DiscoveryResult` (e.g. one
+            that Ctrl-C interrupted), a run or checkpoint directory, or its ``state.pt``. The gates,
+            AdamW moments, random generators and history are restored, so the finished run equals
+            the uninterrupted one bit for bit. Only ``steps`` (e.g. to train a finished run longer),
+            the checkpoint, progress and evaluation fields and ``precast_weights`` may differ from
+            the saved config; the model shape and the training pairs must be the same.
 
     Returns:
         a :class:`DiscoveryResult`. Ctrl-C stops the loop early and returns the circuit of the
         last finished step (``interrupted=True``); any other error raises :class:`DiscoveryError`
         whose ``.result`` holds that circuit (and, with ``checkpoint_dir``, it is on disk too).
+        Either way ``.state`` (and ``state.pt`` in ``checkpoint_dir``) can resume the run.
+
+    Raises:
+        ValueError: a bad config, a model without the hook points, or a ``resume_from`` state that
+            does not match this model, task or config (the message names the difference).
     """
+    state = load_state(resume_from) if resume_from is not None else None
     if config is None:
-        config = PruningConfig(**overrides)
+        config = PruningConfig.from_dict({**state["config"], **overrides}) if state else PruningConfig(**overrides)
     elif overrides:
         config = PruningConfig.from_dict({**config.to_dict(), **overrides})
     dims = ModelDims.from_model(model)
     check_hook_points(model, dims)
     train = task.split("train")
+    fingerprint = train_fingerprint(train)
+    if state is not None:
+        _check_resumable(state, config, dims, task, fingerprint)
     device = _model_device(model)
 
     init_gen = torch.Generator().manual_seed(config.seed)
@@ -480,24 +578,48 @@ def discover(model, task, config: PruningConfig | None = None, **overrides) -> D
               for g in gates.trainable]
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     lambdas = {g: config.lambdas[g] * config.lambda_scale for g in gates.trainable}
+    rows: list[dict] = []
+    start, seconds_before = 0, 0.0
+    if state is not None:
+        with torch.no_grad():
+            for g, v in state["log_alpha"].items():
+                gates.log_alpha[g].copy_(v)
+        optimizer.load_state_dict(state["optimizer"])
+        batch_gen.set_state(state["generators"]["batch"])
+        noise_gen.set_state(state["generators"]["noise"])
+        rows, start, seconds_before = list(state["history"]), int(state["step"]), float(state["seconds"])
 
     fast_weight_layout(model)  # no per-pass weight copies; numerically identical
     restore_weights = freeze_weights(model)
     interp = Interpolator(dims, config.corruption, skip_dead_sites=config.skip_dead_sites)
-    rows: list[dict] = []
-    steps_done, interrupted, error = 0, False, None
+    steps_done, interrupted, error = start, False, None
     ckpt = Path(config.checkpoint_dir) if config.checkpoint_dir else None
     meta = _run_meta(model, task)
     model_dtype = next(model.parameters()).dtype
     amp_dtype = autocast_dtype(config, device, model_dtype)
     meta["training_precision"] = str(amp_dtype or model_dtype).replace("torch.", "")
+    if state is not None:
+        meta["resumed_at_steps"] = [*state.get("resumed_at_steps", []), start]
     clamp = config.log_alpha_range
+    t0 = time.perf_counter()
+
+    def capture(step: int) -> dict:
+        """The training state after ``step`` finished steps, when ``rows`` holds exactly their history
+        (copies: later steps do not change it)."""
+        return {"format": STATE_FORMAT, "step": step,
+                "log_alpha": {g: v.detach().clone() for g, v in gates.log_alpha.items()},
+                "optimizer": copy.deepcopy(optimizer.state_dict()),
+                "generators": {"batch": batch_gen.get_state(), "noise": noise_gen.get_state()},
+                "history": list(rows),
+                "seconds": seconds_before + time.perf_counter() - t0, "config": config.to_dict(),
+                "task": task.describe(), "train_fingerprint": fingerprint, "model_dims": dims.to_dict(),
+                "resumed_at_steps": meta.get("resumed_at_steps", [])}
 
     def snapshot() -> tuple[Circuit, pd.DataFrame]:
         circuit = Circuit(dims, gates.binarize(), task=task.describe(), config=config.to_dict())
         return circuit, pd.DataFrame(rows)
 
-    t0 = time.perf_counter()
+    last = capture(start)  # what Ctrl-C or an error mid-step goes back to
     restore_precision = lambda: None  # noqa: E731
     try:
         pre_batch = min(config.eval_batch_size, config.micro_batch_size or config.eval_batch_size)
@@ -505,7 +627,8 @@ def discover(model, task, config: PruningConfig | None = None, **overrides) -> D
         base_logp = [torch.log_softmax(b, dim=-1) for b in base]  # once, not per step
         if config.precast_weights:  # after the float32 precompute; undone before the evaluations
             restore_precision = precast_weights(model, amp_dtype)
-        bar = tqdm(range(config.steps), desc="mgnp discover", disable=not config.progress, dynamic_ncols=True)
+        bar = tqdm(range(start, config.steps), desc="mgnp discover", disable=not config.progress,
+                   dynamic_ncols=True, initial=start, total=config.steps)
         for step in bar:
             t_step = time.perf_counter()
             batch = train.sample(config.batch_size, generator=batch_gen)
@@ -536,13 +659,13 @@ def discover(model, task, config: PruningConfig | None = None, **overrides) -> D
                 row.update({f"l0_{g}": float(l0[g]) for g in gates.trainable})
                 row.update({f"active_{g}": expected[g] for g in gates.trainable})
             rows.append(row)
+            last = capture(steps_done)
             bar.set_postfix(kl=f"{row['kl']:.3f}", heads=f"{expected.get('attn_head', 0):.0f}",
                             attn_n=f"{expected.get('attn_neuron', 0):.0f}",
                             mlp_h=f"{expected.get('mlp_hidden', 0):.0f}", refresh=False)
             if ckpt is not None and steps_done % config.checkpoint_every == 0:
                 c, h = snapshot()
-                _write_outputs(ckpt, c, gates, h, config, None, None, steps_done, False, meta,
-                               time.perf_counter() - t0)
+                _write_outputs(ckpt, c, gates, h, config, None, None, steps_done, False, meta, last["seconds"], last)
     except KeyboardInterrupt:
         interrupted = True
     except Exception as e:  # keep finished work, then re-raise with it attached
@@ -550,9 +673,16 @@ def discover(model, task, config: PruningConfig | None = None, **overrides) -> D
     finally:
         restore_precision()
         restore_weights()
-    seconds = time.perf_counter() - t0
+    if interrupted:  # back to the last finished step, even if the stop came in the middle of an update
+        with torch.no_grad():
+            for g, v in last["log_alpha"].items():
+                gates.log_alpha[g].copy_(v)
+        rows, steps_done = list(last["history"]), last["step"]
+    seconds = seconds_before + time.perf_counter() - t0
 
     circuit, history = snapshot()
+    if ckpt is not None:  # the trained gates are on disk before the (long) evaluations start
+        _write_outputs(ckpt, circuit, gates, history, config, None, None, steps_done, interrupted, meta, seconds, last)
     evaluation = train_evaluation = None
     if error is None and not interrupted:
         if config.corruption == "cache":  # reuse the loop's full-model logits and corrupted cache
@@ -563,7 +693,7 @@ def discover(model, task, config: PruningConfig | None = None, **overrides) -> D
             evaluation = evaluate(model, task, circuit, config.eval_split, config.eval_batch_size,
                                   config.eval_max_examples)
     result = DiscoveryResult(circuit, history, evaluation, train_evaluation, config, gates, steps_done,
-                             interrupted, seconds, meta)
+                             interrupted, seconds, meta, last)
     if ckpt is not None:
         result.save(ckpt)
     if error is not None:

@@ -163,3 +163,47 @@ def test_discover_from_a_data_file(tiny_gpt2_checkpoint, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["cli"]["data"] == str(data) and config["task"]["name"] == "pairs"
     assert (out / "report.html").exists()
+
+
+def test_resume_continues_an_interrupted_run_and_trains_a_finished_one_longer(tiny_gpt2_checkpoint, tmp_path,
+                                                                             monkeypatch, capsys):
+    import importlib
+
+    path, _, _ = tiny_gpt2_checkpoint
+    common = ["--task", "ioi", "--model", str(path), "--batch-size", "4", "--n-test", "8", "--autocast", "float32",
+              "--quiet"]
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    assert main(["discover", *common, "--steps", "5", "--out", str(whole)]) == 0
+    disc = importlib.import_module("mgnp_lens.discover")
+    real, calls = disc._kl_backward, []
+
+    def ctrl_c_in_the_third_step(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(disc, "_kl_backward", ctrl_c_in_the_third_step)
+    assert main(["discover", *common, "--steps", "5", "--out", str(stopped)]) == 130
+    assert f"continue with: mgnp discover --resume {stopped}" in capsys.readouterr().err
+    assert json.loads((stopped / "evaluation.json").read_text())["steps_completed"] == 2
+    monkeypatch.setattr(disc, "_kl_backward", real)
+
+    assert main(["discover", "--resume", str(stopped), "--quiet"]) == 0
+    assert mg.Circuit.load(stopped / "circuit.json") == mg.Circuit.load(whole / "circuit.json")
+    a, b = pd.read_csv(stopped / "history.csv"), pd.read_csv(whole / "history.csv")
+    assert len(a) == 5 and a.kl.tolist() == b.kl.tolist() and a.loss.tolist() == b.loss.tolist()
+    config = json.loads((stopped / "config.json").read_text())
+    assert config["command"][:2] == ["mgnp", "discover"] and config["resumed"] == [
+        ["mgnp", "discover", "--resume", str(stopped), "--quiet"]]
+    assert config["resumed_at_steps"] == [2] and (stopped / "report.html").exists()
+    assert json.loads((stopped / "evaluation.json").read_text())["evaluation"]["n_examples"] == 8
+
+    assert main(["discover", "--resume", str(stopped)]) == 2
+    assert "already finished its 5 steps; pass a larger --steps" in capsys.readouterr().err
+    assert main(["discover", "--resume", str(stopped), "--lr", "0.1", "--seed", "0"]) == 2
+    assert "--lr, --seed cannot be given with it" in capsys.readouterr().err
+    assert main(["discover", "--resume", str(stopped), "--steps", "7", "--quiet"]) == 0
+    assert len(pd.read_csv(stopped / "history.csv")) == 7
+    assert main(["discover", "--resume", str(tmp_path)]) == 2
+    assert "no state.pt there" in capsys.readouterr().err
