@@ -156,8 +156,8 @@ def training_curves(history: pd.DataFrame, title: str | None = None) -> go.Figur
         history: :attr:`DiscoveryResult.history` (columns step, loss, kl, active_<g>, l0_<g>).
 
     Returns:
-        a two-panel figure: KL and loss (nats) on top; expected active fraction per granularity
-        (``l0_<g>``) below, one trace each.
+        a two-panel figure: KL and loss (nats) on top (and the hard circuit's validation KL when the run
+        had ``validate_every``); expected active fraction per granularity (``l0_<g>``) below, one trace each.
     """
     for col in ("step", "loss", "kl"):
         if col not in history.columns:
@@ -168,6 +168,10 @@ def training_curves(history: pd.DataFrame, title: str | None = None) -> go.Figur
                              line={"color": OKABE_ITO[0]}), row=1, col=1)
     fig.add_trace(go.Scatter(x=history["step"], y=history["loss"], name="loss (KL + λ·L0)",
                              line={"color": OKABE_ITO[1], "dash": "dash"}), row=1, col=1)
+    if "val_kl" in history.columns:  # PruningConfig(validate_every=...): the hard circuit on held-out pairs
+        val = history.dropna(subset=["val_kl"])
+        fig.add_trace(go.Scatter(x=val["step"], y=val["val_kl"], name="hard circuit, validation KL",
+                                 mode="lines+markers", line={"color": OKABE_ITO[2], "dash": "dot"}), row=1, col=1)
     for g in GRANULARITIES:
         if f"l0_{g}" not in history.columns:
             continue

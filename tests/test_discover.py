@@ -441,3 +441,36 @@ def test_resuming_without_a_state_is_a_clear_error(gpt2_micro, tmp_path):
     torch.save({"format": "something else"}, tmp_path / "state.pt")
     with pytest.raises(ValueError, match="not a mgnp-state/1"):
         mg.discover(gpt2_micro, _pairs_task(gpt2_micro), resume_from=tmp_path)
+
+
+def test_validation_curve_is_the_hard_circuit_on_held_out_pairs_and_leaves_training_alone(gpt2_micro):
+    from mgnp_lens.evaluate import evaluate
+
+    clean, corrupted = random_pairs(gpt2_micro, n=30)
+    task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0],
+                                      split_fractions={"train": 0.6, "validation": 0.4})
+    kw = dict(steps=7, batch_size=4, progress=False, eval_split=None, autocast="bfloat16")
+    plain = mg.discover(gpt2_micro, task, **kw)
+    checked = mg.discover(gpt2_micro, task, validate_every=3, validate_max_examples=5, **kw)
+    assert "val_kl" not in plain.history
+    _same_run(checked, plain)  # the checks run in float32 between steps and change nothing
+    val = checked.history.dropna(subset=["val_kl"])
+    assert val.step.tolist() == [3, 6, 7]  # every 3 steps and after the last
+    final = evaluate(gpt2_micro, task, checked.circuit, "validation", max_examples=5)
+    assert val.val_kl.iloc[-1] == pytest.approx(final.kl, abs=1e-6)
+    assert val.val_metric.iloc[-1] == pytest.approx(final.circuit_metric, abs=1e-5)
+    assert next(gpt2_micro.parameters()).dtype == torch.float32
+    from mgnp_lens.plot import training_curves
+
+    fig = training_curves(checked.history)
+    assert any(t.name == "hard circuit, validation KL" and list(t.y) == val.val_kl.tolist() for t in fig.data)
+
+
+def test_validation_curve_needs_a_validation_split(gpt2_micro):
+    task = _pairs_task(gpt2_micro)
+    if "validation" in task.splits:
+        del task.splits["validation"]
+    with pytest.raises(ValueError, match="no split 'validation'"):
+        mg.discover(gpt2_micro, task, steps=2, validate_every=1, progress=False)
+    with pytest.raises(ValueError, match="validate_every"):
+        mg.PruningConfig(validate_every=0)
