@@ -217,7 +217,8 @@ def cmd_discover(args) -> int:
 
 def _resume(args) -> int:
     """``mgnp discover --resume DIR``: rebuild the run's model and task from DIR/config.json and continue it."""
-    from .discover import STATE_FILE, PruningConfig, discover
+    from .checkpoint import STATE_FILE
+    from .discover import PruningConfig, discover
 
     given = [flag for flag, value in (("--task", args.task), ("--data", args.data), ("--model", args.model),
                                       ("--batch-size", args.batch_size), ("--lr", args.lr),

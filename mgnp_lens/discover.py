@@ -9,8 +9,6 @@ once per dataset without gradients.
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
 import math
 import platform
@@ -24,6 +22,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from . import checkpoint
 from .circuit import Circuit
 from .evaluate import Evaluation, evaluate, kl_full_circuit, summarize
 from .gates import HardConcreteGates, HardConcreteParams
@@ -44,12 +43,6 @@ from .hooks import (
 LR_SCHEDULES = ("constant", "cosine")
 AUTOCAST_CHOICES = ("auto", "bfloat16", "float16", "float32")
 L0_PENALTIES = ("gate", "path")
-#: The resumable training state written beside a run's outputs (see ``discover(resume_from=...)``).
-STATE_FILE = "state.pt"
-STATE_FORMAT = "mgnp-state/1"
-#: PruningConfig fields a resumed run may change: none of them alters the steps already taken.
-RESUMABLE_CHANGES = ("steps", "checkpoint_dir", "checkpoint_every", "progress", "eval_split", "eval_max_examples",
-                     "eval_batch_size", "precast_weights", "validate_every", "validate_max_examples")
 #: The behaviour of runs whose saved config predates a field (see PruningConfig.from_dict).
 _BEFORE_FIELD_EXISTED = {"betas": [0.9, 0.999], "lr_warmup_steps": 0}
 _AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}
@@ -385,7 +378,7 @@ def _write_outputs(out: Path, circuit, gates, history, config, evaluation, train
     circuit.save(out / "circuit.json")
     _save_atomically({g: v.detach().cpu() for g, v in gates.log_alpha.items()}, out / "gates.pt")
     if state is not None:
-        _save_atomically(_to_cpu(state), out / STATE_FILE)
+        _save_atomically(checkpoint.to_cpu(state), out / checkpoint.STATE_FILE)
     for name, frame in (("history.csv", history), ("per_layer.csv", circuit.per_layer()),
                         ("summary.csv", circuit.summary())):
         frame.to_csv(out / (name + ".tmp"), index=False)
@@ -399,67 +392,6 @@ def _write_outputs(out: Path, circuit, gates, history, config, evaluation, train
         if isinstance(previous, dict) and "config" in previous else {}
     _write_json(out / "config.json", {"config": config.to_dict(), "seed": config.seed, **meta, **extra})
     return out
-
-
-def _to_cpu(obj):
-    """``obj`` with every tensor inside (nested dicts/lists) moved to the CPU."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
-
-
-def train_fingerprint(pairs) -> str:
-    """SHA-256 of a split's tokens and answers (bucket by bucket): identifies the pairs a run trained on."""
-    h = hashlib.sha256()
-    for b in pairs.buckets:
-        for t in (b.clean, b.corrupted, b.correct, b.incorrect, b.answer_pos):
-            h.update(str(tuple(t.shape)).encode())
-            h.update(t.detach().cpu().to(torch.int64).contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def load_state(source) -> dict:
-    """The training state to resume from: a :class:`DiscoveryResult`, a run directory, or its ``state.pt``.
-
-    Raises:
-        ValueError: no state there (a run that never reached a checkpoint, or saved without one), or not a
-            mgnp-lens training state.
-    """
-    if isinstance(source, DiscoveryResult):
-        if source.state is None:
-            raise ValueError("cannot resume: this result holds no training state")
-        return source.state
-    path = Path(source)
-    path = path / STATE_FILE if path.is_dir() else path
-    if not path.exists():
-        raise ValueError(f"cannot resume from {source}: no {STATE_FILE} there (a run writes it at each checkpoint, "
-                         "on Ctrl-C or an error, and at the end)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise ValueError(f"cannot resume from {path}: not a {STATE_FORMAT} training state")
-    return state
-
-
-def _check_resumable(state: dict, config: "PruningConfig", dims: ModelDims, task, fingerprint: str) -> None:
-    """Raise ``ValueError`` naming what differs between a saved training state and the run that would resume it."""
-    if state["model_dims"] != dims.to_dict():
-        raise ValueError(f"cannot resume: the saved state is for a model shaped {state['model_dims']}, "
-                         f"this model is {dims.to_dict()}")
-    if state["task"] != task.describe() or state["train_fingerprint"] != fingerprint:
-        raise ValueError(f"cannot resume: the saved state was trained on other pairs ({state['task']}); "
-                         f"this task is {task.describe()}")
-    saved, now = PruningConfig.from_dict(state["config"]).to_dict(), config.to_dict()
-    differ = [f"{k} ({saved[k]!r} → {now[k]!r})" for k in now if k not in RESUMABLE_CHANGES and saved[k] != now[k]]
-    if differ:
-        raise ValueError(f"cannot resume: the config differs from the saved run's in {', '.join(differ)}; "
-                         f"only {', '.join(RESUMABLE_CHANGES)} may change")
-    if config.steps < state["step"]:
-        raise ValueError(f"cannot resume: steps={config.steps} but the saved state has already taken "
-                         f"{state['step']} steps")
 
 
 def _model_device(model) -> torch.device:
@@ -555,9 +487,10 @@ def discover(model, task, config: PruningConfig | None = None, *, resume_from=No
         resume_from: continue a run from its training state: a :class:`DiscoveryResult` (e.g. one
             that Ctrl-C interrupted), a run or checkpoint directory, or its ``state.pt``. The gates,
             AdamW moments, random generators and history are restored, so the finished run equals
-            the uninterrupted one bit for bit. Only ``steps`` (e.g. to train a finished run longer),
-            the checkpoint, progress and evaluation fields and ``precast_weights`` may differ from
-            the saved config; the model shape and the training pairs must be the same.
+            the uninterrupted one bit for bit. Only ``steps`` (e.g. to train a finished run longer)
+            and the fields in :data:`mgnp_lens.checkpoint.RESUMABLE_CHANGES` (checkpointing, progress,
+            evaluation, validation, ``precast_weights``) may differ from the saved config; the model
+            shape and the training pairs must be the same.
 
     Returns:
         a :class:`DiscoveryResult`. Ctrl-C stops the loop early and returns the circuit of the
@@ -569,7 +502,7 @@ def discover(model, task, config: PruningConfig | None = None, *, resume_from=No
         ValueError: a bad config, a model without the hook points, or a ``resume_from`` state that
             does not match this model, task or config (the message names the difference).
     """
-    state = load_state(resume_from) if resume_from is not None else None
+    state = checkpoint.load_state(resume_from) if resume_from is not None else None
     if config is None:
         config = PruningConfig.from_dict({**state["config"], **overrides}) if state else PruningConfig(**overrides)
     elif overrides:
@@ -578,9 +511,11 @@ def discover(model, task, config: PruningConfig | None = None, *, resume_from=No
     check_hook_points(model, dims)
     train = task.split("train")
     validation = task.split("validation").head(config.validate_max_examples) if config.validate_every else None
-    fingerprint = train_fingerprint(train)
+    identity = {"task": task.describe(), "train_fingerprint": checkpoint.train_fingerprint(train),
+                "model_dims": dims.to_dict()}
     if state is not None:
-        _check_resumable(state, config, dims, task, fingerprint)
+        checkpoint.check_resumable(state, PruningConfig.from_dict(state["config"]).to_dict(), config.to_dict(),
+                                   identity)
     device = _model_device(model)
 
     init_gen = torch.Generator().manual_seed(config.seed)
@@ -591,15 +526,11 @@ def discover(model, task, config: PruningConfig | None = None, *, resume_from=No
               for g in gates.trainable]
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     lambdas = {g: config.lambdas[g] * config.lambda_scale for g in gates.trainable}
+    generators = {"batch": batch_gen, "noise": noise_gen}
     rows: list[dict] = []
     start, seconds_before = 0, 0.0
     if state is not None:
-        with torch.no_grad():
-            for g, v in state["log_alpha"].items():
-                gates.log_alpha[g].copy_(v)
-        optimizer.load_state_dict(state["optimizer"])
-        batch_gen.set_state(state["generators"]["batch"])
-        noise_gen.set_state(state["generators"]["noise"])
+        checkpoint.restore(state, gates, optimizer, generators)
         rows, start, seconds_before = list(state["history"]), int(state["step"]), float(state["seconds"])
 
     fast_weight_layout(model)  # no per-pass weight copies; numerically identical
@@ -613,20 +544,13 @@ def discover(model, task, config: PruningConfig | None = None, *, resume_from=No
     meta["training_precision"] = str(amp_dtype or model_dtype).replace("torch.", "")
     if state is not None:
         meta["resumed_at_steps"] = [*state.get("resumed_at_steps", []), start]
+    identity.update(config=config.to_dict(), resumed_at_steps=meta.get("resumed_at_steps", []))
     clamp = config.log_alpha_range
     t0 = time.perf_counter()
 
-    def capture(step: int) -> dict:
-        """The training state after ``step`` finished steps, when ``rows`` holds exactly their history
-        (copies: later steps do not change it)."""
-        return {"format": STATE_FORMAT, "step": step,
-                "log_alpha": {g: v.detach().clone() for g, v in gates.log_alpha.items()},
-                "optimizer": copy.deepcopy(optimizer.state_dict()),
-                "generators": {"batch": batch_gen.get_state(), "noise": noise_gen.get_state()},
-                "history": list(rows),
-                "seconds": seconds_before + time.perf_counter() - t0, "config": config.to_dict(),
-                "task": task.describe(), "train_fingerprint": fingerprint, "model_dims": dims.to_dict(),
-                "resumed_at_steps": meta.get("resumed_at_steps", [])}
+    def capture(step: int) -> dict:  # when rows holds exactly the history of ``step`` finished steps
+        return checkpoint.capture(step, gates, optimizer, generators, rows,
+                                  seconds_before + time.perf_counter() - t0, identity)
 
     def snapshot() -> tuple[Circuit, pd.DataFrame]:
         circuit = Circuit(dims, gates.binarize(), task=task.describe(), config=config.to_dict())
