@@ -51,6 +51,18 @@ class SweepResult:
         return [r.circuit for r in self.results]
 
 
+def _run(model, task, config, overrides: dict, run_dir: Path | None):
+    """One discovery run of a series; with ``run_dir`` it checkpoints there and, if the directory
+    already holds a training state (an earlier call that finished or was stopped), resumes it."""
+    from .checkpoint import STATE_FILE
+    from .discover import discover
+
+    if run_dir is None:
+        return discover(model, task, config, **overrides)
+    resume = run_dir if (run_dir / STATE_FILE).exists() else None
+    return discover(model, task, config, resume_from=resume, **{**overrides, "checkpoint_dir": str(run_dir)})
+
+
 def sweep(model, task, scales: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0), config=None,
           out_dir: str | Path | None = None, **overrides) -> SweepResult:
     """Run discovery once per λ scale (every λ multiplied by the scale).
@@ -58,27 +70,30 @@ def sweep(model, task, scales: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0), con
     Args:
         scales: the ``lambda_scale`` values.
         config: base :class:`~mgnp_lens.PruningConfig`; ``overrides`` replace its fields.
-        out_dir: if set, each run is saved to ``out_dir/scale_<s>`` as it finishes (a long
-            sweep never loses finished runs).
+        out_dir: if set, each run checkpoints to ``out_dir/scale_<s>`` and is saved there when it
+            finishes, so a long sweep never loses finished work: calling ``sweep`` again with the
+            same ``out_dir`` resumes each run from its saved state (a finished run is only
+            re-evaluated, a stopped one continues where it stopped).
 
     Returns:
         :class:`SweepResult`; ``table`` has one row per scale (``lambda_scale``, counts,
-        ``n_nodes``, ``n_params``, ``kl``, ``circuit_metric``, ...).
+        ``n_nodes``, ``n_params``, ``kl``, ``circuit_metric``, ...). Ctrl-C stops the sweep after
+        the interrupted run (its row has ``interrupted=True``).
     """
-    from .discover import discover
-
     if not scales:
         raise ValueError("sweep needs at least one λ scale")
-    results, rows = [], []
     for s in scales:
         if not s >= 0:
             raise ValueError(f"λ scale must be >= 0, got {s}")
-        r = discover(model, task, config, **{**overrides, "lambda_scale": float(s)})
-        if out_dir is not None:
-            r.save(Path(out_dir) / f"scale_{s:g}")
+    results, rows = [], []
+    for s in scales:
+        r = _run(model, task, config, {**overrides, "lambda_scale": float(s)},
+                 Path(out_dir) / f"scale_{s:g}" if out_dir is not None else None)
         results.append(r)
         rows.append(circuit_row(r.circuit, r.evaluation or r.train_evaluation, lambda_scale=float(s),
-                                label=f"λ×{s:g}", method="mgnp"))
+                                label=f"λ×{s:g}", method="mgnp", interrupted=r.interrupted))
+        if r.interrupted:
+            break
     return SweepResult(results, pd.DataFrame(rows))
 
 
@@ -101,16 +116,27 @@ def overlap(circuits: Sequence[Circuit], labels: Sequence | None = None) -> pd.D
     return pd.DataFrame(rows)
 
 
-def stability(model, task, seeds: Sequence[int] = (0, 1, 2), config=None, **overrides) -> tuple[pd.DataFrame, list]:
+def stability(model, task, seeds: Sequence[int] = (0, 1, 2), config=None, out_dir: str | Path | None = None,
+              **overrides) -> tuple[pd.DataFrame, list]:
     """The same task with several seeds: pairwise Jaccard overlap of the circuits.
+
+    Args:
+        out_dir: as in :func:`sweep`: runs checkpoint to ``out_dir/seed_<s>`` and a second call resumes them.
 
     Returns:
         ``(table, results)``: one row per pair of seeds (columns ``a, b, attn_head, attn_neuron,
         mlp_hidden, mlp_output``) and the runs.
-    """
-    from .discover import discover
 
+    Raises:
+        KeyboardInterrupt: Ctrl-C stopped a run (with ``out_dir``, calling again resumes it).
+    """
     if len(seeds) < 2:
         raise ValueError("stability needs at least two seeds")
-    results = [discover(model, task, config, **{**overrides, "seed": int(s)}) for s in seeds]
+    results = []
+    for s in seeds:
+        r = _run(model, task, config, {**overrides, "seed": int(s)},
+                 Path(out_dir) / f"seed_{int(s)}" if out_dir is not None else None)
+        if r.interrupted:  # an overlap with a half-trained circuit would mislead
+            raise KeyboardInterrupt(f"stability run for seed {s} was interrupted after {r.steps_completed} steps")
+        results.append(r)
     return overlap([r.circuit for r in results], labels=list(seeds)), results

@@ -220,3 +220,43 @@ def test_interactions_only_between_kept_nodes():
     # embed → {L0 H1, L0 MLP, L1 H3, logits}, L0 H1 → {L0 MLP, L1 H3, logits}, L0 MLP → {L1 H3, logits};
     # L1 H3 is a writer too (→ logits)
     assert len(edges) == 4 + 3 + 2 + 1
+
+
+def test_a_sweep_in_out_dir_resumes_instead_of_starting_over(micro_task, tmp_path, monkeypatch):
+    import importlib
+
+    model, task = micro_task
+    kw = dict(steps=4, batch_size=8, progress=False, eval_split=None, autocast="float32")
+    straight = sweep(model, task, scales=[0.5, 2.0], **kw)
+    disc = importlib.import_module("mgnp_lens.discover")
+    real, calls = disc._kl_backward, []
+
+    def ctrl_c_in_the_second_run(*a, **k):  # the 6th step overall: step 2 of scale 2.0
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(disc, "_kl_backward", ctrl_c_in_the_second_run)
+    stopped = sweep(model, task, scales=[0.5, 2.0, 4.0], out_dir=tmp_path, **kw)
+    assert stopped.table.interrupted.tolist() == [False, True]  # Ctrl-C ends the sweep, scale 4 never starts
+    assert not (tmp_path / "scale_4").exists() and (tmp_path / "scale_2" / "state.pt").exists()
+    monkeypatch.setattr(disc, "_kl_backward", real)
+
+    again = sweep(model, task, scales=[0.5, 2.0], out_dir=tmp_path, **kw)
+    assert [r.meta["resumed_at_steps"] for r in again.results] == [[4], [1]]  # re-evaluated; continued
+    assert again.circuits() == straight.circuits()
+    for a, b in zip(again.results, straight.results):
+        assert a.history.kl.tolist() == b.history.kl.tolist()
+    with pytest.raises(ValueError, match="lr"):  # other settings: the saved runs are not silently mixed in
+        sweep(model, task, scales=[0.5], out_dir=tmp_path, lr=0.5, **kw)
+
+
+def test_stability_in_out_dir_resumes_its_runs(micro_task, tmp_path):
+    model, task = micro_task
+    kw = dict(steps=3, batch_size=8, progress=False, eval_split=None, autocast="float32")
+    first, runs = stability(model, task, seeds=[0, 1], out_dir=tmp_path, **kw)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seed_0", "seed_1"]
+    again, rerun = stability(model, task, seeds=[0, 1], out_dir=tmp_path, **kw)
+    assert [r.meta.get("resumed_at_steps") for r in rerun] == [[3], [3]]
+    pd.testing.assert_frame_equal(first, again)
