@@ -241,7 +241,8 @@ def _resume(args) -> int:
     config = PruningConfig.from_dict({**saved["config"], "progress": not args.quiet, "checkpoint_dir": str(out),
                                       **({"steps": args.steps} if args.steps is not None else {})})
     status = json.loads((out / "evaluation.json").read_text()) if (out / "evaluation.json").exists() else {}
-    if status.get("interrupted") is False and status.get("steps_completed", 0) >= config.steps:
+    if status.get("interrupted") is False and status.get("train_evaluation") \
+            and status.get("steps_completed", 0) >= config.steps:  # trained and evaluated
         raise CliError(f"--resume {out}: the run already finished its {status['steps_completed']} steps; "
                        "pass a larger --steps to train it longer")
     saved["resumed"] = [*saved.get("resumed", []), ["mgnp", *args.argv]]

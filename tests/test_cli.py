@@ -201,6 +201,12 @@ def test_resume_continues_an_interrupted_run_and_trains_a_finished_one_longer(ti
 
     assert main(["discover", "--resume", str(stopped)]) == 2
     assert "already finished its 5 steps; pass a larger --steps" in capsys.readouterr().err
+    status = json.loads((stopped / "evaluation.json").read_text())  # as if Ctrl-C came during the evaluations
+    (stopped / "evaluation.json").write_text(json.dumps({**status, "evaluation": None, "train_evaluation": None}))
+    assert main(["discover", "--resume", str(stopped), "--quiet"]) == 0  # no step left: it evaluates
+    assert json.loads((stopped / "evaluation.json").read_text()) == {**status, "seconds": pytest.approx(
+        status["seconds"], abs=60)}
+    assert len(pd.read_csv(stopped / "history.csv")) == 5
     assert main(["discover", "--resume", str(stopped), "--lr", "0.1", "--seed", "0"]) == 2
     assert "--lr, --seed cannot be given with it" in capsys.readouterr().err
     assert main(["discover", "--resume", str(stopped), "--steps", "7", "--quiet"]) == 0
