@@ -103,12 +103,14 @@ def check_resumable(state: dict, saved_config: dict, config: dict, identity: dic
         state: from :func:`load_state`.
         saved_config: the state's config, normalised (``PruningConfig.from_dict(...).to_dict()``).
         config: the resuming run's ``PruningConfig.to_dict()``.
-        identity: the resuming run's ``task``, ``train_fingerprint`` and ``model_dims``.
+        identity: the resuming run's ``task``, ``train_fingerprint`` and ``model_dims``. The task must have
+            the same name, metric and training pairs; its validation and test splits may differ.
     """
     if state["model_dims"] != identity["model_dims"]:
         raise ValueError(f"cannot resume: the saved state is for a model shaped {state['model_dims']}, "
                          f"this model is {identity['model_dims']}")
-    if state["task"] != identity["task"] or state["train_fingerprint"] != identity["train_fingerprint"]:
+    same_task = all(state["task"].get(k) == identity["task"].get(k) for k in ("name", "metric"))
+    if not same_task or state["train_fingerprint"] != identity["train_fingerprint"]:  # held-out splits may differ
         raise ValueError(f"cannot resume: the saved state was trained on other pairs ({state['task']}); "
                          f"this task is {identity['task']}")
     differ = [f"{k} ({saved_config[k]!r} → {config[k]!r})" for k in config

@@ -474,3 +474,14 @@ def test_validation_curve_needs_a_validation_split(gpt2_micro):
         mg.discover(gpt2_micro, task, steps=2, validate_every=1, progress=False)
     with pytest.raises(ValueError, match="validate_every"):
         mg.PruningConfig(validate_every=0)
+
+
+def test_resuming_with_other_held_out_splits_is_allowed(tmp_path):
+    model = micro_model("gpt2")
+    clean, corrupted = random_pairs(model, n=20)
+    first = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
+    mg.discover(model, first, steps=2, checkpoint_dir=str(tmp_path), **RESUME_KW)
+    wider = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
+    wider.splits["test"] = first.splits["train"]  # a different test split, the same training pairs
+    assert wider.describe() != first.describe()
+    assert mg.discover(model, wider, resume_from=tmp_path, steps=3).steps_completed == 3
