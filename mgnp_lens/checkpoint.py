@@ -53,11 +53,13 @@ def capture(step: int, gates, optimizer, generators: dict[str, torch.Generator],
 
 
 def restore(state: dict, gates, optimizer, generators: dict[str, torch.Generator]) -> None:
-    """Put a captured state's gates, optimizer moments and generator states back (in place)."""
+    """Put a captured state's gates, optimizer moments and generator states back (in place). The state
+    itself is left untouched: ``load_state_dict`` would otherwise share its moment tensors with the
+    optimizer, whose later steps update them in place."""
     with torch.no_grad():
         for g, v in state["log_alpha"].items():
             gates.log_alpha[g].copy_(v)
-    optimizer.load_state_dict(state["optimizer"])
+    optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
     for k, g in generators.items():
         g.set_state(state["generators"][k])
 

@@ -628,9 +628,7 @@ def discover(model, task, config: PruningConfig | None = None, *, resume_from=No
         restore_precision()
         restore_weights()
     if interrupted:  # back to the last finished step, even if the stop came in the middle of an update
-        with torch.no_grad():
-            for g, v in last["log_alpha"].items():
-                gates.log_alpha[g].copy_(v)
+        checkpoint.restore(last, gates, optimizer, generators)
         rows, steps_done = list(last["history"]), last["step"]
     seconds = seconds_before + time.perf_counter() - t0
 

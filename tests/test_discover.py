@@ -380,6 +380,7 @@ def test_resuming_after_ctrl_c_equals_the_uninterrupted_run(uninterrupted):
     assert not resumed.interrupted and resumed.meta["resumed_at_steps"] == [5]
     _same_run(resumed, full)
     assert resumed.train_evaluation.kl == full.train_evaluation.kl
+    _same_run(mg.discover(model, _pairs_task(model), resume_from=stopped), full)  # its state was not used up
 
 
 def test_an_error_inside_an_update_rolls_back_and_resumes_from_disk(uninterrupted, tmp_path, monkeypatch):
