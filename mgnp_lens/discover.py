@@ -457,6 +457,44 @@ def _kl_backward(model, interp: Interpolator, masks: dict[str, torch.Tensor], ba
     return kl_sum
 
 
+def _update(model, interp: Interpolator, gates: HardConcreteGates, optimizer: torch.optim.Optimizer, train,
+            generators: dict[str, torch.Generator], base_logp: list[torch.Tensor], cache: list[dict],
+            config: PruningConfig, lambdas: dict[str, float], amp_dtype: torch.dtype | None, step: int) -> dict:
+    """One optimizer update (step ``step``, 0-based) on a freshly sampled batch; returns its history row.
+
+    loss = KL(full ‖ sampled circuit) + λ-warm-up factor · Σ_g λ_g · mean-L0_g. The KL part is
+    back-propagated by :func:`_kl_backward`, the L0 part here; then AdamW steps ``log α``.
+    """
+    t_step = time.perf_counter()
+    batch_cpu = train.sample(config.batch_size, generator=generators["batch"])
+    batch = batch_cpu.to(_model_device(model))
+    optimizer.zero_grad(set_to_none=True)
+    masks = gates.sample(generator=generators["noise"],
+                         batch_size=len(batch) if config.mask_per_example else None)
+    kl = _kl_backward(model, interp, masks, batch, batch_cpu.rows, base_logp, cache, config, amp_dtype)
+    factor = min(1.0, (step + 1) / config.lambda_warmup_steps) if config.lambda_warmup_steps else 1.0
+    # per-gate P(z > 0) (times its ancestors' with l0_penalty="path"), shared by the loss and the history
+    expected_l0 = gates.expected_l0(path=config.l0_penalty == "path")
+    l0 = {g: v.mean() for g, v in expected_l0.items()}
+    sparsity = sum(lambdas[g] * l0[g] for g in gates.trainable)
+    (factor * sparsity).backward()
+    lr_now = config.lr * _lr_factor(config, step)
+    for group in optimizer.param_groups:
+        group["lr"] = lr_now * group["lr_scale"]
+    optimizer.step()
+    clamp = config.log_alpha_range
+    if clamp is not None:
+        with torch.no_grad():
+            for la in gates.log_alpha.values():
+                la.clamp_(*clamp)
+    row = {"step": step + 1, "loss": kl + factor * float(sparsity.detach()), "kl": kl, "lambda_factor": factor,
+           "lr": lr_now, "seconds": time.perf_counter() - t_step}
+    with torch.no_grad():
+        row.update({f"l0_{g}": float(l0[g]) for g in gates.trainable})
+        row.update({f"active_{g}": float(expected_l0[g].sum()) for g in gates.trainable})
+    return row
+
+
 @torch.inference_mode()
 def _evaluate_cached(model, task, circuit: Circuit, pairs, base: list[torch.Tensor], cache: list[dict],
                      batch_size: int, split: str = "train") -> Evaluation:
@@ -545,7 +583,6 @@ def discover(model, task, config: PruningConfig | None = None, *, resume_from=No
     if state is not None:
         meta["resumed_at_steps"] = [*state.get("resumed_at_steps", []), start]
     identity.update(config=config.to_dict(), resumed_at_steps=meta.get("resumed_at_steps", []))
-    clamp = config.log_alpha_range
     t0 = time.perf_counter()
 
     def capture(step: int) -> dict:  # when rows holds exactly the history of ``step`` finished steps
@@ -580,42 +617,17 @@ def discover(model, task, config: PruningConfig | None = None, *, resume_from=No
         bar = tqdm(range(start, config.steps), desc="mgnp discover", disable=not config.progress,
                    dynamic_ncols=True, initial=start, total=config.steps)
         for step in bar:
-            t_step = time.perf_counter()
-            batch = train.sample(config.batch_size, generator=batch_gen)
-            batch_cpu, batch = batch, batch.to(device)
-            optimizer.zero_grad(set_to_none=True)
-            masks = gates.sample(generator=noise_gen, batch_size=len(batch) if config.mask_per_example else None)
-            kl = _kl_backward(model, interp, masks, batch, batch_cpu.rows, base_logp, cache, config, amp_dtype)
-            factor = min(1.0, (step + 1) / config.lambda_warmup_steps) if config.lambda_warmup_steps else 1.0
-            # per-gate P(z > 0) (times its ancestors' with l0_penalty="path"), shared by the loss and the history
-            expected_l0 = gates.expected_l0(path=config.l0_penalty == "path")
-            l0 = {g: v.mean() for g, v in expected_l0.items()}
-            sparsity = sum(lambdas[g] * l0[g] for g in gates.trainable)
-            (factor * sparsity).backward()
-            loss = kl + factor * float(sparsity.detach())
-            lr_now = config.lr * _lr_factor(config, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_now * group["lr_scale"]
-            optimizer.step()
-            if clamp is not None:
-                with torch.no_grad():
-                    for la in gates.log_alpha.values():
-                        la.clamp_(*clamp)
+            row = _update(model, interp, gates, optimizer, train, generators, base_logp, cache, config,
+                          lambdas, amp_dtype, step)
             steps_done = step + 1
-            with torch.no_grad():
-                expected = {g: float(v.sum()) for g, v in expected_l0.items()}
-                row = {"step": steps_done, "loss": loss, "kl": kl, "lambda_factor": factor,
-                       "lr": lr_now, "seconds": time.perf_counter() - t_step}
-                row.update({f"l0_{g}": float(l0[g]) for g in gates.trainable})
-                row.update({f"active_{g}": expected[g] for g in gates.trainable})
             if validation is not None and (steps_done % config.validate_every == 0 or steps_done == config.steps):
                 validate(row)
             rows.append(row)
             last = capture(steps_done)
             val_kl = row.get("val_kl", val_kl)
-            bar.set_postfix(kl=f"{row['kl']:.3f}", heads=f"{expected.get('attn_head', 0):.0f}",
-                            attn_n=f"{expected.get('attn_neuron', 0):.0f}",
-                            mlp_h=f"{expected.get('mlp_hidden', 0):.0f}",
+            bar.set_postfix(kl=f"{row['kl']:.3f}", heads=f"{row.get('active_attn_head', 0):.0f}",
+                            attn_n=f"{row.get('active_attn_neuron', 0):.0f}",
+                            mlp_h=f"{row.get('active_mlp_hidden', 0):.0f}",
                             **({"val_kl": f"{val_kl:.3f}"} if val_kl is not None else {}), refresh=False)
             if ckpt is not None and steps_done % config.checkpoint_every == 0:
                 c, h = snapshot()
