@@ -44,7 +44,7 @@ LR_SCHEDULES = ("constant", "cosine")
 AUTOCAST_CHOICES = ("auto", "bfloat16", "float16", "float32")
 L0_PENALTIES = ("gate", "path")
 #: The behaviour of runs whose saved config predates a field (see PruningConfig.from_dict).
-_BEFORE_FIELD_EXISTED = {"betas": [0.9, 0.999], "lr_warmup_steps": 0}
+_BEFORE_FIELD_EXISTED = {"betas": [0.9, 0.999], "lr_warmup_steps": 0, "noise_warmup_steps": 0}
 _AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}
 
 
@@ -101,6 +101,8 @@ class PruningConfig:
         lambdas: per-granularity sparsity weights (paper Appendix C by default).
         lambda_scale: multiplies every λ (for sweeps).
         lambda_warmup_steps: λ ramps linearly from 0 to full over this many steps (0: no warm-up).
+        noise_warmup_steps: the Hard-Concrete sampling noise ramps linearly from 0 (noise-free gates)
+            to the full noise of Eq. 6 over this many steps (0: full noise from the first step).
         l0_penalty: ``"gate"`` (the paper: each gate's own probability of being non-zero) or ``"path"``
             (times its ancestors' probabilities, i.e. the expected number of nodes active in the circuit;
             a head then also carries the L0 of its neurons, an MLP block that of its neurons).
@@ -165,6 +167,7 @@ class PruningConfig:
     lambdas: dict[str, float] = field(default_factory=lambda: dict(PAPER_LAMBDAS))
     lambda_scale: float = 1.0
     lambda_warmup_steps: int = 0
+    noise_warmup_steps: int = 0
     l0_penalty: str = "gate"
     corruption: str = "cache"
     seed: int = 0
@@ -213,6 +216,8 @@ class PruningConfig:
             raise ValueError(f"unknown l0_penalty {self.l0_penalty!r}; expected one of {', '.join(L0_PENALTIES)}")
         if self.lambda_warmup_steps < 0:
             raise ValueError(f"lambda_warmup_steps must be >= 0, got {self.lambda_warmup_steps}")
+        if not isinstance(self.noise_warmup_steps, int) or self.noise_warmup_steps < 0:
+            raise ValueError(f"noise_warmup_steps must be an integer >= 0, got {self.noise_warmup_steps!r}")
         if self.lambda_scale < 0:
             raise ValueError(f"lambda_scale must be >= 0, got {self.lambda_scale}")
         betas = tuple(self.betas) if isinstance(self.betas, (list, tuple)) else ()
@@ -469,8 +474,9 @@ def _update(model, interp: Interpolator, gates: HardConcreteGates, optimizer: to
     batch_cpu = train.sample(config.batch_size, generator=generators["batch"])
     batch = batch_cpu.to(_model_device(model))
     optimizer.zero_grad(set_to_none=True)
+    noise = min(1.0, step / config.noise_warmup_steps) if config.noise_warmup_steps else 1.0
     masks = gates.sample(generator=generators["noise"],
-                         batch_size=len(batch) if config.mask_per_example else None)
+                         batch_size=len(batch) if config.mask_per_example else None, noise_scale=noise)
     kl = _kl_backward(model, interp, masks, batch, batch_cpu.rows, base_logp, cache, config, amp_dtype)
     factor = min(1.0, (step + 1) / config.lambda_warmup_steps) if config.lambda_warmup_steps else 1.0
     # per-gate P(z > 0) (times its ancestors' with l0_penalty="path"), shared by the loss and the history
@@ -488,7 +494,7 @@ def _update(model, interp: Interpolator, gates: HardConcreteGates, optimizer: to
             for la in gates.log_alpha.values():
                 la.clamp_(*clamp)
     row = {"step": step + 1, "loss": kl + factor * float(sparsity.detach()), "kl": kl, "lambda_factor": factor,
-           "lr": lr_now, "seconds": time.perf_counter() - t_step}
+           "lr": lr_now, "noise_scale": noise, "seconds": time.perf_counter() - t_step}
     with torch.no_grad():
         row.update({f"l0_{g}": float(l0[g]) for g in gates.trainable})
         row.update({f"active_{g}": float(expected_l0[g].sum()) for g in gates.trainable})

@@ -78,13 +78,15 @@ class HardConcreteGates(nn.Module):
         device = next(iter(self.log_alpha.values())).device if len(self.log_alpha) else None
         return torch.ones(self.dims.shape(g), device=device)
 
-    def sample(self, generator: torch.Generator | None = None, batch_size: int | None = None
-               ) -> dict[str, torch.Tensor]:
+    def sample(self, generator: torch.Generator | None = None, batch_size: int | None = None,
+               noise_scale: float = 1.0) -> dict[str, torch.Tensor]:
         """Draw stochastic masks (Eq. 6), differentiable in ``log α``.
 
         Args:
             generator: source of the uniform noise.
             batch_size: if given, draw an independent mask for each of ``batch_size`` examples.
+            noise_scale: multiplies the logistic noise ``log u − log(1−u)``; 1 is Eq. 6, 0 the
+                noise-free gate ``clamp(σ(log α/β)(ζ−γ)+γ, 0, 1)`` (for a noise warm-up).
 
         Returns:
             ``{granularity: tensor shaped dims.shape(g)}`` (or ``[batch_size, *dims.shape(g)]``)
@@ -99,7 +101,7 @@ class HardConcreteGates(nn.Module):
                 continue
             la = self.log_alpha[g]
             u = torch.rand(lead + la.shape, generator=generator, device=la.device).clamp(1e-6, 1 - 1e-6)
-            s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + la) / p.beta)
+            s = torch.sigmoid((noise_scale * (torch.log(u) - torch.log1p(-u)) + la) / p.beta)
             out[g] = (s * (p.zeta - p.gamma) + p.gamma).clamp(0.0, 1.0)
         return out
 

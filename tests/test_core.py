@@ -54,6 +54,28 @@ def test_hard_concrete_formulas():
     assert set(samples) == set(GRANULARITIES)
 
 
+
+def test_noise_scale_interpolates_from_noise_free_to_eq6():
+    dims = ModelDims(2, 3, 4, 5, 6)
+    p = HardConcreteParams()
+    gates = HardConcreteGates(dims, p, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        gates.log_alpha["attn_head"].copy_(torch.tensor([[-3.0, -0.3, 0.2], [0.5, 1.0, 10.0]]))
+    full = gates.sample(torch.Generator().manual_seed(3), batch_size=4)
+    default = gates.sample(torch.Generator().manual_seed(3), batch_size=4, noise_scale=1.0)
+    assert all(torch.equal(full[g], default[g]) for g in GRANULARITIES)  # scale 1 is Eq. 6 bit for bit
+    quiet = [gates.sample(torch.Generator().manual_seed(s), batch_size=4, noise_scale=0.0) for s in (3, 4)]
+    la = gates.log_alpha["attn_head"]
+    free = (torch.sigmoid(la / p.beta) * (p.zeta - p.gamma) + p.gamma).clamp(0, 1)
+    for q in quiet:  # no noise: the same gate for every seed and example
+        assert torch.allclose(q["attn_head"], free.expand(4, 2, 3))
+    assert not torch.equal(full["attn_head"], quiet[0]["attn_head"])
+    half = gates.sample(torch.Generator().manual_seed(3), batch_size=4, noise_scale=0.5)["attn_head"]
+    # the same draw at half the noise sits between the noise-free gate and the full-noise one
+    lo, hi = torch.minimum(free, full["attn_head"]), torch.maximum(free, full["attn_head"])
+    assert ((half >= lo - 1e-6) & (half <= hi + 1e-6)).all()
+
+
 def test_path_l0_multiplies_each_gate_by_its_ancestors():
     dims = ModelDims(2, 3, 4, 5, 6)
     gates = HardConcreteGates(dims, generator=torch.Generator().manual_seed(0))

@@ -92,9 +92,24 @@ def test_lambda_warmup_and_coarse_only_granularities(gpt2_micro):
     r = mg.discover(gpt2_micro, task, steps=6, batch_size=4, lambda_warmup_steps=4, progress=False,
                     granularities=("attn_head", "mlp_block"))
     assert r.history["lambda_factor"].tolist() == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert r.history["noise_scale"].tolist() == [1.0] * 6  # full noise unless noise_warmup_steps
     assert set(r.gates.log_alpha.keys()) == {"attn_head", "mlp_block"}
     assert "active_attn_neuron" not in r.history
     assert r.circuit.count("attn_neuron") == 8 * r.circuit.count("attn_head")  # ungated neurons stay
+
+
+
+def test_noise_warmup_ramps_the_gate_noise_and_starts_noise_free(gpt2_micro):
+    clean, corrupted = random_pairs(gpt2_micro, n=12)
+    task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
+    kw = dict(steps=6, batch_size=4, progress=False, eval_split=None, lr_warmup_steps=0)
+    r = mg.discover(gpt2_micro, task, noise_warmup_steps=4, **kw)
+    assert r.history["noise_scale"].tolist() == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    # the first step is noise-free: one mask per example or one per batch is then the same mask
+    shared = mg.discover(gpt2_micro, task, noise_warmup_steps=4, mask_per_example=False, **kw)
+    assert shared.history["kl"].iloc[0] == pytest.approx(r.history["kl"].iloc[0], rel=1e-6)
+    noisy, noisy_shared = (mg.discover(gpt2_micro, task, mask_per_example=m, **kw) for m in (True, False))
+    assert noisy.history["kl"].iloc[0] != pytest.approx(noisy_shared.history["kl"].iloc[0], rel=1e-3)
 
 
 class _InterruptingPairs(PairSet):
@@ -160,6 +175,7 @@ def test_periodic_checkpoints(gpt2_micro, tmp_path):
     (dict(log_alpha_clamp=(2.0, 1.0)), "log_alpha_clamp"), (dict(autocast="half"), "unknown autocast"),
     (dict(lr_warmup_steps=-1), "lr_warmup_steps"), (dict(lr_scales={"mlp": 2.0}), "unknown granularity"),
     (dict(lr_scales={"mlp_hidden": 0.0}), "lr_scales"), (dict(lr_scales=2.0), "lr_scales"), (dict(l0_penalty="node"), "unknown l0_penalty"), (dict(lr_warmup_steps=2.5), "lr_warmup_steps"),
+    (dict(noise_warmup_steps=-1), "noise_warmup_steps"), (dict(noise_warmup_steps=1.5), "noise_warmup_steps"),
 ])
 def test_bad_config_is_a_clear_value_error(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -258,9 +274,9 @@ def test_lr_scales_move_only_the_named_granularity(gpt2_micro):
 
 def test_a_config_saved_before_a_field_existed_loads_with_the_behaviour_it_ran_with():
     old = mg.PruningConfig().to_dict()
-    del old["betas"], old["lr_warmup_steps"]
+    del old["betas"], old["lr_warmup_steps"], old["noise_warmup_steps"]
     loaded = mg.PruningConfig.from_dict(old)
-    assert loaded.betas == (0.9, 0.999) and loaded.lr_warmup_steps == 0
+    assert loaded.betas == (0.9, 0.999) and loaded.lr_warmup_steps == 0 and loaded.noise_warmup_steps == 0
     assert mg.PruningConfig.from_dict(mg.PruningConfig().to_dict()) == mg.PruningConfig()
 
 
