@@ -102,7 +102,10 @@ class PruningConfig:
         lambda_scale: multiplies every λ (for sweeps).
         lambda_warmup_steps: λ ramps linearly from 0 to full over this many steps (0: no warm-up).
         noise_warmup_steps: the Hard-Concrete sampling noise ramps linearly from 0 (noise-free gates)
-            to the full noise of Eq. 6 over this many steps (0: full noise from the first step).
+            to the full noise of Eq. 6 over this many steps (0, the paper's schedule: full noise from the
+            first step). Early noise-free steps give every gate inside (0, 1) a clean KL gradient, so fewer
+            gates lock in at saturation: on SmolLM2 IOI, 100 steps with ``lambda_scale=0.75`` kept fewer nodes
+            at a lower KL than the defaults (README, calibration).
         l0_penalty: ``"gate"`` (the paper: each gate's own probability of being non-zero) or ``"path"``
             (times its ancestors' probabilities, i.e. the expected number of nodes active in the circuit;
             a head then also carries the L0 of its neurons, an MLP block that of its neurons).
