@@ -106,6 +106,8 @@ class PruningConfig:
             first step). Early noise-free steps give every gate inside (0, 1) a clean KL gradient, so fewer
             gates lock in at saturation: on SmolLM2 IOI, 100 steps with ``lambda_scale=0.75`` kept fewer nodes
             at a lower KL than the defaults (README, calibration).
+        noise_warmup_granularities: the granularities whose noise warms up (``None``: all of them); the
+            others get the full noise from the first step, e.g. ``("attn_block", "attn_head", "attn_neuron")``.
         l0_penalty: ``"gate"`` (the paper: each gate's own probability of being non-zero) or ``"path"``
             (times its ancestors' probabilities, i.e. the expected number of nodes active in the circuit;
             a head then also carries the L0 of its neurons, an MLP block that of its neurons).
@@ -171,6 +173,7 @@ class PruningConfig:
     lambda_scale: float = 1.0
     lambda_warmup_steps: int = 0
     noise_warmup_steps: int = 0
+    noise_warmup_granularities: tuple[str, ...] | None = None
     l0_penalty: str = "gate"
     corruption: str = "cache"
     seed: int = 0
@@ -221,6 +224,11 @@ class PruningConfig:
             raise ValueError(f"lambda_warmup_steps must be >= 0, got {self.lambda_warmup_steps}")
         if not isinstance(self.noise_warmup_steps, int) or self.noise_warmup_steps < 0:
             raise ValueError(f"noise_warmup_steps must be an integer >= 0, got {self.noise_warmup_steps!r}")
+        if self.noise_warmup_granularities is not None:
+            if isinstance(self.noise_warmup_granularities, str):
+                raise ValueError("noise_warmup_granularities must be a list of granularity names or None, "
+                                 f"got the string {self.noise_warmup_granularities!r}")
+            self.noise_warmup_granularities = tuple(check_granularity(g) for g in self.noise_warmup_granularities)
         if self.lambda_scale < 0:
             raise ValueError(f"lambda_scale must be >= 0, got {self.lambda_scale}")
         betas = tuple(self.betas) if isinstance(self.betas, (list, tuple)) else ()
@@ -265,6 +273,8 @@ class PruningConfig:
         d = asdict(self)
         d["granularities"] = list(self.granularities)
         d["betas"] = list(self.betas)
+        if self.noise_warmup_granularities is not None:
+            d["noise_warmup_granularities"] = list(self.noise_warmup_granularities)
         if isinstance(self.log_alpha_clamp, tuple):
             d["log_alpha_clamp"] = list(self.log_alpha_clamp)
         return d
@@ -478,8 +488,10 @@ def _update(model, interp: Interpolator, gates: HardConcreteGates, optimizer: to
     batch = batch_cpu.to(_model_device(model))
     optimizer.zero_grad(set_to_none=True)
     noise = min(1.0, step / config.noise_warmup_steps) if config.noise_warmup_steps else 1.0
+    warm = config.noise_warmup_granularities
+    scales = noise if warm is None else {g: noise if g in warm else 1.0 for g in gates.trainable}
     masks = gates.sample(generator=generators["noise"],
-                         batch_size=len(batch) if config.mask_per_example else None, noise_scale=noise)
+                         batch_size=len(batch) if config.mask_per_example else None, noise_scale=scales)
     kl = _kl_backward(model, interp, masks, batch, batch_cpu.rows, base_logp, cache, config, amp_dtype)
     factor = min(1.0, (step + 1) / config.lambda_warmup_steps) if config.lambda_warmup_steps else 1.0
     # per-gate P(z > 0) (times its ancestors' with l0_penalty="path"), shared by the loss and the history

@@ -13,6 +13,7 @@ For a gate with location ``log α``, temperature ``β`` and stretch interval ``(
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -79,14 +80,15 @@ class HardConcreteGates(nn.Module):
         return torch.ones(self.dims.shape(g), device=device)
 
     def sample(self, generator: torch.Generator | None = None, batch_size: int | None = None,
-               noise_scale: float = 1.0) -> dict[str, torch.Tensor]:
+               noise_scale: float | Mapping[str, float] = 1.0) -> dict[str, torch.Tensor]:
         """Draw stochastic masks (Eq. 6), differentiable in ``log α``.
 
         Args:
             generator: source of the uniform noise.
             batch_size: if given, draw an independent mask for each of ``batch_size`` examples.
             noise_scale: multiplies the logistic noise ``log u − log(1−u)``; 1 is Eq. 6, 0 the
-                noise-free gate ``clamp(σ(log α/β)(ζ−γ)+γ, 0, 1)`` (for a noise warm-up).
+                noise-free gate ``clamp(σ(log α/β)(ζ−γ)+γ, 0, 1)`` (for a noise warm-up). A mapping
+                gives it per granularity (granularities not named: 1).
 
         Returns:
             ``{granularity: tensor shaped dims.shape(g)}`` (or ``[batch_size, *dims.shape(g)]``)
@@ -101,7 +103,8 @@ class HardConcreteGates(nn.Module):
                 continue
             la = self.log_alpha[g]
             u = torch.rand(lead + la.shape, generator=generator, device=la.device).clamp(1e-6, 1 - 1e-6)
-            s = torch.sigmoid((noise_scale * (torch.log(u) - torch.log1p(-u)) + la) / p.beta)
+            k = noise_scale.get(g, 1.0) if isinstance(noise_scale, Mapping) else noise_scale
+            s = torch.sigmoid((k * (torch.log(u) - torch.log1p(-u)) + la) / p.beta)
             out[g] = (s * (p.zeta - p.gamma) + p.gamma).clamp(0.0, 1.0)
         return out
 

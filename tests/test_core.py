@@ -74,6 +74,10 @@ def test_noise_scale_interpolates_from_noise_free_to_eq6():
     # the same draw at half the noise sits between the noise-free gate and the full-noise one
     lo, hi = torch.minimum(free, full["attn_head"]), torch.maximum(free, full["attn_head"])
     assert ((half >= lo - 1e-6) & (half <= hi + 1e-6)).all()
+    # per granularity: only the named one loses its noise, the others get the very same draw as Eq. 6
+    mixed = gates.sample(torch.Generator().manual_seed(3), batch_size=4, noise_scale={"attn_head": 0.0})
+    assert torch.allclose(mixed["attn_head"], free.expand(4, 2, 3))
+    assert all(torch.equal(mixed[g], full[g]) for g in GRANULARITIES if g != "attn_head")
 
 
 def test_path_l0_multiplies_each_gate_by_its_ancestors():

@@ -110,6 +110,12 @@ def test_noise_warmup_ramps_the_gate_noise_and_starts_noise_free(gpt2_micro):
     assert shared.history["kl"].iloc[0] == pytest.approx(r.history["kl"].iloc[0], rel=1e-6)
     noisy, noisy_shared = (mg.discover(gpt2_micro, task, mask_per_example=m, **kw) for m in (True, False))
     assert noisy.history["kl"].iloc[0] != pytest.approx(noisy_shared.history["kl"].iloc[0], rel=1e-3)
+    # warming up only the attention gates: a run between the two, and the config survives a save
+    attn = ("attn_block", "attn_head", "attn_neuron")
+    part = mg.discover(gpt2_micro, task, noise_warmup_steps=4, noise_warmup_granularities=list(attn), **kw)
+    assert part.config.noise_warmup_granularities == attn
+    assert mg.PruningConfig.from_dict(json.loads(json.dumps(part.config.to_dict()))) == part.config
+    assert part.history["kl"].iloc[0] not in (r.history["kl"].iloc[0], noisy.history["kl"].iloc[0])
 
 
 class _InterruptingPairs(PairSet):
@@ -176,6 +182,8 @@ def test_periodic_checkpoints(gpt2_micro, tmp_path):
     (dict(lr_warmup_steps=-1), "lr_warmup_steps"), (dict(lr_scales={"mlp": 2.0}), "unknown granularity"),
     (dict(lr_scales={"mlp_hidden": 0.0}), "lr_scales"), (dict(lr_scales=2.0), "lr_scales"), (dict(l0_penalty="node"), "unknown l0_penalty"), (dict(lr_warmup_steps=2.5), "lr_warmup_steps"),
     (dict(noise_warmup_steps=-1), "noise_warmup_steps"), (dict(noise_warmup_steps=1.5), "noise_warmup_steps"),
+    (dict(noise_warmup_granularities=("heads",)), "unknown granularity"),
+    (dict(noise_warmup_granularities="attn_head"), "noise_warmup_granularities"),
 ])
 def test_bad_config_is_a_clear_value_error(bad, match):
     with pytest.raises(ValueError, match=match):
