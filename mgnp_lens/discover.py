@@ -225,9 +225,9 @@ class PruningConfig:
         if not isinstance(self.noise_warmup_steps, int) or self.noise_warmup_steps < 0:
             raise ValueError(f"noise_warmup_steps must be an integer >= 0, got {self.noise_warmup_steps!r}")
         if self.noise_warmup_granularities is not None:
-            if isinstance(self.noise_warmup_granularities, str):
+            if not isinstance(self.noise_warmup_granularities, (list, tuple)):
                 raise ValueError("noise_warmup_granularities must be a list of granularity names or None, "
-                                 f"got the string {self.noise_warmup_granularities!r}")
+                                 f"got {self.noise_warmup_granularities!r}")
             self.noise_warmup_granularities = tuple(check_granularity(g) for g in self.noise_warmup_granularities)
         if self.lambda_scale < 0:
             raise ValueError(f"lambda_scale must be >= 0, got {self.lambda_scale}")

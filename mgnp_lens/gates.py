@@ -103,8 +103,11 @@ class HardConcreteGates(nn.Module):
                 continue
             la = self.log_alpha[g]
             u = torch.rand(lead + la.shape, generator=generator, device=la.device).clamp(1e-6, 1 - 1e-6)
+            noise = torch.log(u) - torch.log1p(-u)
             k = noise_scale.get(g, 1.0) if isinstance(noise_scale, Mapping) else noise_scale
-            s = torch.sigmoid((k * (torch.log(u) - torch.log1p(-u)) + la) / p.beta)
+            if k != 1.0:  # a noise warm-up; Eq. 6 itself takes no extra pass over the samples
+                noise = k * noise
+            s = torch.sigmoid((noise + la) / p.beta)
             out[g] = (s * (p.zeta - p.gamma) + p.gamma).clamp(0.0, 1.0)
         return out
 

@@ -184,6 +184,7 @@ def test_periodic_checkpoints(gpt2_micro, tmp_path):
     (dict(noise_warmup_steps=-1), "noise_warmup_steps"), (dict(noise_warmup_steps=1.5), "noise_warmup_steps"),
     (dict(noise_warmup_granularities=("heads",)), "unknown granularity"),
     (dict(noise_warmup_granularities="attn_head"), "noise_warmup_granularities"),
+    (dict(noise_warmup_granularities=3), "noise_warmup_granularities"),
 ])
 def test_bad_config_is_a_clear_value_error(bad, match):
     with pytest.raises(ValueError, match=match):
