@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint
 from .circuit import Circuit
-from .evaluate import Evaluation, evaluate, kl_full_circuit, summarize
+from .evaluate import Evaluation, FullModelTarget, evaluate, summarize
 from .gates import HardConcreteGates, HardConcreteParams
 from .granularity import GRANULARITIES, PAPER_LAMBDAS, ModelDims, check_granularity
 from .hooks import (
@@ -44,7 +44,7 @@ LR_SCHEDULES = ("constant", "cosine")
 AUTOCAST_CHOICES = ("auto", "bfloat16", "float16", "float32")
 L0_PENALTIES = ("gate", "path")
 #: The behaviour of runs whose saved config predates a field (see PruningConfig.from_dict).
-_BEFORE_FIELD_EXISTED = {"betas": [0.9, 0.999], "lr_warmup_steps": 0, "noise_warmup_steps": 0}
+_BEFORE_FIELD_EXISTED = {"betas": [0.9, 0.999], "lr_warmup_steps": 0, "noise_warmup_steps": 0, "adam_eps": 1e-8}
 _AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}
 
 
@@ -126,6 +126,10 @@ class PruningConfig:
             KL landscape as it changes while other gates leave: on the same runs MLP hidden −13%
             (5,018 / 4,940 vs 5,753 / 5,747, two seeds) and MLP output −10% at the same training KL
             (0.146 / 0.145 vs 0.149 / 0.145), with 1-2 more heads kept; β1 0.95 kept 25% more.
+        adam_eps: AdamW's ε, added to the root of the second-moment average (PyTorch's 1e-8). The L0
+            gradient of a saturated MLP gate is ~1e-9, under ε, so such a gate descends at a fraction of
+            the learning rate; 1e-12 lets it descend at the full rate (on SmolLM2 IOI it left the circuit
+            as it was: README, calibration).
         log_alpha_clamp: if set, every ``log α`` is clamped after each step, to ``[-c, c]`` for a number ``c`` or
             to ``[low, high]`` for a pair, so no gate runs off to where it is (almost) always 0 or 1 and its
             gradients vanish (``None``: no clamp).
@@ -181,6 +185,7 @@ class PruningConfig:
     hard_concrete: HardConcreteParams = field(default_factory=HardConcreteParams)
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.6, 0.95)
+    adam_eps: float = 1e-8
     log_alpha_clamp: float | tuple[float, float] | None = None
     mask_per_example: bool = True
     autocast: str = "auto"
@@ -235,6 +240,9 @@ class PruningConfig:
         if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         self.betas = (float(betas[0]), float(betas[1]))
+        if not (isinstance(self.adam_eps, (int, float)) and math.isfinite(self.adam_eps) and self.adam_eps > 0):
+            raise ValueError(f"adam_eps must be a finite number > 0, got {self.adam_eps!r}")
+        self.adam_eps = float(self.adam_eps)
         if self.log_alpha_clamp is not None:
             c = self.log_alpha_clamp
             pair = (-c, c) if isinstance(c, (int, float)) else tuple(c) if isinstance(c, (list, tuple)) else ()
@@ -439,7 +447,7 @@ def _precompute(model, dims, pairs, batch_size, with_cache: bool):
 
 
 def _kl_backward(model, interp: Interpolator, masks: dict[str, torch.Tensor], batch, rows: torch.Tensor,
-                 base_logp: list[torch.Tensor], cache: list[dict], config: PruningConfig,
+                 targets: list[FullModelTarget], cache: list[dict], config: PruningConfig,
                  amp_dtype: torch.dtype | None = None) -> float:
     """Mean KL(full ‖ masked model) over ``batch``, back-propagated into the gates behind ``masks``.
 
@@ -448,7 +456,7 @@ def _kl_backward(model, interp: Interpolator, masks: dict[str, torch.Tensor], ba
     and pushed through the gate sampling once, so peak activation memory is that of one
     micro-batch and the gradient equals the full-batch one. With ``amp_dtype`` the masked passes
     run under ``torch.autocast`` to that dtype; the KL itself is taken in float32 against
-    ``base_logp`` (the full model's answer log-probs [n, d_vocab] per bucket).
+    ``targets`` (the full model's answer distributions, one per bucket).
     """
     leaves = {g: m.detach().requires_grad_(m.requires_grad) for g, m in masks.items()}
     n = len(batch)
@@ -464,7 +472,7 @@ def _kl_backward(model, interp: Interpolator, masks: dict[str, torch.Tensor], ba
             interp.set_corrupted({k: v[idx.to(v.device)] for k, v in cache[batch.bucket].items()})
         with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = masked_answer_logits(model, interp, batch.clean[sl], batch.corrupted[sl], batch.answer_pos[sl])
-        kl = kl_full_circuit(base_logp[batch.bucket][rows[sl].to(logits.device)], logits).sum() / n
+        kl = targets[batch.bucket].rows(rows[sl]).kl(logits).sum() / n
         kl.backward()
         kl_sum += float(kl.detach())
         interp.set_corrupted(None)
@@ -476,7 +484,7 @@ def _kl_backward(model, interp: Interpolator, masks: dict[str, torch.Tensor], ba
 
 
 def _update(model, interp: Interpolator, gates: HardConcreteGates, optimizer: torch.optim.Optimizer, train,
-            generators: dict[str, torch.Generator], base_logp: list[torch.Tensor], cache: list[dict],
+            generators: dict[str, torch.Generator], targets: list[FullModelTarget], cache: list[dict],
             config: PruningConfig, lambdas: dict[str, float], amp_dtype: torch.dtype | None, step: int) -> dict:
     """One optimizer update (step ``step``, 0-based) on a freshly sampled batch; returns its history row.
 
@@ -492,7 +500,7 @@ def _update(model, interp: Interpolator, gates: HardConcreteGates, optimizer: to
     scales = noise if warm is None else {g: noise if g in warm else 1.0 for g in gates.trainable}
     masks = gates.sample(generator=generators["noise"],
                          batch_size=len(batch) if config.mask_per_example else None, noise_scale=scales)
-    kl = _kl_backward(model, interp, masks, batch, batch_cpu.rows, base_logp, cache, config, amp_dtype)
+    kl = _kl_backward(model, interp, masks, batch, batch_cpu.rows, targets, cache, config, amp_dtype)
     factor = min(1.0, (step + 1) / config.lambda_warmup_steps) if config.lambda_warmup_steps else 1.0
     # per-gate P(z > 0) (times its ancestors' with l0_penalty="path"), shared by the loss and the history
     expected_l0 = gates.expected_l0(path=config.l0_penalty == "path")
@@ -583,7 +591,8 @@ def discover(model, task, config: PruningConfig | None = None, *, resume_from=No
     gates = HardConcreteGates(dims, config.hard_concrete, config.granularities, generator=init_gen).to(device)
     groups = [{"params": [gates.log_alpha[g]], "granularity": g, "lr_scale": config.lr_scales.get(g, 1.0)}
               for g in gates.trainable]
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.adam_eps,
+                                  weight_decay=config.weight_decay)
     lambdas = {g: config.lambdas[g] * config.lambda_scale for g in gates.trainable}
     generators = {"batch": batch_gen, "noise": noise_gen}
     rows: list[dict] = []
@@ -619,7 +628,7 @@ def discover(model, task, config: PruningConfig | None = None, *, resume_from=No
     try:
         pre_batch = min(config.eval_batch_size, config.micro_batch_size or config.eval_batch_size)
         base, cache = _precompute(model, dims, train, pre_batch, config.corruption == "cache")
-        base_logp = [torch.log_softmax(b, dim=-1) for b in base]  # once, not per step
+        targets = [FullModelTarget.from_logits(b) for b in base]  # once, not per step
         if validation is not None:  # the held-out curve's full-model logits and corrupted activations
             val_base, val_cache = _precompute(model, dims, validation, pre_batch, True)
         if config.precast_weights:  # after the float32 precompute; undone before the evaluations
@@ -638,7 +647,7 @@ def discover(model, task, config: PruningConfig | None = None, *, resume_from=No
         bar = tqdm(range(start, config.steps), desc="mgnp discover", disable=not config.progress,
                    dynamic_ncols=True, initial=start, total=config.steps)
         for step in bar:
-            row = _update(model, interp, gates, optimizer, train, generators, base_logp, cache, config,
+            row = _update(model, interp, gates, optimizer, train, generators, targets, cache, config,
                           lambdas, amp_dtype, step)
             steps_done = step + 1
             if validation is not None and (steps_done % config.validate_every == 0 or steps_done == config.steps):

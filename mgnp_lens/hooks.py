@@ -278,7 +278,10 @@ class Interpolator:
                 f"cached corrupted activation at {site} has shape {tuple(corrupted.shape)}, "
                 f"but the clean pass produced {tuple(act.shape)}"
             )
-        return corrupted.to(act.dtype) if dead else interpolate(act, corrupted, m)
+        # in the activation's dtype: under autocast a bfloat16 site mixes in bfloat16, instead of a
+        # float32 cache promoting the mix (and every op after it up to the next matmul) to float32
+        corrupted = corrupted.to(act.dtype)
+        return corrupted if dead else interpolate(act, corrupted, m)
 
     def fwd_hooks(self) -> list[tuple[str, object]]:
         """``[(hook_name, fn)]`` for ``model.hooks``; each fn knows its site by our name, since

@@ -400,3 +400,51 @@ def test_precast_weights_is_bit_identical_under_autocast_and_restores(kind):
                and p.stride() == originals[n].stride() for n, p in model.named_parameters())  # the same storage
     precast_weights(model, None)()  # no autocast: nothing to cast
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_full_model_target_kl_equals_the_direct_formula():
+    from mgnp_lens.evaluate import FullModelTarget, kl_full_circuit
+
+    g = torch.Generator().manual_seed(0)
+    base, circ = torch.randn(6, 50, generator=g) * 3, torch.randn(6, 50, generator=g) * 3
+    target = FullModelTarget.from_logits(base)
+    direct = kl_full_circuit(torch.log_softmax(base, -1), circ)
+    assert torch.allclose(target.kl(circ), direct, atol=1e-5) and direct.min() > 0.1
+    assert target.kl(base).abs().max() <= 1e-5  # the full model against itself
+    rows = torch.tensor([4, 1])
+    assert torch.allclose(target.rows(rows).kl(circ[rows]), direct[rows], atol=1e-5)
+    assert torch.allclose(target.rows(rows).kl(circ[rows].bfloat16()), kl_full_circuit(  # taken in float32
+        torch.log_softmax(base[rows], -1), circ[rows].bfloat16().float()), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_cache_mode_mixes_in_the_activation_dtype_under_autocast(kind):
+    """A float32 cache is cast to each site's activation dtype before the mix, instead of promoting it."""
+    from mgnp_lens.hooks import hook_names
+
+    model = micro_model(kind)
+    dims = ModelDims.from_model(model)
+    clean, corrupted = random_pairs(model, n=4)
+    cache = corrupted_activations(model, dims, corrupted)
+    gates = HardConcreteGates(dims, generator=torch.Generator().manual_seed(0))
+    masks = {g: m.detach() for g, m in gates.sample(torch.Generator().manual_seed(1), batch_size=4).items()}
+    interp = Interpolator(dims, "cache")
+    interp.set_corrupted(cache)
+    interp.set_masks(masks)
+    seen = {}
+
+    def record(act, hook):
+        seen[hook.name] = act.clone()
+        mixed = interp._interpolate_site(hook.name, act)
+        assert mixed.dtype == act.dtype, hook.name  # each site keeps its own dtype
+        c = cache[hook.name].to(act.dtype)
+        assert torch.equal(mixed, c + interp._masks[hook.name].to(act.dtype) * (act - c))
+        exact = cache[hook.name] + interp._masks[hook.name] * (act.float() - cache[hook.name])
+        assert (mixed.float() - exact).abs().max() <= 0.02 * exact.abs().max() + 1e-6
+        return mixed
+
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with model.hooks(fwd_hooks=[(n, record) for n in hook_names(dims)]):
+            model(clean, stop_at_layer=model.cfg.n_layers)
+    assert len(seen) == len(hook_names(dims))
+    assert any(a.dtype == torch.bfloat16 for a in seen.values())  # e.g. hook_z: the mix stayed in bfloat16

@@ -10,7 +10,8 @@ import torch
 
 import mgnp_lens as mg
 from mgnp_lens.circuit import hierarchy_violations
-from mgnp_lens.granularity import GRANULARITIES
+from mgnp_lens.gates import HardConcreteGates
+from mgnp_lens.granularity import GRANULARITIES, ModelDims
 from mgnp_lens.tasks import PairSet, PromptPairTask
 
 from conftest import micro_model, random_pairs
@@ -185,6 +186,7 @@ def test_periodic_checkpoints(gpt2_micro, tmp_path):
     (dict(noise_warmup_granularities=("heads",)), "unknown granularity"),
     (dict(noise_warmup_granularities="attn_head"), "noise_warmup_granularities"),
     (dict(noise_warmup_granularities=3), "noise_warmup_granularities"),
+    (dict(adam_eps=0.0), "adam_eps"), (dict(adam_eps=float("inf")), "adam_eps"), (dict(adam_eps="1e-8"), "adam_eps"),
 ])
 def test_bad_config_is_a_clear_value_error(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -304,6 +306,11 @@ def test_log_alpha_clamp_and_betas_reach_the_optimizer(gpt2_micro):
     assert clamped.config.log_alpha_range == (-1.0, 1.0) and free.config.log_alpha_range is None
     slow = mg.discover(gpt2_micro, task, betas=(0.0, 0.5), **common)
     assert not all(torch.equal(slow.gates.log_alpha[g], free.gates.log_alpha[g]) for g in free.gates.log_alpha)
+    start = HardConcreteGates(ModelDims.from_model(gpt2_micro), generator=torch.Generator().manual_seed(0))
+    start = {g: la.detach() for g, la in start.log_alpha.items()}
+    moved = {eps: max(float((mg.discover(gpt2_micro, task, adam_eps=eps, **common).gates.log_alpha[g].detach()
+                              - start[g]).abs().max()) for g in start) for eps in (1e-8, 10.0)}
+    assert moved[10.0] < 0.1 < moved[1e-8]  # an ε far above the gradients all but stops Adam
 
 
 def test_bf16_autocast_trains_close_to_float32(gpt2_micro):
