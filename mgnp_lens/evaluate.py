@@ -11,27 +11,13 @@ from .circuit import Circuit
 from .hooks import Interpolator, check_hook_points, logits_at, masked_answer_logits
 
 
-def kl_full_circuit(base_logp: torch.Tensor, circuit_logits: torch.Tensor) -> torch.Tensor:
-    """Per-example KL(full ‖ circuit) = Σ_v p_full(v)·(log p_full(v) − log p_circuit(v)).
-
-    Args:
-        base_logp: [B, d_vocab] log-probabilities of the full model.
-        circuit_logits: [B, d_vocab] logits of the circuit.
-
-    Returns:
-        [B] KL divergences in nats.
-    """
-    circ_logp = torch.log_softmax(circuit_logits.float(), dim=-1)
-    return (base_logp.exp() * (base_logp - circ_logp)).sum(-1)
-
-
 @dataclass
 class FullModelTarget:
     """The full model's answer distributions, prepared once for many KL(full ‖ circuit) evaluations.
 
     ``KL = Σ_v p·log p − Σ_v p·log q``: the first sum is fixed per example, so a training step only
     takes one log-softmax, one product and one sum over the vocabulary (no ``exp`` or difference of
-    the full model's log-probs in every step). Equal to :func:`kl_full_circuit` up to float rounding.
+    the full model's log-probs in every step). :func:`kl_full_circuit` is its one-off form.
 
     Attributes:
         probs: [n, d_vocab] float32 probabilities of the full model.
@@ -44,7 +30,12 @@ class FullModelTarget:
     @classmethod
     def from_logits(cls, logits: torch.Tensor) -> "FullModelTarget":
         """From the full model's answer logits [n, d_vocab]."""
-        logp = torch.log_softmax(logits.float(), dim=-1)
+        return cls.from_log_probs(torch.log_softmax(logits.float(), dim=-1))
+
+    @classmethod
+    def from_log_probs(cls, logp: torch.Tensor) -> "FullModelTarget":
+        """From the full model's answer log-probabilities [n, d_vocab]."""
+        logp = logp.float()
         probs = logp.exp()
         return cls(probs, (probs * logp).sum(-1))
 
@@ -57,6 +48,19 @@ class FullModelTarget:
         """Per-example KL(full ‖ circuit) [n] for circuit logits [n, d_vocab] (taken in float32)."""
         circ_logp = torch.log_softmax(circuit_logits.float(), dim=-1)
         return self.neg_entropy - (self.probs * circ_logp).sum(-1)
+
+
+def kl_full_circuit(base_logp: torch.Tensor, circuit_logits: torch.Tensor) -> torch.Tensor:
+    """Per-example KL(full ‖ circuit) = Σ_v p_full(v)·(log p_full(v) − log p_circuit(v)).
+
+    Args:
+        base_logp: [B, d_vocab] log-probabilities of the full model.
+        circuit_logits: [B, d_vocab] logits of the circuit.
+
+    Returns:
+        [B] KL divergences in nats.
+    """
+    return FullModelTarget.from_log_probs(base_logp).kl(circuit_logits)
 
 
 @dataclass
@@ -124,8 +128,7 @@ def summarize(task, split: str, passes) -> Evaluation:
     """
     n, kl_sum, base_sum, circ_sum = 0, 0.0, 0.0, 0.0
     for batch, base, circ in passes:
-        base_logp = torch.log_softmax(base.float(), dim=-1)
-        kl_sum += float(kl_full_circuit(base_logp, circ).sum())
+        kl_sum += float(FullModelTarget.from_logits(base).kl(circ).sum())
         base_sum += float(task.metric(base, batch).sum())
         circ_sum += float(task.metric(circ, batch).sum())
         n += len(batch)
