@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -187,6 +188,7 @@ def test_periodic_checkpoints(gpt2_micro, tmp_path):
     (dict(noise_warmup_granularities="attn_head"), "noise_warmup_granularities"),
     (dict(noise_warmup_granularities=3), "noise_warmup_granularities"),
     (dict(adam_eps=0.0), "adam_eps"), (dict(adam_eps=float("inf")), "adam_eps"), (dict(adam_eps="1e-8"), "adam_eps"),
+    (dict(compile="yes"), "compile must be"), (dict(compile=1), "compile must be"),
 ])
 def test_bad_config_is_a_clear_value_error(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -249,6 +251,49 @@ def test_skipping_dead_sites_is_exact(gpt2_micro):
     assert grads[1]["attn_head"][1].abs().sum() == 0 and grads[1]["attn_head"][0].abs().sum() > 0
 
 
+@pytest.mark.parametrize("mode", ["cache", "batch"])
+def test_compiled_blocks_train_like_eager_blocks(mode):
+    """torch.compile'd blocks (one shared graph, dynamic batch sizes from micro-batches of 3, 3, 2)
+    give the eager run up to float rounding, and leave the model as they found it."""
+    from torch._dynamo.utils import counters
+
+    model = micro_model("llama", n_layers=3)
+    clean, corrupted = random_pairs(model, n=16)
+    task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
+    kw = dict(steps=6, batch_size=8, micro_batch_size=3, lr=0.5, corruption=mode, progress=False,
+              eval_split=None, autocast="float32")
+    eager = mg.discover(model, task, compile=False, **kw)
+    graphs = counters["stats"]["unique_graphs"]
+    compiled = mg.discover(model, task, compile=True, **kw)
+    assert counters["stats"]["unique_graphs"] > graphs  # the blocks did go through the compiler
+    assert compiled.meta["compiled_blocks"] is True and eager.meta["compiled_blocks"] is False
+    np.testing.assert_allclose(compiled.history.kl, eager.history.kl, rtol=1e-4, atol=1e-6)
+    for g in eager.gates.log_alpha:
+        torch.testing.assert_close(compiled.gates.log_alpha[g], eager.gates.log_alpha[g], atol=1e-4, rtol=1e-4)
+    assert compiled.circuit == eager.circuit
+    assert all(b._compiled_call_impl is None for b in model.blocks)  # eager again for the user
+    assert not any(hasattr(p, "mgnp_site_inputs") for p in model.hook_dict.values())  # no cache rows left behind
+    torch.testing.assert_close(compiled.train_evaluation.kl, eager.train_evaluation.kl)
+
+
+def test_compile_auto_resolves_by_model_device_and_run_length(gpt2_micro, monkeypatch):
+    d = sys.modules["mgnp_lens.discover"]  # the module (mgnp_lens.discover is also the function's name)
+    cpu = torch.device("cpu")
+    has_backend = d.compile_backend_missing(cpu) is None
+    long, short = mg.PruningConfig(steps=d.COMPILE_MIN_STEPS), mg.PruningConfig(steps=d.COMPILE_MIN_STEPS - 1)
+    assert d.use_compile(long, gpt2_micro, cpu) is has_backend
+    assert d.use_compile(short, gpt2_micro, cpu) is False  # the compile would not pay for itself
+    assert d.use_compile(mg.PruningConfig(compile=False), gpt2_micro, cpu) is False
+    one_block = micro_model("gpt2", n_layers=1)
+    assert d.use_compile(long, one_block, cpu) is False
+    with pytest.raises(ValueError, match="at least two blocks"):
+        d.use_compile(mg.PruningConfig(compile=True), one_block, cpu)
+    monkeypatch.setattr(d, "compile_backend_missing", lambda device: "TorchInductor found no usable C++ compiler")
+    assert d.use_compile(long, gpt2_micro, cpu) is False  # "auto" quietly stays eager
+    with pytest.raises(ValueError, match="no usable C\\+\\+ compiler.*compile=False"):
+        d.use_compile(mg.PruningConfig(compile=True), gpt2_micro, cpu)
+
+
 def test_cosine_schedule_decays_to_the_final_fraction():
     from mgnp_lens.discover import _lr_factor
 
@@ -285,9 +330,10 @@ def test_lr_scales_move_only_the_named_granularity(gpt2_micro):
 
 def test_a_config_saved_before_a_field_existed_loads_with_the_behaviour_it_ran_with():
     old = mg.PruningConfig().to_dict()
-    del old["betas"], old["lr_warmup_steps"], old["noise_warmup_steps"]
+    del old["betas"], old["lr_warmup_steps"], old["noise_warmup_steps"], old["compile"]
     loaded = mg.PruningConfig.from_dict(old)
     assert loaded.betas == (0.9, 0.999) and loaded.lr_warmup_steps == 0 and loaded.noise_warmup_steps == 0
+    assert loaded.compile is False  # those runs' blocks ran eager
     assert mg.PruningConfig.from_dict(mg.PruningConfig().to_dict()) == mg.PruningConfig()
 
 
