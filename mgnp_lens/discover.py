@@ -48,9 +48,10 @@ L0_PENALTIES = ("gate", "path")
 _BEFORE_FIELD_EXISTED = {"betas": [0.9, 0.999], "lr_warmup_steps": 0, "noise_warmup_steps": 0, "adam_eps": 1e-8,
                          "compile": False}
 COMPILE_CHOICES = ("auto", True, False)
-#: ``compile="auto"`` compiles runs of at least this many steps, where the one-off compile pays for
-#: itself even with a cold TorchInductor cache: on a 2-core CPU it took 43 s cold (9 s warm) and saved
-#: 0.26 s per SmolLM2 step, break-even after 169 steps cold, 36 warm (``benchmarks/compiled_blocks.py``).
+#: ``compile="auto"`` compiles runs of at least this many steps, where the one-off compile is paid back
+#: even with a cold TorchInductor cache: on a 2-core CPU it took 43 s cold (9 s warm) and saved 0.26 s
+#: per SmolLM2 step, break-even after 169 steps cold, 36 warm (``benchmarks/compiled_blocks.py``); the
+#: 240-step end-to-end run came out even with a cold cache (56 s compile) and 44 s faster with a warm one.
 COMPILE_MIN_STEPS = 200
 _AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}
 
@@ -686,8 +687,8 @@ def discover(model, task, config: PruningConfig | None = None, *, resume_from=No
 
     last = capture(start)  # what Ctrl-C or an error mid-step goes back to
     restore_precision = restore_compiled = lambda: None  # noqa: E731
-    # "auto" falls back to eager blocks if compiling fails (e.g. a broken compiler); True lets it raise
-    # one graph per model shape and precision; the limit leaves room for many models in one process
+    # "auto" falls back to eager blocks if compiling fails (e.g. a broken compiler), True lets it raise;
+    # a compiled graph is per model shape and precision, and the limit leaves room for many in one process
     fallback = torch._dynamo.config.patch(suppress_errors=config.compile == "auto", recompile_limit=64)
     try:
         fallback.__enter__()
