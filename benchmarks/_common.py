@@ -160,12 +160,14 @@ def bare_step_seconds(model, task, batch_size: int, warmup: int = 1, steps: int 
     return statistics.median(times)
 
 
-def in_subprocess(script: str, payload: dict, timeout: int = 1800) -> dict:
-    """Run ``python script --child JSON`` in a fresh process (so its peak memory is its own)."""
+def in_subprocess(script: str, payload: dict, timeout: int = 1800, env: dict | None = None) -> dict:
+    """Run ``python script --child JSON`` in a fresh process (so its peak memory is its own), with
+    ``env`` added to this process's environment."""
+    import os
     import subprocess
 
     proc = subprocess.run([sys.executable, script, "--child", json.dumps(payload)], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env={**os.environ, **(env or {})})
     if proc.returncode != 0:
         raise RuntimeError(f"child {payload} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -220,9 +222,20 @@ def child_step(payload: dict) -> dict:
             "n_params": sum(p.numel() for p in model.parameters())}
 
 
-def child_main() -> bool:
-    """If this process was started by :func:`in_subprocess`, run the child and print its JSON; True if so."""
+def child_main(child=None) -> bool:
+    """If this process was started by :func:`in_subprocess`, run ``child`` (default :func:`child_step`)
+    on the payload and print its JSON; True if so."""
     if len(sys.argv) == 3 and sys.argv[1] == "--child":
-        print(json.dumps(child_step(json.loads(sys.argv[2]))))
+        print(json.dumps((child or child_step)(json.loads(sys.argv[2]))))
         return True
     return False
+
+
+def add_round_args(parser, name: str, rounds: int, steps: int) -> None:
+    """The options of the alternating-rounds step benchmarks (``ab_versions.py``, ``compiled_blocks.py``)."""
+    parser.add_argument("--models", default="default,gpt2-small")
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--tag", default="", help=f"suffix of the result file name ({name}[TAG].json)")
+    add_device_arg(parser)

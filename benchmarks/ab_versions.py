@@ -15,15 +15,13 @@ sampled-KL histories of the two versions are compared as well (equal, or their l
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import ab_speedup, add_device_arg, print_table, write  # noqa: E402
+from _common import ab_speedup, add_round_args, child_main, in_subprocess, print_table, write  # noqa: E402
 
 
 def child(payload: dict) -> dict:
@@ -41,20 +39,12 @@ def child(payload: dict) -> dict:
     return {"step_s": statistics.median(secs[1:]), "all_s": secs, "kl": r.history["kl"].tolist()}
 
 
-def run_child(payload: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(payload)], capture_output=True, text=True,
-                          timeout=1800)
-    if proc.returncode != 0:
-        raise RuntimeError(f"child {payload} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def measure(model: str, before: str, after: str, rounds: int, steps: int, overrides: dict, device: str) -> dict:
     times: dict[str, list[float]] = {"before": [], "after": []}
     kls: dict[str, list[float]] = {}
     for _ in range(rounds):
         for side, repo in (("before", before), ("after", after)):
-            out = run_child({"repo": repo, "model": model, "steps": steps, "overrides": overrides, "device": device})
+            out = in_subprocess(__file__, {"repo": repo, "model": model, "steps": steps, "overrides": overrides, "device": device})
             times[side].append(out["step_s"])
             kls[side] = out["kl"]
     up = ab_speedup(times["before"], times["after"])
@@ -66,18 +56,12 @@ def measure(model: str, before: str, after: str, rounds: int, steps: int, overri
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--child":
-        print(json.dumps(child(json.loads(sys.argv[2]))))
+    if child_main(child):
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--before", required=True, help="path of the 'before' checkout")
     ap.add_argument("--after", default=str(HERE.parent), help="path of the 'after' checkout (default: this one)")
-    ap.add_argument("--models", default="default,gpt2-small")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--tag", default="", help="suffix of the result file name (ab_versions[TAG].json)")
-    add_device_arg(ap)
+    add_round_args(ap, "ab_versions", rounds=5, steps=4)
     args = ap.parse_args()
     from calibrate_ioi import parse_sets
 

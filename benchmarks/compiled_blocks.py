@@ -19,17 +19,14 @@ divided by the time saved per step. The sampled-KL histories of the two sides ar
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import ab_speedup, add_device_arg, print_table, write  # noqa: E402
+from _common import ab_speedup, add_round_args, child_main, in_subprocess, print_table, write  # noqa: E402
 
 
 def child(payload: dict) -> dict:
@@ -51,15 +48,6 @@ def child(payload: dict) -> dict:
             "kl": r.history["kl"].tolist(), "compiled": r.meta["compiled_blocks"]}
 
 
-def run_child(payload: dict, cache_dir: str) -> dict:
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache_dir}
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(payload)], capture_output=True, text=True,
-                          timeout=1800, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"child {payload} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def measure(model: str, rounds: int, steps: int, overrides: dict, device: str) -> dict:
     runs: dict[bool, list[dict]] = {False: [], True: []}
     with tempfile.TemporaryDirectory(prefix="inductor-cache-") as cache_dir:  # cold in round 1, warm after
@@ -67,7 +55,7 @@ def measure(model: str, rounds: int, steps: int, overrides: dict, device: str) -
             for compiled in (False, True):
                 payload = {"model": model, "steps": steps, "compile": compiled, "overrides": overrides,
                            "device": device}
-                runs[compiled].append(run_child(payload, cache_dir))
+                runs[compiled].append(in_subprocess(__file__, payload, env={"TORCHINDUCTOR_CACHE_DIR": cache_dir}))
     if not all(r["compiled"] for r in runs[True]):
         raise RuntimeError("a compile=True run reports eager blocks")
     eager_s, comp_s = [r["step_s"] for r in runs[False]], [r["step_s"] for r in runs[True]]
@@ -85,16 +73,10 @@ def measure(model: str, rounds: int, steps: int, overrides: dict, device: str) -
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--child":
-        print(json.dumps(child(json.loads(sys.argv[2]))))
+    if child_main(child):
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="default,gpt2-small")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--tag", default="", help="suffix of the result file name (compiled_blocks[TAG].json)")
-    add_device_arg(ap)
+    add_round_args(ap, "compiled_blocks", rounds=3, steps=12)
     args = ap.parse_args()
     if args.steps < 4:
         raise SystemExit("--steps must be at least 4 (the steady time is the median after the first two steps)")
