@@ -89,7 +89,7 @@ def random_task(model, n: int, seq: int, seed: int = 0):
 
 
 def step_seconds(model, task, warmup: int = 1, steps: int = 3, **config) -> dict:
-    """Median wall time of a discovery step (after ``warmup`` steps) and the run's history.
+    """Median wall time of a discovery step (after ``warmup`` steps), every timed step's, and the first step's KL.
 
     Steps run in float32 (``autocast="float32"``) unless ``config`` says otherwise, so that ratios against
     the bare float32 forward+backward compare like with like; ``dtype.py`` compares precisions.
@@ -102,7 +102,7 @@ def step_seconds(model, task, warmup: int = 1, steps: int = 3, **config) -> dict
 
     r = mg.discover(model, task, steps=warmup + steps, progress=False, eval_split=None, **config)
     secs = r.history["seconds"].tolist()[warmup:]
-    return {"median_s": statistics.median(secs), "all_s": secs}
+    return {"median_s": statistics.median(secs), "all_s": secs, "first_kl": float(r.history["kl"].iloc[0])}
 
 
 def ab_speedup(before: list[float], after: list[float]) -> dict:
