@@ -152,7 +152,7 @@ class PruningConfig:
             to the full noise of Eq. 6 over this many steps (0, the paper's schedule: full noise from the
             first step). Early noise-free steps give every gate inside (0, 1) a clean KL gradient, so fewer
             gates lock in at saturation: on SmolLM2 IOI, 100 steps with ``lambda_scale=0.75`` kept fewer nodes
-            at a lower KL than the defaults (README, calibration).
+            at a lower KL than the defaults (docs/calibration.md).
         noise_warmup_granularities: the granularities whose noise warms up (``None``: all of them); the
             others get the full noise from the first step, e.g. ``("attn_block", "attn_head", "attn_neuron")``.
         l0_penalty: ``"gate"`` (the paper: each gate's own probability of being non-zero) or ``"path"``
@@ -176,7 +176,7 @@ class PruningConfig:
         adam_eps: AdamW's ε, added to the root of the second-moment average (PyTorch's 1e-8). The L0
             gradient of a saturated MLP gate is ~1e-9, under ε, so such a gate descends at a fraction of
             the learning rate; 1e-12 lets it descend at the full rate (on SmolLM2 IOI it left the circuit
-            as it was: README, calibration).
+            as it was: docs/calibration.md).
         log_alpha_clamp: if set, every ``log α`` is clamped after each step, to ``[-c, c]`` for a number ``c`` or
             to ``[low, high]`` for a pair, so no gate runs off to where it is (almost) always 0 or 1 and its
             gradients vanish (``None``: no clamp).
