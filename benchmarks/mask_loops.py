@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_device_arg, print_table, step_seconds, write  # noqa: E402
+from _common import ab_speedup, add_device_arg, print_table, step_seconds, write  # noqa: E402
 from hook_overhead import setup  # noqa: E402
 
 
@@ -85,7 +85,8 @@ def measure(name: str, device: str, steps: int, rounds: int) -> dict:
     for side, ts in times.items():
         row[f"{side}_step_s"] = statistics.median(ts)
         row[f"{side}_step_s_rounds"] = ts
-    row["heads_loop_slowdown"] = statistics.median(h / b for h, b in zip(times["heads"], times["broadcast"]))
+    heads = ab_speedup(times["heads"], times["broadcast"])  # "speed-up" of broadcast over the loops
+    row["heads_loop_slowdown"], row["heads_loop_slowdown_best_rounds"] = heads["median"], heads["best_rounds"]
     row["units_loop_slowdown"] = times["units"][0] / times["broadcast"][0]
     for side in ("heads", "units"):
         row[f"{side}_kl_abs_diff"] = abs(row[f"{side}_first_kl"] - row["broadcast_first_kl"])
