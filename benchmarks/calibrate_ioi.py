@@ -38,13 +38,20 @@ def parse_sets(items: list[str]) -> dict:
         raise SystemExit(f"--set: {e}") from None
 
 
-def run(templates: str, device: str = "cpu", **overrides) -> dict:
+def ioi_task(model, templates: str):
+    """The calibration task: IOI with 200 training and 512 test pairs on the named template set."""
     import mgnp_lens as mg
     from mgnp_lens.tasks import _data
 
-    model = mg.load_model(device=device)
     tpl = {"mixed": "mixed", "baba0": _data.load("ioi")["templates_baba"][:1], "guide": [GUIDE]}[templates]
-    task = mg.tasks.IOI(model, n_test=512, templates=tpl)
+    return mg.tasks.IOI(model, n_test=512, templates=tpl)
+
+
+def run(templates: str, device: str = "cpu", **overrides) -> dict:
+    import mgnp_lens as mg
+
+    model = mg.load_model(device=device)
+    task = ioi_task(model, templates)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
         result = mg.discover(model, task, eval_max_examples=512, checkpoint_dir=d, **overrides)

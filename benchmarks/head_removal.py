@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write  # noqa: E402
-from calibrate_ioi import GUIDE, REFERENCE, parse_sets  # noqa: E402
+from calibrate_ioi import REFERENCE, ioi_task, parse_sets  # noqa: E402
 
 
 def main() -> None:
@@ -38,12 +38,10 @@ def main() -> None:
 
     import mgnp_lens as mg
     from mgnp_lens.discover import _evaluate_cached, _precompute
-    from mgnp_lens.tasks import _data
 
     overrides = parse_sets(args.set)
     model = mg.load_model()
-    tpl = {"mixed": "mixed", "baba0": _data.load("ioi")["templates_baba"][:1], "guide": [GUIDE]}[args.templates]
-    task = mg.tasks.IOI(model, n_test=512, templates=tpl)
+    task = ioi_task(model, args.templates)
     with tempfile.TemporaryDirectory() as d:
         result = mg.discover(model, task, eval_max_examples=512, checkpoint_dir=d, **overrides)
     circuit = result.circuit
