@@ -23,8 +23,39 @@ def machine() -> dict:
             info["mem_total_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
     except OSError:
         pass
+    info.update(cpu_info())
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+#: CPU features that change which matrix-product kernels run, hence the float rounding of a training step.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_info() -> dict:
+    """The CPU's model name, its kernel-relevant ISA flags and torch's CPU capability.
+
+    Runs of the same seed and code on CPUs with different kernels diverge from the first steps (the
+    rounding of the reductions differs and the optimisation amplifies it), so results are only
+    comparable bit for bit on the same kind of CPU (docs/calibration.md, "Machines").
+    """
+    import torch
+
+    info = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = f.read().splitlines()
+        name = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), None)
+        flags = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), [])
+        info["cpu"] = name
+        info["cpu_flags"] = [f for f in ISA_FLAGS if f in flags]
+    except OSError:
+        pass
+    try:
+        info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:
+        pass
     return info
 
 
