@@ -38,7 +38,7 @@ def cpu_info() -> dict:
 
     Runs of the same seed and code on CPUs with different kernels diverge from the first steps (the
     rounding of the reductions differs and the optimisation amplifies it), so results are only
-    comparable bit for bit on the same kind of CPU (docs/calibration.md, "Machines").
+    comparable bit for bit on the same kind of CPU (docs/calibration.md, "The same code on another CPU").
     """
     import torch
 
@@ -49,7 +49,7 @@ def cpu_info() -> dict:
         name = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), None)
         flags = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), [])
         info["cpu"] = name
-        info["cpu_flags"] = [f for f in ISA_FLAGS if f in flags]
+        info["cpu_flags"] = [flag for flag in ISA_FLAGS if flag in flags]
     except OSError:
         pass
     try:

@@ -34,8 +34,6 @@ def main() -> None:
     if args.rounds < 1:
         raise SystemExit("--rounds must be at least 1")
 
-    import torch
-
     import mgnp_lens as mg
     from mgnp_lens.discover import _evaluate_cached, _precompute
 
@@ -68,8 +66,7 @@ def main() -> None:
     write(f"head_removal_{args.tag or args.templates}", {
         "how": __doc__.strip().splitlines()[0], "templates": args.templates, "overrides": overrides,
         "discovered": {"counts": counts, "train_kl": result.train_evaluation.kl, "test_kl": result.evaluation.kl},
-        "curve": curve, "seconds_greedy": time.perf_counter() - t0, "reference": REFERENCE,
-        "torch_threads": torch.get_num_threads()}, args.out)
+        "curve": curve, "seconds_greedy": time.perf_counter() - t0, "reference": REFERENCE}, args.out)
 
 
 if __name__ == "__main__":
