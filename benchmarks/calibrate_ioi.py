@@ -38,27 +38,27 @@ def parse_sets(items: list[str]) -> dict:
         raise SystemExit(f"--set: {e}") from None
 
 
-def ioi_task(model, templates: str):
-    """The calibration task: IOI with 200 training and 512 test pairs on the named template set."""
+def ioi_task(model, templates: str, n_train: int = 200):
+    """The calibration task: IOI with ``n_train`` training and 512 test pairs on the named template set."""
     import mgnp_lens as mg
     from mgnp_lens.tasks import _data
 
     tpl = {"mixed": "mixed", "baba0": _data.load("ioi")["templates_baba"][:1], "guide": [GUIDE]}[templates]
-    return mg.tasks.IOI(model, n_test=512, templates=tpl)
+    return mg.tasks.IOI(model, n_train=n_train, n_test=512, templates=tpl)
 
 
-def run(templates: str, device: str = "cpu", **overrides) -> dict:
+def run(templates: str, device: str = "cpu", n_train: int = 200, **overrides) -> dict:
     import mgnp_lens as mg
 
     model = mg.load_model(device=device)
-    task = ioi_task(model, templates)
+    task = ioi_task(model, templates, n_train)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
         result = mg.discover(model, task, eval_max_examples=512, checkpoint_dir=d, **overrides)
     wall = time.perf_counter() - t0
     c = result.circuit
     steps = result.config.steps
-    return {"templates": templates, "overrides": overrides, "config": result.config.to_dict(),
+    return {"templates": templates, "n_train": n_train, "overrides": overrides, "config": result.config.to_dict(),
             "seconds_loop": result.seconds, "seconds_with_eval": wall, "s_per_step": result.seconds / steps,
             "counts": c.counts(), "raw_counts": {g: int(m.sum()) for g, m in result.gates.binarize().items()},
             "train_kl": result.train_evaluation.kl, "test_kl": result.evaluation.kl,
@@ -93,10 +93,11 @@ def main() -> None:
     ap.add_argument("--templates", choices=["mixed", "baba0", "guide"], default="mixed")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--n-train", type=int, default=200, help="training pairs (default 200; 32 = one fixed batch)")
     ap.add_argument("--tag", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    r = run(args.templates, args.device, **parse_sets(args.set))
+    r = run(args.templates, args.device, args.n_train, **parse_sets(args.set))
     print(f"{'':<12}{'heads':>7}{'attn_n':>8}{'mlp_h':>8}{'mlp_o':>8}{'trainKL':>9}{'testKL':>8}{'sec':>7}")
     c = r["counts"]
     print(f"{'this run':<12}{c['attn_head']:>7}{c['attn_neuron']:>8}{c['mlp_hidden']:>8}{c['mlp_output']:>8}"
