@@ -1,12 +1,13 @@
 """Calibration of the discovery defaults on the embedded SmolLM2 model, IOI task.
 
     python benchmarks/calibrate_ioi.py [--templates mixed|baba0|guide] [--set lr=0.6 --set steps=80 ...]
-                                       [--tag NAME] [--out results.json]
+                                       [--n-train 200] [--tag NAME] [--out results.json]
 
 ``mixed``: all 30 BABA/ABBA templates (the IOI default); ``baba0``: the first Wang BABA template;
 ``guide``: "When [A] and [B] went to the [PLACE], [B] gave a [OBJECT] to [A]". ``--set`` overrides
 any :class:`mgnp_lens.PruningConfig` field (values parsed as JSON when possible). Paper λ, 200
-training pairs, hard-circuit KL on the training pairs and on 512 test pairs.
+training pairs (``--n-train 32``: one fixed batch, likely the prototype's set-up below), hard-circuit KL on
+the training pairs and on 512 test pairs.
 Reference point (a bare prototype, one template, lr 0.3, 240 steps): heads 27/270, attention neurons
 1,894, MLP hidden 5,763, MLP output 5,750, hard-circuit KL 0.135. Its 1,894 attention neurons cannot all
 sit in 27 heads of 64 dimensions (1,728 at most), so its counts are of raw binarised gates, before the

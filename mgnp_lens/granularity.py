@@ -36,6 +36,10 @@ PARENT: dict[str, str | None] = {
     "mlp_output": "mlp_block",
 }
 
+#: The attention granularities (the block, its heads, their neurons): those whose Hard-Concrete noise
+#: warms up by default (``PruningConfig.noise_warmup_granularities``).
+ATTENTION_GRANULARITIES: tuple[Granularity, ...] = ("attn_block", "attn_head", "attn_neuron")
+
 #: Paper Appendix C sparsity weights λ_g (``embedding`` is ours; the paper does not gate it).
 PAPER_LAMBDAS: dict[str, float] = {
     "embedding": 0.0,

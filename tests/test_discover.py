@@ -94,7 +94,9 @@ def test_lambda_warmup_and_coarse_only_granularities(gpt2_micro):
     r = mg.discover(gpt2_micro, task, steps=6, batch_size=4, lambda_warmup_steps=4, progress=False,
                     granularities=("attn_head", "mlp_block"))
     assert r.history["lambda_factor"].tolist() == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
-    assert r.history["noise_scale"].tolist() == [1.0] * 6  # full noise unless noise_warmup_steps
+    # noise_warmup_steps="auto": the attention gates' noise ramps in over 5/12 of the run (here 2 of 6 steps)
+    assert r.config.noise_warmup_length == 2
+    assert r.history["noise_scale"].tolist() == [0.0, 0.5, 1.0, 1.0, 1.0, 1.0]
     assert set(r.gates.log_alpha.keys()) == {"attn_head", "mlp_block"}
     assert "active_attn_neuron" not in r.history
     assert r.circuit.count("attn_neuron") == 8 * r.circuit.count("attn_head")  # ungated neurons stay
@@ -105,17 +107,22 @@ def test_noise_warmup_ramps_the_gate_noise_and_starts_noise_free(gpt2_micro):
     clean, corrupted = random_pairs(gpt2_micro, n=12)
     task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
     kw = dict(steps=6, batch_size=4, progress=False, eval_split=None, lr_warmup_steps=0)
-    r = mg.discover(gpt2_micro, task, noise_warmup_steps=4, **kw)
+    r = mg.discover(gpt2_micro, task, noise_warmup_steps=4, noise_warmup_granularities=None, **kw)
     assert r.history["noise_scale"].tolist() == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
     # the first step is noise-free: one mask per example or one per batch is then the same mask
-    shared = mg.discover(gpt2_micro, task, noise_warmup_steps=4, mask_per_example=False, **kw)
+    shared = mg.discover(gpt2_micro, task, noise_warmup_steps=4, noise_warmup_granularities=None,
+                         mask_per_example=False, **kw)
     assert shared.history["kl"].iloc[0] == pytest.approx(r.history["kl"].iloc[0], rel=1e-6)
-    noisy, noisy_shared = (mg.discover(gpt2_micro, task, mask_per_example=m, **kw) for m in (True, False))
+    # noise_warmup_steps=0, the paper's schedule: full noise on every gate from the first step
+    noisy, noisy_shared = (mg.discover(gpt2_micro, task, noise_warmup_steps=0, mask_per_example=m, **kw)
+                           for m in (True, False))
+    assert noisy.history["noise_scale"].tolist() == [1.0] * 6
     assert noisy.history["kl"].iloc[0] != pytest.approx(noisy_shared.history["kl"].iloc[0], rel=1e-3)
-    # warming up only the attention gates: a run between the two, and the config survives a save
+    # warming up only the attention gates (the default granularities): a run between the two, and the
+    # config survives a save
     attn = ("attn_block", "attn_head", "attn_neuron")
-    part = mg.discover(gpt2_micro, task, noise_warmup_steps=4, noise_warmup_granularities=list(attn), **kw)
-    assert part.config.noise_warmup_granularities == attn
+    part = mg.discover(gpt2_micro, task, noise_warmup_steps=4, **kw)
+    assert part.config.noise_warmup_granularities == attn == mg.granularity.ATTENTION_GRANULARITIES
     assert mg.PruningConfig.from_dict(json.loads(json.dumps(part.config.to_dict()))) == part.config
     assert part.history["kl"].iloc[0] not in (r.history["kl"].iloc[0], noisy.history["kl"].iloc[0])
 
@@ -184,6 +191,7 @@ def test_periodic_checkpoints(gpt2_micro, tmp_path):
     (dict(lr_warmup_steps=-1), "lr_warmup_steps"), (dict(lr_scales={"mlp": 2.0}), "unknown granularity"),
     (dict(lr_scales={"mlp_hidden": 0.0}), "lr_scales"), (dict(lr_scales=2.0), "lr_scales"), (dict(l0_penalty="node"), "unknown l0_penalty"), (dict(lr_warmup_steps=2.5), "lr_warmup_steps"),
     (dict(noise_warmup_steps=-1), "noise_warmup_steps"), (dict(noise_warmup_steps=1.5), "noise_warmup_steps"),
+    (dict(noise_warmup_steps="half"), "noise_warmup_steps"), (dict(noise_warmup_steps=True), "noise_warmup_steps"),
     (dict(noise_warmup_granularities=("heads",)), "unknown granularity"),
     (dict(noise_warmup_granularities="attn_head"), "noise_warmup_granularities"),
     (dict(noise_warmup_granularities=3), "noise_warmup_granularities"),
@@ -335,6 +343,21 @@ def test_a_config_saved_before_a_field_existed_loads_with_the_behaviour_it_ran_w
     assert loaded.betas == (0.9, 0.999) and loaded.lr_warmup_steps == 0 and loaded.noise_warmup_steps == 0
     assert loaded.compile is False  # those runs' blocks ran eager
     assert mg.PruningConfig.from_dict(mg.PruningConfig().to_dict()) == mg.PruningConfig()
+    # saved with a noise warm-up but before noise_warmup_granularities existed: it warmed up every granularity
+    between = {**mg.PruningConfig(noise_warmup_steps=100).to_dict()}
+    del between["noise_warmup_granularities"]
+    assert mg.PruningConfig.from_dict(between).noise_warmup_granularities is None
+    # saved before the attention-only "auto" warm-up became the default: it kept its 0 (the paper's schedule)
+    before = mg.PruningConfig.from_dict({**mg.PruningConfig().to_dict(), "noise_warmup_steps": 0,
+                                         "noise_warmup_granularities": None})
+    assert before.noise_warmup_length == 0
+
+
+def test_auto_noise_warmup_is_five_twelfths_of_the_run():
+    assert mg.PruningConfig().noise_warmup_steps == "auto"
+    assert [mg.PruningConfig(steps=n).noise_warmup_length for n in (240, 120, 400, 1)] == [100, 50, 166, 0]
+    assert mg.PruningConfig(steps=240, noise_warmup_steps=30).noise_warmup_length == 30
+    assert mg.PruningConfig().noise_warmup_granularities == ("attn_block", "attn_head", "attn_neuron")
 
 
 def test_log_alpha_clamp_and_betas_reach_the_optimizer(gpt2_micro):
@@ -429,7 +452,9 @@ def test_precast_weights_gives_the_same_run_and_puts_float32_back(gpt2_micro):
 
 
 # ----------------------------------------------------------------------------- resuming
-RESUME_KW = dict(batch_size=4, progress=False, eval_split=None, autocast="float32")
+# an integer noise warm-up: "auto" scales with ``steps``, so a 3-step run would not be the first 3 steps
+# of an 8-step one
+RESUME_KW = dict(batch_size=4, progress=False, eval_split=None, autocast="float32", noise_warmup_steps=3)
 
 
 def _pairs_task(model):
