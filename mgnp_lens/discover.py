@@ -158,7 +158,7 @@ class PruningConfig:
             matter before the noise drives gates into saturation (``log α`` ≈ +5…10, where both gradients
             vanish and a gate stays). On SmolLM2 IOI and Greater-Than it kept 0-7 heads (mostly 3-7) and
             4-20% of the attention neurons fewer than the paper's schedule at about the same training
-            KL, MLP counts −1…+5%, test KL 0.001-0.013 higher (docs/calibration.md). With ``"auto"``,
+            KL, MLP counts −1…+5%, test KL 0.001-0.022 higher (docs/calibration.md). With ``"auto"``,
             a run resumed with a different ``steps`` before its warm-up ended ramps to the new length
             from then on.
         noise_warmup_granularities: the granularities whose noise warms up (default
