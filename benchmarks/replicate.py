@@ -209,11 +209,14 @@ def _optimizer_words(payload: dict) -> str:
     betas = cfg.get("betas", [0.9, 0.999])  # runs recorded before the field existed used PyTorch's default
     warm = cfg.get("lr_warmup_steps", 0)
     precision = payload["tasks"][0].get("training_precision", "float32") if payload["tasks"] else "float32"
-    noise = cfg.get("noise_warmup_steps", 0)  # recorded before the field existed: full noise from the first step
-    on = cfg.get("noise_warmup_granularities")
+    # the library resolves the warm-up ("auto" → steps) and the fields of configs saved before they existed
+    from mgnp_lens.discover import PruningConfig
+
+    run_cfg = PruningConfig.from_dict(cfg) if cfg else None
+    noise, on = (run_cfg.noise_warmup_length, run_cfg.noise_warmup_granularities) if run_cfg else (0, None)
     noise_words = ("full Hard-Concrete noise from the first step" if not noise else
-                   f"Hard-Concrete noise ramped in over {'5/12 of the run' if noise == 'auto' else f'{noise} steps'}"
-                   f" on {'every gate' if on is None else 'the ' + ', '.join(on) + ' gates'}")
+                   f"Hard-Concrete noise ramped in over the first {noise} steps on "
+                   f"{'every gate' if on is None else 'the ' + ', '.join(on) + ' gates'}")
     return (f"AdamW lr {cfg.get('lr', '?')} (betas {betas[0]}, {betas[1]}; "
             f"{f'{warm}-step lr warm-up' if warm else 'no lr warm-up'}), {sample}, {noise_words}, "
             f"training in {precision}")
