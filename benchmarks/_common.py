@@ -64,8 +64,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def write(name: str, payload: dict, out: str | None = None) -> Path:
-    path = Path(out) if out else RESULTS / f"{name}.json"
+def write(name: str, payload: dict, out: str | None = None, tag: str | None = None) -> Path:
+    """Write a benchmark's JSON: ``results/NAME.json`` (the current result), or with ``tag`` (a variant,
+    kept for the record) ``results/archive/NAME_TAG.json``; ``out`` overrides both."""
+    tag = tag.lstrip("_") if tag else None
+    path = Path(out) if out else RESULTS / "archive" / f"{name}_{tag}.json" if tag else RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": name, "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "machine": machine(), **payload}
@@ -268,5 +271,5 @@ def add_round_args(parser, name: str, rounds: int, steps: int) -> None:
     parser.add_argument("--rounds", type=int, default=rounds)
     parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--tag", default="", help=f"suffix of the result file name ({name}[TAG].json)")
+    parser.add_argument("--tag", default="", help=f"a variant: write results/archive/{name}_TAG.json")
     add_device_arg(parser)

@@ -74,8 +74,8 @@ def main() -> None:
             for m in args.models.split(",")]
     print_table(rows, ["model", "step_before_s", "step_after_s", "speedup", "speedup_of_best_rounds",
                        "kl_history_max_abs_diff"])
-    write("ab_versions" + args.tag, {"before": before, "after": after, "overrides": overrides, "results": rows},
-          args.out)
+    write("ab_versions", {"before": before, "after": after, "overrides": overrides, "results": rows},
+          args.out, args.tag)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ REFERENCE = {"attn_head": 27, "attn_neuron": 1894, "mlp_hidden": 5763, "mlp_outp
 
 def parse_sets(items: list[str]) -> dict:
     """``--set KEY=VALUE`` items as PruningConfig overrides (the library's parser, as in ``mgnp discover --set``)."""
-    from mgnp_lens.discover import parse_overrides
+    from mgnp_lens.config import parse_overrides
 
     try:
         return parse_overrides(items)
@@ -95,7 +95,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--n-train", type=int, default=200, help="training pairs (default 200; 32 = one fixed batch)")
-    ap.add_argument("--tag", default=None)
+    ap.add_argument("--tag", default=None, help="a variant: write results/archive/calibrate_ioi_TAG.json")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     r = run(args.templates, args.device, args.n_train, **parse_sets(args.set))
@@ -107,7 +107,7 @@ def main() -> None:
     print(f"{'raw gates':<12}{raw['attn_head']:>7}{raw['attn_neuron']:>8}{raw['mlp_hidden']:>8}{raw['mlp_output']:>8}")
     print(f"{'reference':<12}{REFERENCE['attn_head']:>7}{REFERENCE['attn_neuron']:>8}{REFERENCE['mlp_hidden']:>8}"
           f"{REFERENCE['mlp_output']:>8}{REFERENCE['train_kl']:>9.3f}")
-    write(f"calibrate_ioi_{args.tag or args.templates}", {"run": r, "reference": REFERENCE}, args.out)
+    write("calibrate_ioi", {"templates": args.templates, "run": r, "reference": REFERENCE}, args.out, args.tag)
 
 
 if __name__ == "__main__":

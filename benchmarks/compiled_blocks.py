@@ -4,7 +4,7 @@
                                  [--set KEY=VALUE ...] [--tag NAME] [--device cpu] [--out results.json]
 
 Each round runs two fresh processes, eager (``compile=False``) first, then compiled
-(``compile=True``: :func:`mgnp_lens.hooks.compile_blocks`), each ``--steps`` discovery steps with
+(``compile=True``: :func:`mgnp_lens.speedups.compiled_blocks`), each ``--steps`` discovery steps with
 the defaults otherwise (cache mode, batch 32, autocast "auto"). Models: ``default`` (SmolLM2 on the
 ``IOI`` default, all 30 templates, 200 training pairs: batches of several sizes and lengths, the
 end-to-end benchmark's task) and ``gpt2-small`` (GPT-2 small's shape, random weights, 32 × 32).
@@ -87,7 +87,7 @@ def main() -> None:
     print_table(rows, ["model", "step_eager_s", "step_compiled_s", "speedup", "speedup_of_best_rounds",
                        "compile_cold_s", "compile_warm_s", "break_even_steps_cold", "break_even_steps_warm",
                        "kl_history_max_abs_diff"])
-    write("compiled_blocks" + args.tag, {"overrides": overrides, "results": rows}, args.out)
+    write("compiled_blocks", {"overrides": overrides, "results": rows}, args.out, args.tag)
 
 
 if __name__ == "__main__":

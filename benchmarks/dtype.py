@@ -27,13 +27,13 @@ from _common import add_device_arg, print_table, step_seconds, write  # noqa: E4
 def answer_logp(model, split, amp: bool = False):
     """[n, d_vocab] float32 log-probs of the full model at the answer positions (the discovery loop's own
     base-logit pass, bucket by bucket), under bfloat16 autocast if ``amp``."""
-    from mgnp_lens.discover import _precompute
+    from mgnp_lens.precompute import precompute
     from mgnp_lens.granularity import ModelDims
 
     device = next(model.parameters()).device
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        base, _ = _precompute(model, ModelDims.from_model(model), split, 32, with_cache=False)
-    return torch.cat(base).cpu()
+        pre = precompute(model, ModelDims.from_model(model), split, 32, with_cache=False)
+    return torch.cat(pre.base).cpu()
 
 
 SETTINGS = {  # name: (weights dtype, PruningConfig.autocast)

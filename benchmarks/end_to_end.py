@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--templates", choices=["mixed", "guide"], default="mixed")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--run-dir", default="runs/end_to_end")
-    ap.add_argument("--tag", default="", help="suffix of the result file name (end_to_end_TEMPLATES_TAG.json)")
+    ap.add_argument("--tag", default="", help="a variant: write results/archive/end_to_end_TEMPLATES_TAG.json")
     add_device_arg(ap)
     args = ap.parse_args()
     import mgnp_lens as mg
@@ -86,8 +86,8 @@ def main() -> None:
     print(f"{'sparsity %':>36}: " + ", ".join(f"{g} {sparsity[g]:.1f}" for g in ("attn_head", "attn_neuron",
                                                                                  "mlp_hidden", "mlp_output")))
     print(f"{'meets':>36}: {r['meets']}")
-    tag = args.tag if not args.tag or args.tag.startswith("_") else "_" + args.tag
-    write(f"end_to_end_{args.templates}{tag}", {"target": TARGET, "result": r}, args.out)
+    tag = f"{args.templates}_{args.tag.lstrip('_')}" if args.tag else None
+    write("end_to_end", {"templates": args.templates, "target": TARGET, "result": r}, args.out, tag)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ def main() -> None:
         raise SystemExit("--rounds must be at least 1")
 
     import mgnp_lens as mg
-    from mgnp_lens.discover import _evaluate_cached, _precompute
+    from mgnp_lens.evaluate import evaluate_cached
+    from mgnp_lens.precompute import precompute
 
     overrides = parse_sets(args.set)
     model = mg.load_model()
@@ -44,10 +45,10 @@ def main() -> None:
         result = mg.discover(model, task, eval_max_examples=512, checkpoint_dir=d, **overrides)
     circuit = result.circuit
     train = task.split("train")
-    base, cache = _precompute(model, circuit.dims, train, 32, True)
+    pre = precompute(model, circuit.dims, train, 32, True)
 
     def train_kl(c) -> float:
-        return _evaluate_cached(model, task, c, train, base, cache, 32).kl
+        return evaluate_cached(model, task, c, train, pre, 32).kl
 
     curve = [{"heads": circuit.count("attn_head"), "removed": None, "train_kl": train_kl(circuit)}]
     t0 = time.perf_counter()
@@ -63,10 +64,10 @@ def main() -> None:
                       "next_best_kls": sorted(t[0] for t in trials)[:5]})
         print(f"{curve[-1]['heads']} heads: removed L{head[0]}H{head[1]}, training KL {kl:.4f}")
     counts = result.circuit.counts()
-    write(f"head_removal_{args.tag or args.templates}", {
+    write("head_removal", {
         "how": __doc__.strip().splitlines()[0], "templates": args.templates, "overrides": overrides,
         "discovered": {"counts": counts, "train_kl": result.train_evaluation.kl, "test_kl": result.evaluation.kl},
-        "curve": curve, "seconds_greedy": time.perf_counter() - t0, "reference": REFERENCE}, args.out)
+        "curve": curve, "seconds_greedy": time.perf_counter() - t0, "reference": REFERENCE}, args.out, args.tag)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from _common import ab_speedup, add_device_arg, print_table, write  # noqa: E402
 def right_padded(pairs, pad_id: int):
     """One bucket holding every pair of ``pairs`` right-padded to the longest (answer positions kept)."""
     import torch
-    from mgnp_lens.tasks.base import PairBatch, PairSet
+    from mgnp_lens.tasks import PairBatch, PairSet
 
     length = max(b.clean.shape[1] for b in pairs.buckets)
 

@@ -210,7 +210,7 @@ def _optimizer_words(payload: dict) -> str:
     warm = cfg.get("lr_warmup_steps", 0)
     precision = payload["tasks"][0].get("training_precision", "float32") if payload["tasks"] else "float32"
     # the library resolves the warm-up ("auto" → steps) and the fields of configs saved before they existed
-    from mgnp_lens.discover import PruningConfig
+    from mgnp_lens.config import PruningConfig
 
     run_cfg = PruningConfig.from_dict(cfg) if cfg else None
     noise, on = (run_cfg.noise_warmup_length, run_cfg.noise_warmup_granularities) if run_cfg else (0, None)

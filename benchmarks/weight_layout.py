@@ -50,9 +50,9 @@ def forward_seconds(model, task, B: int) -> tuple[float, "torch.Tensor"]:
 def measure(name: str, device: str, rounds: int) -> dict:
     import importlib
 
-    from mgnp_lens.hooks import fast_weight_layout
+    from mgnp_lens.speedups import fast_weight_layout
 
-    disc = importlib.import_module("mgnp_lens.discover")  # the module (the package exports the function)
+    disc = importlib.import_module("mgnp_lens.speedups")  # where discover() applies the layout
 
     model, task = setup(name, device)
     B, keep = 32, disc.fast_weight_layout

@@ -11,11 +11,13 @@ Typical use::
 
 from . import tasks
 from .circuit import Circuit
-from .discover import DiscoveryError, DiscoveryResult, PruningConfig, discover
+from .config import PruningConfig
+from .discovery import discover
 from .evaluate import Evaluation, evaluate
 from .gates import HardConcreteGates, HardConcreteParams
 from .granularity import GRANULARITIES, PAPER_LAMBDAS, ModelDims
 from .models import ModelLoadError, load_model
+from .result import DiscoveryError, DiscoveryResult
 from .tasks import PromptPairTask
 
 __version__ = "0.1.0"

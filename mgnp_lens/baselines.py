@@ -20,7 +20,8 @@ import torch
 
 from .circuit import Circuit
 from .granularity import GRANULARITIES, ModelDims
-from .hooks import Interpolator, check_hook_points, freeze_weights, masked_answer_logits
+from .hooks import Interpolator, check_hook_points, masked_answer_logits
+from .speedups import frozen_weights
 
 COARSE_GRANULARITIES = ("attn_head", "mlp_block")
 
@@ -30,7 +31,7 @@ def coarse(model, task, config=None, **overrides):
 
     Same loop, λ and evaluation as :func:`mgnp_lens.discover`; returns its ``DiscoveryResult``.
     """
-    from .discover import discover
+    from .discovery import discover
 
     overrides.setdefault("granularities", COARSE_GRANULARITIES)
     return discover(model, task, config, **overrides)
@@ -133,11 +134,10 @@ def attribution_scores(model, task, split: str = "train", batch_size: int = 16,
         pairs = pairs.head(max_examples)
     metric = metric or task.metric
     device = next(model.parameters()).device
-    restore_weights = freeze_weights(model)
     totals = {g: torch.zeros(dims.shape(g)) for g in GRANULARITIES}
     n = 0
     interp = Interpolator(dims, "batch", skip_dead_sites=False)
-    try:
+    with frozen_weights(model):
         for batch in pairs.batches(batch_size):
             batch = batch.to(device)
             B = len(batch)
@@ -148,8 +148,6 @@ def attribution_scores(model, task, split: str = "train", batch_size: int = 16,
             for g in GRANULARITIES:
                 totals[g] += ones[g].grad.abs().sum(0).cpu()
             n += B
-    finally:
-        restore_weights()
     return {g: v / max(n, 1) for g, v in totals.items()}
 
 

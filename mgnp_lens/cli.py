@@ -185,7 +185,8 @@ def _print_result(result) -> None:
 
 # --------------------------------------------------------------------------- commands
 def cmd_discover(args) -> int:
-    from .discover import PruningConfig, discover, parse_overrides
+    from .config import PruningConfig, parse_overrides
+    from .discovery import discover
 
     if args.resume is not None:
         return _resume(args)
@@ -218,7 +219,8 @@ def cmd_discover(args) -> int:
 def _resume(args) -> int:
     """``mgnp discover --resume DIR``: rebuild the run's model and task from DIR/config.json and continue it."""
     from .checkpoint import STATE_FILE
-    from .discover import PruningConfig, discover
+    from .config import PruningConfig
+    from .discovery import discover
 
     given = [flag for flag, value in (("--task", args.task), ("--data", args.data), ("--model", args.model),
                                       ("--batch-size", args.batch_size), ("--lr", args.lr),
@@ -327,7 +329,7 @@ COMMANDS = {"discover": cmd_discover, "report": cmd_report, "evaluate": cmd_eval
 
 
 def main(argv=None) -> int:
-    from .discover import DiscoveryError
+    from .result import DiscoveryError
     from .models import ModelLoadError
 
     parser = build_parser()

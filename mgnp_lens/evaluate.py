@@ -9,6 +9,7 @@ import torch
 
 from .circuit import Circuit
 from .hooks import Interpolator, check_hook_points, logits_at, masked_answer_logits
+from .precompute import Precomputed, chunks
 
 
 @dataclass
@@ -114,6 +115,24 @@ def evaluate(model, task, circuit: Circuit, split: str = "test", batch_size: int
             batch = batch.to(device)
             base = logits_at(model, batch.clean, batch.answer_pos, len(batch))
             yield batch, base, masked_answer_logits(model, interp, batch.clean, batch.corrupted, batch.answer_pos)
+
+    return summarize(task, split, passes())
+
+
+@torch.inference_mode()
+def evaluate_cached(model, task, circuit: Circuit, pairs, pre: Precomputed, batch_size: int,
+                    split: str = "train") -> Evaluation:
+    """:func:`evaluate` on ``pairs`` from their precomputed full-model logits and corrupted activations
+    (a run's, for its training pairs): one masked clean pass per batch instead of three."""
+    device = _resolve_device(model)
+    interp = Interpolator(circuit.dims, "cache")
+    interp.set_masks(circuit.masks)
+
+    def passes():
+        for i, idx, b in chunks(pairs, batch_size, device):
+            interp.set_corrupted({k: v[idx.to(v.device)] for k, v in pre.cache[i].items()})
+            circ = masked_answer_logits(model, interp, b.clean, b.corrupted, b.answer_pos)
+            yield b, pre.base[i][idx.to(pre.base[i].device)], circ
 
     return summarize(task, split, passes())
 

@@ -305,7 +305,8 @@ def load_model(
                                                                                  "cache": "hub"}
     setattr(model, LOAD_INFO_ATTR, info)
     from .granularity import ModelDims
-    from .hooks import check_hook_points, fast_weight_layout
+    from .hooks import check_hook_points
+    from .speedups import fast_weight_layout
 
     check_hook_points(model, ModelDims.from_model(model))
     fast_weight_layout(model)  # after any cache write: safetensors stores contiguous tensors only

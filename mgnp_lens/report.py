@@ -77,6 +77,83 @@ def _task_name(run: dict) -> str | None:
     return task.get("name") if isinstance(task, dict) else None
 
 
+def _header(run: dict, task: str | None) -> list[str]:
+    """The title, the run line, the interrupted warning and the headline cards."""
+    circuit: Circuit = run["circuit"]
+    dims, ev = circuit.dims, run["evaluation"]
+    model = run["config"].get("model") or {}
+    model_name = model.get("source") if isinstance(model, dict) else str(model)
+    counts = circuit.counts()
+    cards = [("attention heads kept", f"{counts['attn_head']}/{dims.count('attn_head')}"),
+             ("attention neurons kept", f"{counts['attn_neuron']:,}/{dims.count('attn_neuron'):,}"),
+             ("MLP hidden neurons kept", f"{counts['mlp_hidden']:,}/{dims.count('mlp_hidden'):,}"),
+             ("MLP output neurons kept", f"{counts['mlp_output']:,}/{dims.count('mlp_output'):,}"),
+             ("parameter compression", f"{circuit.compression_ratio():.1f}×")]
+    test, train = ev.get("evaluation"), ev.get("train_evaluation")
+    if test:
+        cards.append((f"KL on {test['split']} ({test['n_examples']} pairs)", f"{test['kl']:.3f}"))
+    if train:
+        cards.append(("KL on train (hard circuit)", f"{train['kl']:.3f}"))
+    parts = [f"<h1>mgnp-lens circuit report: {html.escape(task or 'custom task')}</h1>",
+             f'<p class="sub">model {html.escape(str(model_name))} · {dims.n_layers} layers × {dims.n_heads} heads'
+             f' · {ev.get("steps_completed", "?")} steps · built '
+             f'{datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}</p>']
+    if ev.get("interrupted"):
+        parts.append('<p class="warn">This run was interrupted: the circuit is the one of the last finished '
+                     'step, and it was not evaluated.</p>')
+    parts.append(_cards(cards))
+    return parts
+
+
+def _tables(run: dict, task: str | None, ref) -> list[str]:
+    """Table 2 (faithfulness), Table 1 (sparsity, beside the paper's for its tasks) and the reference."""
+    from .reference import PAPER_TASKS, compare, paper_comparison, paper_faithfulness
+
+    circuit: Circuit = run["circuit"]
+    ev = run["evaluation"]
+    parts = ["<h2>Faithfulness (Table 2 row)</h2>"]
+    rows = [e for e in (ev.get("train_evaluation"), ev.get("evaluation")) if e]
+    if rows:
+        frame = pd.DataFrame(rows)[["split", "n_examples", "metric_name", "base_metric", "circuit_metric", "kl"]]
+        parts.append(_table(frame))
+    else:
+        parts.append("<p>No evaluation in this run directory (run <code>mgnp evaluate DIR</code>).</p>")
+    parts.append("<h2>Sparsity per granularity (Table 1)</h2>")
+    if task in PAPER_TASKS:
+        parts.append(_table(paper_comparison(circuit, task)))
+        pf = paper_faithfulness(task)
+        parts.append(f"<p>Paper, GPT-2 small, {task}: {html.escape(pf['metric'])} {pf['base_metric']:.3f} (full) → "
+                     f"{pf['circuit_metric']:.3f} (circuit), KL {pf['kl']:.3f}. The paper's numbers are for "
+                     "GPT-2 small, so they are a scale for comparison, not a target for another model.</p>")
+    else:
+        parts.append(_table(circuit.summary()))
+    parts.append(f"<p>Parameters touching kept nodes: {circuit.n_params():,} "
+                 f"(compression {circuit.compression_ratio():.1f}× over the gated weights).</p>")
+    if ref is not None:
+        parts.append(f"<h2>Against the reference circuit ({html.escape(ref.name)})</h2>")
+        parts.append(f"<p>{html.escape(ref.source)}</p>")
+        parts.append(_table(compare(circuit, ref)))
+    return parts
+
+
+def _figures(run: dict, ref) -> list[str]:
+    """The plotly figures, the first carrying plotly.js (so the page works offline)."""
+    from . import plot
+
+    circuit: Circuit = run["circuit"]
+    figures = [("Retained fraction per layer (Appendix D as a picture)", plot.layer_heatmap(circuit)),
+               ("Attention heads", plot.head_grid(circuit, reference=ref)),
+               ("Surviving MLP neurons", plot.neuron_strips(circuit))]
+    if run["history"] is not None and len(run["history"]):
+        figures.append(("Training curves", plot.training_curves(run["history"])))
+    parts = []
+    for i, (title, fig) in enumerate(figures):
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0),
+                                 config={"displaylogo": False, "responsive": True}))
+    return parts
+
+
 def build_report(directory: str | Path, out: str | Path | None = None, reference: str | None = None) -> Path:
     """Build ``report.html`` for a run directory.
 
@@ -89,89 +166,19 @@ def build_report(directory: str | Path, out: str | Path | None = None, reference
     Returns:
         the path of the written report.
     """
-    from . import plot
-    from .reference import PAPER_TASKS, compare, get_reference, paper_comparison, paper_faithfulness
+    from .reference import get_reference
 
     run = load_run(directory)
     circuit: Circuit = run["circuit"]
-    cfg = run["config"]
-    ev = run["evaluation"]
     task = _task_name(run)
     dims = circuit.dims
     gpt2_shaped = (dims.n_layers, dims.n_heads, dims.d_mlp, dims.d_model) == (12, 12, 3072, 768)
     if reference is None and gpt2_shaped and task in ("ioi", "gt"):
         reference = task
     ref = get_reference(reference) if reference else None
-
-    figures = [("Retained fraction per layer (Appendix D as a picture)", plot.layer_heatmap(circuit)),
-               ("Attention heads", plot.head_grid(circuit, reference=ref)),
-               ("Surviving MLP neurons", plot.neuron_strips(circuit))]
-    if run["history"] is not None and len(run["history"]):
-        figures.append(("Training curves", plot.training_curves(run["history"])))
-
-    model = cfg.get("model") or {}
-    model_name = model.get("source") if isinstance(model, dict) else str(model)
-    counts = circuit.counts()
-    summary = circuit.summary()
-    head_line = f"{counts['attn_head']}/{dims.count('attn_head')}"
-    cards = [("attention heads kept", head_line),
-             ("attention neurons kept", f"{counts['attn_neuron']:,}/{dims.count('attn_neuron'):,}"),
-             ("MLP hidden neurons kept", f"{counts['mlp_hidden']:,}/{dims.count('mlp_hidden'):,}"),
-             ("MLP output neurons kept", f"{counts['mlp_output']:,}/{dims.count('mlp_output'):,}"),
-             ("parameter compression", f"{circuit.compression_ratio():.1f}×")]
-    test = ev.get("evaluation")
-    train = ev.get("train_evaluation")
-    if test:
-        cards.append((f"KL on {test['split']} ({test['n_examples']} pairs)", f"{test['kl']:.3f}"))
-    if train:
-        cards.append(("KL on train (hard circuit)", f"{train['kl']:.3f}"))
-
-    parts = [f"<h1>mgnp-lens circuit report: {html.escape(task or 'custom task')}</h1>",
-             f'<p class="sub">model {html.escape(str(model_name))} · {dims.n_layers} layers × {dims.n_heads} heads'
-             f' · {ev.get("steps_completed", "?")} steps · built '
-             f'{datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}</p>']
-    if ev.get("interrupted"):
-        parts.append('<p class="warn">This run was interrupted: the circuit is the one of the last finished '
-                     'step, and it was not evaluated.</p>')
-    parts.append(_cards(cards))
-
-    parts.append("<h2>Faithfulness (Table 2 row)</h2>")
-    rows = [e for e in (train, test) if e]
-    if rows:
-        frame = pd.DataFrame(rows)[["split", "n_examples", "metric_name", "base_metric", "circuit_metric", "kl"]]
-        parts.append(_table(frame))
-    else:
-        parts.append("<p>No evaluation in this run directory (run <code>mgnp evaluate DIR</code>).</p>")
-
-    parts.append("<h2>Sparsity per granularity (Table 1)</h2>")
-    if task in PAPER_TASKS:
-        parts.append(_table(paper_comparison(circuit, task)))
-        pf = paper_faithfulness(task)
-        parts.append(f"<p>Paper, GPT-2 small, {task}: {html.escape(pf['metric'])} {pf['base_metric']:.3f} (full) → "
-                     f"{pf['circuit_metric']:.3f} (circuit), KL {pf['kl']:.3f}. The paper's numbers are for "
-                     "GPT-2 small, so they are a scale for comparison, not a target for another model.</p>")
-    else:
-        parts.append(_table(summary))
-    parts.append(f"<p>Parameters touching kept nodes: {circuit.n_params():,} "
-                 f"(compression {circuit.compression_ratio():.1f}× over the gated weights).</p>")
-
-    if ref is not None:
-        parts.append(f"<h2>Against the reference circuit ({html.escape(ref.name)})</h2>")
-        parts.append(f"<p>{html.escape(ref.source)}</p>")
-        parts.append(_table(compare(circuit, ref)))
-
-    fig_html = []
-    for i, (title, fig) in enumerate(figures):
-        fig_html.append(f"<h2>{html.escape(title)}</h2>")
-        fig_html.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0),
-                                    config={"displaylogo": False, "responsive": True}))
-    parts.extend(fig_html)
-
-    parts.append("<h2>Per-layer table (Appendix D)</h2>")
-    parts.append(_table(circuit.per_layer()))
-    parts.append("<h2>Run configuration</h2>")
-    parts.append(f"<pre>{html.escape(json.dumps(cfg, indent=2, default=str))}</pre>")
-
+    parts = [*_header(run, task), *_tables(run, task, ref), *_figures(run, ref),
+             "<h2>Per-layer table (Appendix D)</h2>", _table(circuit.per_layer()),
+             "<h2>Run configuration</h2>", f"<pre>{html.escape(json.dumps(run['config'], indent=2, default=str))}</pre>"]
     body = "\n".join(parts)
     page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>mgnp-lens report: {html.escape(task or 'custom')}</title><style>{_CSS}</style></head>"

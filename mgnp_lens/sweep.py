@@ -55,7 +55,7 @@ def _run(model, task, config, overrides: dict, run_dir: Path | None):
     """One discovery run of a series; with ``run_dir`` it checkpoints there and, if the directory
     already holds a training state (an earlier call that finished or was stopped), resumes it."""
     from .checkpoint import STATE_FILE
-    from .discover import discover
+    from .discovery import discover
 
     if run_dir is None:
         return discover(model, task, config, **overrides)

@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+import mgnp_lens as mg
+from mgnp_lens.tasks import PairSet, PromptPairTask
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -111,3 +115,66 @@ def default_model_loads(model_cache_dir):
 @pytest.fixture(scope="session")
 def default_model(default_model_loads):
     return default_model_loads[1]
+
+
+# ------------------------------------------------------------------- shared by several test modules
+class _InterruptingPairs(PairSet):
+    """Training pairs whose ``sample`` raises ``exc`` after ``after`` calls (Ctrl-C or a crash mid-run)."""
+
+    def __init__(self, inner, after, exc):
+        super().__init__(inner.buckets)
+        self.calls, self.after, self.exc = 0, after, exc
+
+    def sample(self, batch_size, generator=None):
+        self.calls += 1
+        if self.calls > self.after:
+            raise self.exc
+        return super().sample(batch_size, generator)
+
+
+def _task_that_stops(model, after, exc):
+    clean, corrupted = random_pairs(model, n=12)
+    task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
+    task.splits["train"] = _InterruptingPairs(task.splits["train"], after, exc)
+    return task
+
+
+def _pairs_task(model):
+    clean, corrupted = random_pairs(model, n=12)  # the same pairs as _task_that_stops builds
+    return PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
+
+
+def _same_run(a, b):
+    """Two runs ended bit for bit alike: circuit, gates and history."""
+    assert a.steps_completed == b.steps_completed and a.circuit == b.circuit
+    assert all(torch.equal(a.gates.log_alpha[g], b.gates.log_alpha[g]) for g in a.gates.log_alpha)
+    for column in ("step", "loss", "kl", "lr", "active_attn_head", "active_mlp_hidden"):
+        np.testing.assert_array_equal(a.history[column].values, b.history[column].values, err_msg=column)
+
+
+def with_heads(dims, heads, mlps=()):
+    """A circuit of ``dims`` keeping exactly ``heads`` (whole) and ``mlps`` (whole)."""
+    c = mg.Circuit.empty(dims)
+    m = c.masks
+    for l, h in heads:
+        m["attn_block"][l] = True
+        m["attn_head"][l, h] = True
+        m["attn_neuron"][l, h] = True
+    for l in mlps:
+        m["mlp_block"][l] = True
+        m["mlp_hidden"][l] = True
+        m["mlp_output"][l] = True
+    return mg.Circuit(dims, m)
+
+
+@pytest.fixture
+def micro_task():
+    model = micro_model("gpt2")
+    clean, corrupted = random_pairs(model, n=16)
+    return model, PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """The real GPT-2 tokenizer."""
+    return gpt2_tokenizer()

@@ -174,7 +174,7 @@ def test_resume_continues_an_interrupted_run_and_trains_a_finished_one_longer(ti
               "--quiet"]
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     assert main(["discover", *common, "--steps", "5", "--out", str(whole)]) == 0
-    disc = importlib.import_module("mgnp_lens.discover")
+    disc = importlib.import_module("mgnp_lens.discovery")
     real, calls = disc._kl_backward, []
 
     def ctrl_c_in_the_third_step(*a, **k):

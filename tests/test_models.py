@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import time
-import types
 
 import pytest
 import torch
 
 import mgnp_lens as mg
 from mgnp_lens import models
-from mgnp_lens.granularity import ModelDims
-from mgnp_lens.hooks import check_hook_points
 
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -152,14 +149,3 @@ def test_bad_model_arguments(tmp_path):
         mg.load_model(tmp_path)
     with pytest.raises(mg.ModelLoadError, match="no GGUF file"):
         mg.load_model(tmp_path / "missing.gguf")
-
-
-def test_missing_hook_point_is_named(gpt2_micro):
-    dims = ModelDims.from_model(gpt2_micro)
-    hooks = dict(gpt2_micro.hook_dict)
-    del hooks["blocks.1.mlp.hook_post"]
-    fake = types.SimpleNamespace(cfg=gpt2_micro.cfg, hook_dict=hooks)
-    with pytest.raises(ValueError, match=r"missing hook point 'blocks.1.mlp.hook_post'"):
-        check_hook_points(fake, dims)
-    with pytest.raises(ValueError, match="no TransformerLens hook points"):
-        check_hook_points(types.SimpleNamespace(cfg=gpt2_micro.cfg), dims)

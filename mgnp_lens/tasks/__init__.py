@@ -1,6 +1,8 @@
 """Tasks: the interface the discovery loop consumes, user-defined prompt pairs and the paper's tasks."""
 
-from .base import PairBatch, PairSet, PromptPairTask, Task, logit_diff
+from .pairs import PairBatch, PairSet
+from .prompt_pairs import PromptPairTask
+from .task import Task, logit_diff
 from .gendered_pronouns import GenderedPronouns
 from .greater_than import GreaterThan
 from .ioi import IOI

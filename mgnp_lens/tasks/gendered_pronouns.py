@@ -18,7 +18,9 @@ from __future__ import annotations
 import random
 
 from . import _data
-from .base import PromptPairTask, answer_token_id, check_choice, default_prepend_bos, n_tokens, split_sizes
+from .prompt_pairs import PromptPairTask
+from .task import check_choice, split_sizes
+from .tokens import answer_token_id, default_prepend_bos, n_tokens
 
 GP_CORRUPTIONS = ("opposite_gender_name", "neutral")
 GP_TEMPLATE_SETS = ("ep", "mathwin")

@@ -37,7 +37,10 @@ import random
 import torch
 
 from . import _data
-from .base import PairBatch, PromptPairTask, check_choice, default_prepend_bos, split_sizes, tokenizer_of
+from .pairs import PairBatch
+from .prompt_pairs import PromptPairTask
+from .task import check_choice, split_sizes
+from .tokens import default_prepend_bos, tokenizer_of
 
 GT_CORRUPTIONS = ("random_century", "xx01")
 GT_TEMPLATE_SETS = ("ep", "hanna")

@@ -25,7 +25,9 @@ import random
 import re
 
 from . import _data
-from .base import PromptPairTask, check_choice, default_prepend_bos, single_token_words, split_sizes
+from .prompt_pairs import PromptPairTask
+from .task import check_choice, split_sizes
+from .tokens import default_prepend_bos, single_token_words
 
 IOI_CORRUPTIONS = ("four_names", "abc")
 IOI_TEMPLATE_SETS = ("mixed", "baba", "abba", "abc")

@@ -1,0 +1,331 @@
+"""``PruningConfig``: every setting of a discovery run, validated field by field from one table.
+
+Why each default is what it is (the runs behind it) is in
+`docs/calibration.md <../docs/calibration.md#why-each-default>`_; this module only says what a field does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable
+
+from .gates import HardConcreteParams
+from .granularity import ATTENTION_GRANULARITIES, GRANULARITIES, PAPER_LAMBDAS, check_granularity
+from .hooks import CORRUPTION_MODES
+
+LR_SCHEDULES = ("constant", "cosine")
+AUTOCAST_CHOICES = ("auto", "bfloat16", "float16", "float32")
+L0_PENALTIES = ("gate", "path")
+COMPILE_CHOICES = ("auto", True, False)
+EVAL_SPLITS = ("train", "validation", "test")
+#: ``noise_warmup_steps="auto"`` warms the noise up over this fraction of the run (100 of the default 240 steps).
+NOISE_WARMUP_FRACTION = 5 / 12
+#: The behaviour of runs whose saved config predates a field (see :meth:`PruningConfig.from_dict`).
+_BEFORE_FIELD_EXISTED = {"betas": [0.9, 0.999], "lr_warmup_steps": 0, "noise_warmup_steps": 0, "adam_eps": 1e-8,
+                         "compile": False, "noise_warmup_granularities": None}
+
+
+@dataclass
+class PruningConfig:
+    """Everything that defines a discovery run. Each field is checked by :data:`FIELD_RULES`.
+
+    Why the defaults are what they are: `docs/calibration.md, "Why each default"
+    <../docs/calibration.md#why-each-default>`_.
+
+    Attributes:
+        steps: optimizer steps (240).
+        lr: AdamW learning rate on ``log α`` (0.2).
+        lr_schedule: ``"constant"`` (default) or ``"cosine"`` (decays to ``lr_final_fraction·lr``).
+        lr_final_fraction: the cosine schedule's end point, as a fraction of ``lr`` (0.1).
+        lr_warmup_steps: the learning rate ramps linearly up to the schedule's value over this many steps (20).
+        lr_scales: per-granularity learning-rate multipliers, e.g. ``{"mlp_hidden": 2.0}`` (others keep 1).
+        batch_size: prompt pairs per step (32).
+        micro_batch_size: run each step in chunks of this many pairs, accumulating the gradient (same
+            result, the peak memory of one chunk); ``None``: one chunk.
+        lambdas: per-granularity sparsity weights λ_g (the paper's Appendix C; missing names keep theirs).
+        lambda_scale: multiplies every λ (1.0; for sweeps).
+        lambda_warmup_steps: λ ramps linearly from 0 to full over this many steps (0: none).
+        noise_warmup_steps: the Hard-Concrete noise of ``noise_warmup_granularities`` ramps linearly from 0
+            to the full noise of Eq. 6 over this many steps; ``"auto"`` (default) is
+            :data:`NOISE_WARMUP_FRACTION` of ``steps`` (100 of 240), ``0`` the paper's schedule.
+        noise_warmup_granularities: whose noise warms up (default the attention gates, ``None``: all).
+        l0_penalty: ``"gate"`` (the paper: each gate's P(z > 0)) or ``"path"`` (times its ancestors').
+        corruption: ``"cache"`` (corrupted activations precomputed, default) or ``"batch"`` (one 2B pass).
+        seed: seeds gate initialisation, batch order and gate noise (0).
+        granularities: which granularities are gated (all seven); the others are always kept.
+        hard_concrete: the Hard-Concrete shape parameters (the paper's).
+        weight_decay: AdamW weight decay on ``log α`` (0).
+        betas: AdamW's ``(β1, β2)`` ((0.6, 0.95)).
+        adam_eps: AdamW's ε (1e-8).
+        log_alpha_clamp: clamp every ``log α`` after each step to ``[-c, c]`` or ``[low, high]`` (None: no clamp).
+        mask_per_example: an independent gate sample for every example (default) instead of one per batch.
+        autocast: precision of the training passes: ``"auto"`` (bfloat16 where the device multiplies in it
+            natively and the model is float32), ``"bfloat16"``, ``"float16"`` or ``"float32"`` (none).
+            Reference log-probs, the corrupted cache and every evaluation stay in the model's precision.
+        precast_weights: under autocast, cast the matrix weights once per run instead of in every pass
+            (bit-identical; see :func:`mgnp_lens.speedups.precast_weights`).
+        skip_dead_sites: cut hook sites whose mask is exactly 0 out of the autograd graph (exact).
+        compile: run the training passes' blocks under ``torch.compile`` (see
+            :func:`mgnp_lens.speedups.use_compile`): ``"auto"`` (long runs where TorchInductor can build),
+            ``True`` or ``False``.
+        validate_every: every this many steps (and after the last), the hard circuit's float32 KL and
+            metric on ``validate_max_examples`` validation pairs go into the history (None: off).
+        validate_max_examples: validation pairs per check (128).
+        eval_split: split evaluated at the end (``"test"``; ``None``: skip).
+        eval_max_examples: cap on the evaluated examples (1024; ``None``: the whole split).
+        eval_batch_size: batch size of the precompute and the evaluations (32).
+        checkpoint_dir: if set, outputs and the resumable state are written there every
+            ``checkpoint_every`` steps, at the end, and after Ctrl-C or an error.
+        checkpoint_every: steps between checkpoints (50).
+        progress: show a progress bar.
+    """
+
+    steps: int = 240
+    lr: float = 0.2
+    lr_schedule: str = "constant"
+    lr_final_fraction: float = 0.1
+    lr_warmup_steps: int = 20
+    lr_scales: dict[str, float] = field(default_factory=dict)
+    batch_size: int = 32
+    micro_batch_size: int | None = None
+    lambdas: dict[str, float] = field(default_factory=lambda: dict(PAPER_LAMBDAS))
+    lambda_scale: float = 1.0
+    lambda_warmup_steps: int = 0
+    noise_warmup_steps: int | str = "auto"
+    noise_warmup_granularities: tuple[str, ...] | None = ATTENTION_GRANULARITIES
+    l0_penalty: str = "gate"
+    corruption: str = "cache"
+    seed: int = 0
+    granularities: tuple[str, ...] = GRANULARITIES
+    hard_concrete: HardConcreteParams = field(default_factory=HardConcreteParams)
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.6, 0.95)
+    adam_eps: float = 1e-8
+    log_alpha_clamp: float | tuple[float, float] | None = None
+    mask_per_example: bool = True
+    autocast: str = "auto"
+    precast_weights: bool = True
+    skip_dead_sites: bool = True
+    compile: bool | str = "auto"
+    validate_every: int | None = None
+    validate_max_examples: int = 128
+    eval_split: str | None = "test"
+    eval_max_examples: int | None = 1024
+    eval_batch_size: int = 32
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 50
+    progress: bool = True
+
+    def __post_init__(self):
+        for f in fields(self):
+            setattr(self, f.name, FIELD_RULES[f.name](f.name, getattr(self, f.name)))
+
+    @property
+    def noise_warmup_length(self) -> int:
+        """``noise_warmup_steps`` in steps (``"auto"``: ``NOISE_WARMUP_FRACTION`` of ``steps``, rounded down)."""
+        if self.noise_warmup_steps == "auto":
+            return int(self.steps * NOISE_WARMUP_FRACTION)
+        return self.noise_warmup_steps
+
+    @property
+    def log_alpha_range(self) -> tuple[float, float] | None:
+        """``log_alpha_clamp`` as a ``(low, high)`` pair (None: no clamp)."""
+        c = self.log_alpha_clamp
+        return None if c is None else (-c, c) if isinstance(c, (int, float)) else c
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (tuples as lists); :meth:`from_dict` inverts it."""
+        d = asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PruningConfig":
+        """Inverse of :meth:`to_dict`. A config saved before a field existed gets the value that the
+        run actually used then (e.g. no lr warm-up and β2 0.999), not today's default."""
+        return cls(**{**_BEFORE_FIELD_EXISTED, **d})
+
+
+# ---------------------------------------------------------------- the validation table
+Rule = Callable[[str, Any], Any]
+
+
+def _fail(name: str, wanted: str, value) -> ValueError:
+    return ValueError(f"{name} must be {wanted}, got {value!r}")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _integer(low: int) -> Rule:
+    def rule(name, v):
+        if not isinstance(v, int) or isinstance(v, bool) or v < low:
+            raise _fail(name, f"an integer >= {low}", v)
+        return v
+    return rule
+
+
+def _number(low: float | None = None, high: float | None = None, low_open: bool = False,
+            high_open: bool = False) -> Rule:
+    bounds = ("(" if low_open else "[") + f"{low}, {high}" + (")" if high_open else "]")
+    wanted = "a finite number" + (f" in {bounds}" if high is not None else
+                                  f" {'>' if low_open else '>='} {low}" if low is not None else "")
+
+    def rule(name, v):
+        ok = _is_number(v) and (low is None or (v > low if low_open else v >= low)) and \
+            (high is None or (v < high if high_open else v <= high))
+        if not ok:
+            raise _fail(name, wanted, v)
+        return v
+    return rule
+
+
+def _choice(choices, kind: str | None = None) -> Rule:
+    def rule(name, v):
+        if not any(v is c or (type(v) is type(c) and v == c) for c in choices):
+            label = kind or name
+            raise ValueError(f"unknown {label} {v!r}; expected one of {', '.join(map(repr, choices))}")
+        return v
+    return rule
+
+
+def _boolean(name, v):
+    if not isinstance(v, bool):
+        raise _fail(name, "True or False", v)
+    return v
+
+
+def _optional(rule: Rule) -> Rule:
+    return lambda name, v: None if v is None else rule(name, v)
+
+
+def _either(first: Rule, second: Rule, wanted: str) -> Rule:
+    def rule(name, v):
+        for r in (first, second):
+            try:
+                return r(name, v)
+            except ValueError:
+                pass
+        raise _fail(name, wanted, v)
+    return rule
+
+
+def _granularity_map(value_rule: Rule, defaults: Mapping[str, float] | None = None) -> Rule:
+    def rule(name, v):
+        if not isinstance(v, Mapping):
+            raise _fail(name, "a mapping of granularity names to numbers", v)
+        out = dict(defaults or {})
+        for g, x in v.items():
+            check_granularity(g)
+            out[g] = float(value_rule(f"{name}[{g!r}]", x))
+        return out
+    return rule
+
+
+def _granularities(allow_empty: bool) -> Rule:
+    def rule(name, v):
+        if isinstance(v, str) or not isinstance(v, (list, tuple)) or (not v and not allow_empty):
+            raise _fail(name, "a list of granularity names" + ("" if allow_empty else " (at least one)"), v)
+        return tuple(check_granularity(g) for g in v)
+    return rule
+
+
+def _pair(name, v, item: Rule, wanted: str) -> tuple[float, float]:
+    if not isinstance(v, (list, tuple)) or len(v) != 2:
+        raise _fail(name, wanted, v)
+    try:
+        return float(item(name, v[0])), float(item(name, v[1]))
+    except ValueError:
+        raise _fail(name, wanted, v) from None
+
+
+def _betas(name, v):
+    return _pair(name, v, _number(0, 1, high_open=True), "two numbers in [0, 1)")
+
+
+def _clamp(name, v):
+    wanted = "a number > 0, a pair (low, high) with low < high, or None"
+    if _is_number(v):
+        if v <= 0:
+            raise _fail(name, wanted, v)
+        return v
+    low, high = _pair(name, v, _number(), wanted)
+    if not low < high:
+        raise _fail(name, wanted, v)
+    return low, high
+
+
+def _hard_concrete(name, v):
+    if isinstance(v, HardConcreteParams):
+        return v
+    if not isinstance(v, Mapping):
+        raise _fail(name, "HardConcreteParams or a mapping of its fields", v)
+    known = {f.name for f in fields(HardConcreteParams)}
+    unknown = sorted(set(v) - known)
+    if unknown:
+        raise ValueError(f"{name} has unknown field(s) {unknown}; fields: {', '.join(sorted(known))}")
+    return HardConcreteParams(**{k: _number()(f"{name}.{k}", x) for k, x in v.items()})
+
+
+def _path(name, v):
+    if not isinstance(v, (str, os.PathLike)):
+        raise _fail(name, "a directory path or None", v)
+    return str(v)
+
+
+def _positive_float(name, v):
+    return float(_number(0, low_open=True)(name, v))
+
+
+#: One validation (and normalisation) rule per ``PruningConfig`` field: ``rule(name, value) -> value``.
+FIELD_RULES: dict[str, Rule] = {
+    "steps": _integer(1), "lr": _number(0, low_open=True), "lr_schedule": _choice(LR_SCHEDULES, "lr_schedule"),
+    "lr_final_fraction": _number(0, 1), "lr_warmup_steps": _integer(0),
+    "lr_scales": _granularity_map(_number(0, low_open=True)), "batch_size": _integer(1),
+    "micro_batch_size": _optional(_integer(1)),
+    "lambdas": _granularity_map(_number(0), PAPER_LAMBDAS), "lambda_scale": _number(0),
+    "lambda_warmup_steps": _integer(0),
+    "noise_warmup_steps": _either(_integer(0), _choice(("auto",)), "an integer >= 0 or 'auto'"),
+    "noise_warmup_granularities": _optional(_granularities(allow_empty=True)),
+    "l0_penalty": _choice(L0_PENALTIES, "l0_penalty"), "corruption": _choice(CORRUPTION_MODES, "corruption mode"),
+    "seed": _integer(0), "granularities": _granularities(allow_empty=False), "hard_concrete": _hard_concrete,
+    "weight_decay": _number(0), "betas": _betas, "adam_eps": _positive_float,
+    "log_alpha_clamp": _optional(_clamp), "mask_per_example": _boolean,
+    "autocast": _choice(AUTOCAST_CHOICES, "autocast"), "precast_weights": _boolean, "skip_dead_sites": _boolean,
+    "compile": _either(_choice(("auto",)), _boolean, "'auto', True or False"),
+    "validate_every": _optional(_integer(1)), "validate_max_examples": _integer(1),
+    "eval_split": _optional(_choice(EVAL_SPLITS, "eval_split")), "eval_max_examples": _optional(_integer(1)),
+    "eval_batch_size": _integer(1), "checkpoint_dir": _optional(_path), "checkpoint_every": _integer(1),
+    "progress": _boolean,
+}
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["KEY=VALUE", ...]`` → ``{KEY: VALUE}`` for :class:`PruningConfig` fields (the CLI's ``--set``).
+
+    Values are parsed as JSON when they can be (``lr=0.1``, ``'betas=[0.9,0.99]'``,
+    ``'lr_scales={"mlp_hidden":2}'``) and kept as strings otherwise (``l0_penalty=path``).
+
+    Raises:
+        ValueError: an item without ``=``, or a key that is not a ``PruningConfig`` field.
+    """
+    names = {f.name for f in fields(PruningConfig)}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        if key not in names:
+            raise ValueError(f"unknown PruningConfig field {key!r} in {item!r}; fields: {', '.join(sorted(names))}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out

@@ -1,0 +1,354 @@
+"""The discovery loop: fit Hard-Concrete gates so the pruned model matches the full model.
+
+loss = KL(full ‖ circuit) at the answer position + Σ_g λ_g · mean-L0_g
+
+Only the gates' ``log α`` train (AdamW); the model's weights are frozen for the run. The full model's
+answer logits (and, in cache mode, the corrupted activations) are computed once per split without
+gradients. :func:`discover` is the algorithm; the speed-ups are :mod:`mgnp_lens.speedups`', the
+resumable state :mod:`mgnp_lens.checkpoint`'s, and the run directory :mod:`mgnp_lens.result`'s.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import checkpoint
+from .circuit import Circuit
+from .config import PruningConfig
+from .evaluate import Evaluation, FullModelTarget, evaluate, evaluate_cached
+from .gates import HardConcreteGates
+from .granularity import ModelDims
+from .hooks import Interpolator, check_hook_points, masked_answer_logits
+from .precompute import Precomputed, precompute
+from .result import DiscoveryError, DiscoveryResult, run_meta, write_run
+from .speedups import TrainingSpeedups
+
+
+def discover(model, task, config: PruningConfig | None = None, *, resume_from=None,
+             **overrides) -> DiscoveryResult:
+    """Find the nodes of ``model`` that ``task`` needs, at all seven granularities at once.
+
+    Args:
+        model: a ``HookedTransformer`` (or ``TransformerBridge``) with the gated hook points.
+        task: a :class:`mgnp_lens.tasks.Task` (its ``train`` split is optimised on).
+        config: a :class:`PruningConfig`; keyword ``overrides`` replace its fields. When resuming
+            without a config, the saved run's config (with the overrides) is used.
+        resume_from: continue a run from its training state: a :class:`DiscoveryResult` (e.g. one
+            that Ctrl-C interrupted), a run or checkpoint directory, or its ``state.pt``. The finished
+            run equals the uninterrupted one bit for bit. Only ``steps`` and the fields in
+            :data:`mgnp_lens.checkpoint.RESUMABLE_CHANGES` may differ from the saved config; the model
+            shape and the training pairs must be the same. A run lengthened with ``steps`` equals the
+            uninterrupted longer run where no schedule depends on ``steps`` (an integer
+            ``noise_warmup_steps``, a constant lr).
+
+    Returns:
+        a :class:`DiscoveryResult`. Ctrl-C stops the loop early and returns the circuit of the
+        last finished step (``interrupted=True``); any other error raises :class:`DiscoveryError`
+        whose ``.result`` holds that circuit (and, with ``checkpoint_dir``, it is on disk too).
+        Either way ``.state`` (and ``state.pt`` in ``checkpoint_dir``) can resume the run.
+
+    Raises:
+        ValueError: a bad config, a model without the hook points, or a ``resume_from`` state that
+            does not match this model, task or config (the message names the difference).
+    """
+    run = _Run.start(model, task, config, resume_from, overrides)
+    data, error = None, None
+    try:
+        data = _precompute_run(model, run)  # the full model's answer logits, the corrupted activations
+        with run.fast.applied():
+            interp = Interpolator(run.dims, run.config.corruption, skip_dead_sites=run.config.skip_dead_sites,
+                                  shared_hooks=run.fast.compiled)
+            for step in _progress(run):
+                row = _train_step(model, interp, run, data, step)  # sample gates; KL + λ·L0; AdamW
+                if run.validation_due(step + 1):
+                    with run.fast.suspended():  # float32 and eager, like every evaluation
+                        row.update(_validate(model, run, data))
+                run.record(row)  # history, resumable state, periodic checkpoint
+    except KeyboardInterrupt:
+        run.roll_back()
+    except Exception as e:  # keep finished work, then re-raise with it attached
+        run.roll_back()
+        error = e
+    return _finish(model, task, run, data, error)  # binarised circuit, evaluations, run directory
+
+
+@dataclass
+class _Data:
+    """What the loop reads but never changes: the training pairs' full-model outputs and their KL targets,
+    and the validation pairs' (None without ``validate_every``)."""
+
+    train: Precomputed
+    targets: list[FullModelTarget]
+    validation: Precomputed | None
+    batch_size: int
+
+
+@dataclass
+class _Run:
+    """One discovery run's state between steps: gates, optimizer, random generators, history."""
+
+    model: object
+    task: object
+    config: PruningConfig
+    dims: ModelDims
+    train: object
+    validation: object
+    gates: HardConcreteGates
+    optimizer: torch.optim.Optimizer
+    generators: dict[str, torch.Generator]
+    lambdas: dict[str, float]
+    fast: TrainingSpeedups
+    meta: dict
+    identity: dict
+    rows: list[dict] = field(default_factory=list)
+    step: int = 0
+    seconds_before: float = 0.0
+    interrupted: bool = False
+    t0: float = field(default_factory=time.perf_counter)
+    last: dict | None = None
+
+    @classmethod
+    def start(cls, model, task, config: PruningConfig | None, resume_from, overrides: dict) -> "_Run":
+        """Validate everything, build the gates and their optimizer, and restore a saved state if resuming."""
+        state = checkpoint.load_state(resume_from) if resume_from is not None else None
+        if config is None:
+            config = PruningConfig.from_dict({**state["config"], **overrides}) if state else PruningConfig(**overrides)
+        elif overrides:
+            config = PruningConfig.from_dict({**config.to_dict(), **overrides})
+        dims = ModelDims.from_model(model)
+        check_hook_points(model, dims)
+        train = task.split("train")
+        validation = task.split("validation").head(config.validate_max_examples) if config.validate_every else None
+        identity = {"task": task.describe(), "train_fingerprint": checkpoint.train_fingerprint(train),
+                    "model_dims": dims.to_dict()}
+        if state is not None:
+            checkpoint.check_resumable(state, PruningConfig.from_dict(state["config"]).to_dict(), config.to_dict(),
+                                       identity)
+        gates, optimizer, generators = _gates_and_optimizer(dims, config, next(model.parameters()).device)
+        lambdas = {g: config.lambdas[g] * config.lambda_scale for g in gates.trainable}
+        fast = TrainingSpeedups(model, config)
+        meta = {**run_meta(model, task), **fast.describe()}
+        run = cls(model, task, config, dims, train, validation, gates, optimizer, generators, lambdas, fast, meta,
+                  identity)
+        if state is not None:
+            checkpoint.restore(state, gates, optimizer, generators)
+            run.rows, run.step, run.seconds_before = list(state["history"]), int(state["step"]), float(state["seconds"])
+            meta["resumed_at_steps"] = [*state.get("resumed_at_steps", []), run.step]
+        identity.update(config=config.to_dict(), resumed_at_steps=meta.get("resumed_at_steps", []))
+        run.t0 = time.perf_counter()
+        run.last = run.capture()  # what Ctrl-C or an error mid-step goes back to
+        return run
+
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        return Path(self.config.checkpoint_dir) if self.config.checkpoint_dir else None
+
+    def seconds(self) -> float:
+        """Wall time of the run so far, earlier sessions of a resumed run included."""
+        return self.seconds_before + time.perf_counter() - self.t0
+
+    def capture(self) -> dict:
+        """The resumable state now (``rows`` holds exactly the history of ``step`` finished steps)."""
+        return checkpoint.capture(self.step, self.gates, self.optimizer, self.generators, self.rows, self.seconds(),
+                                  self.identity)
+
+    def validation_due(self, steps_done: int) -> bool:
+        every = self.config.validate_every
+        return self.validation is not None and (steps_done % every == 0 or steps_done == self.config.steps)
+
+    def record(self, row: dict) -> None:
+        """Add a finished step's history row, capture the state, and write a checkpoint when one is due."""
+        self.rows.append(row)
+        self.step = row["step"]
+        self.last = self.capture()
+        ckpt = self.checkpoint_dir
+        if ckpt is not None and self.step % self.config.checkpoint_every == 0:
+            write_run(ckpt, self.result(self.last["seconds"]))
+
+    def roll_back(self) -> None:
+        """Back to the last finished step, even if the stop came in the middle of an update."""
+        self.interrupted = True
+        checkpoint.restore(self.last, self.gates, self.optimizer, self.generators)
+        self.rows, self.step = list(self.last["history"]), self.last["step"]
+
+    def result(self, seconds: float) -> DiscoveryResult:
+        """The binarised, hierarchy-consistent circuit of the gates now, with the history and state."""
+        circuit = Circuit(self.dims, self.gates.binarize(), task=self.task.describe(), config=self.config.to_dict())
+        return DiscoveryResult(circuit, pd.DataFrame(self.rows), None, None, self.config, self.gates, self.step,
+                               self.interrupted, seconds, self.meta, self.last)
+
+
+def _gates_and_optimizer(dims: ModelDims, config: PruningConfig, device):
+    """The gates (initialised from ``seed``), their AdamW (one group per granularity) and the batch and
+    noise generators (``seed + 1``, ``seed + 2``)."""
+    init_gen = torch.Generator().manual_seed(config.seed)
+    generators = {"batch": torch.Generator().manual_seed(config.seed + 1),
+                  "noise": torch.Generator(device=device).manual_seed(config.seed + 2)}
+    gates = HardConcreteGates(dims, config.hard_concrete, config.granularities, generator=init_gen).to(device)
+    groups = [{"params": [gates.log_alpha[g]], "granularity": g, "lr_scale": config.lr_scales.get(g, 1.0)}
+              for g in gates.trainable]
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.adam_eps,
+                                  weight_decay=config.weight_decay)
+    return gates, optimizer, generators
+
+
+def _precompute_run(model, run: _Run) -> _Data:
+    """The training (and validation) pairs' full-model answer logits and corrupted activations, in the
+    model's precision, in chunks no larger than the run's micro-batches."""
+    config = run.config
+    size = min(config.eval_batch_size, config.micro_batch_size or config.eval_batch_size)
+    train = precompute(model, run.dims, run.train, size, config.corruption == "cache")
+    targets = [FullModelTarget.from_logits(b) for b in train.base]  # once, not per step
+    validation = precompute(model, run.dims, run.validation, size, True) if run.validation is not None else None
+    return _Data(train, targets, validation, size)
+
+
+def _progress(run: _Run):
+    """The steps still to take, with a progress bar that shows the latest KL and expected node counts."""
+    config, start = run.config, run.step
+    bar = tqdm(range(start, config.steps), desc="mgnp discover", disable=not config.progress,
+               dynamic_ncols=True, initial=start, total=config.steps)
+    val_kl = None
+    for step in bar:
+        if run.fast.compiled and step in (start, start + 1):
+            bar.set_description("mgnp discover (compiling the blocks)" if step == start else "mgnp discover")
+        yield step
+        row = run.rows[-1]
+        val_kl = row.get("val_kl", val_kl)
+        bar.set_postfix(kl=f"{row['kl']:.3f}", heads=f"{row.get('active_attn_head', 0):.0f}",
+                        attn_n=f"{row.get('active_attn_neuron', 0):.0f}",
+                        mlp_h=f"{row.get('active_mlp_hidden', 0):.0f}",
+                        **({"val_kl": f"{val_kl:.3f}"} if val_kl is not None else {}), refresh=False)
+
+
+def _lr_factor(config: PruningConfig, step: int) -> float:
+    """Multiplier of ``config.lr`` at 0-based ``step``: the linear warm-up times the schedule."""
+    warm = min(1.0, (step + 1) / config.lr_warmup_steps) if config.lr_warmup_steps else 1.0
+    if config.lr_schedule == "constant" or config.steps == 1:
+        return warm
+    end = config.lr_final_fraction
+    return warm * (end + (1 - end) * 0.5 * (1 + math.cos(math.pi * step / (config.steps - 1))))
+
+
+def _noise_scales(run: _Run, step: int):
+    """The Hard-Concrete noise scale at ``step``: one number, or one per granularity (warm-up or not)."""
+    warmup = run.config.noise_warmup_length
+    noise = min(1.0, step / warmup) if warmup else 1.0
+    warm = run.config.noise_warmup_granularities
+    return noise, noise if warm is None else {g: noise if g in warm else 1.0 for g in run.gates.trainable}
+
+
+def _train_step(model, interp: Interpolator, run: _Run, data: _Data, step: int) -> dict:
+    """One optimizer update (step ``step``, 0-based) on a freshly sampled batch; returns its history row.
+
+    loss = KL(full ‖ sampled circuit) + λ-warm-up factor · Σ_g λ_g · mean-L0_g. The KL part is
+    back-propagated by :func:`_kl_backward`, the L0 part here; then AdamW steps ``log α``.
+    """
+    config, gates, optimizer = run.config, run.gates, run.optimizer
+    t_step = time.perf_counter()
+    batch_cpu = run.train.sample(config.batch_size, generator=run.generators["batch"])
+    batch = batch_cpu.to(run.fast.device)
+    optimizer.zero_grad(set_to_none=True)
+    noise, scales = _noise_scales(run, step)
+    masks = gates.sample(generator=run.generators["noise"],
+                         batch_size=len(batch) if config.mask_per_example else None, noise_scale=scales)
+    kl = _kl_backward(model, interp, masks, batch, batch_cpu.rows, data, config, run.fast)
+    factor = min(1.0, (step + 1) / config.lambda_warmup_steps) if config.lambda_warmup_steps else 1.0
+    # per-gate P(z > 0) (times its ancestors' with l0_penalty="path"), shared by the loss and the history
+    expected_l0 = gates.expected_l0(path=config.l0_penalty == "path")
+    l0 = {g: v.mean() for g, v in expected_l0.items()}
+    sparsity = sum(run.lambdas[g] * l0[g] for g in gates.trainable)
+    (factor * sparsity).backward()
+    lr_now = config.lr * _lr_factor(config, step)
+    for group in optimizer.param_groups:
+        group["lr"] = lr_now * group["lr_scale"]
+    optimizer.step()
+    clamp = config.log_alpha_range
+    if clamp is not None:
+        with torch.no_grad():
+            for la in gates.log_alpha.values():
+                la.clamp_(*clamp)
+    row = {"step": step + 1, "loss": kl + factor * float(sparsity.detach()), "kl": kl, "lambda_factor": factor,
+           "lr": lr_now, "noise_scale": noise, "seconds": time.perf_counter() - t_step}
+    with torch.no_grad():
+        row.update({f"l0_{g}": float(l0[g]) for g in gates.trainable})
+        row.update({f"active_{g}": float(expected_l0[g].sum()) for g in gates.trainable})
+    return row
+
+
+def _kl_backward(model, interp: Interpolator, masks: dict[str, torch.Tensor], batch, rows: torch.Tensor,
+                 data: _Data, config: PruningConfig, fast: TrainingSpeedups) -> float:
+    """Mean KL(full ‖ masked model) over ``batch``, back-propagated into the gates behind ``masks``.
+
+    The batch runs in micro-batches of ``config.micro_batch_size`` (all of it when None). The masks
+    enter each pass as detached leaves; their gradients are summed over the micro-batches and pushed
+    through the gate sampling once, so peak activation memory is that of one micro-batch and the
+    gradient equals the full-batch one. The masked passes run under ``fast.autocast()``; the KL itself
+    is taken in float32 against the full model's answer distributions.
+    """
+    leaves = {g: m.detach().requires_grad_(m.requires_grad) for g, m in masks.items()}
+    n = len(batch)
+    size = config.micro_batch_size or n
+    kl_sum = 0.0
+    for start in range(0, n, size):
+        sl = slice(start, min(start + size, n))
+        interp.set_masks({g: v[sl] for g, v in leaves.items()} if config.mask_per_example else leaves)
+        if config.corruption == "cache":
+            idx = rows[sl]
+            interp.set_corrupted({k: v[idx.to(v.device)] for k, v in data.train.cache[batch.bucket].items()})
+        with fast.autocast():
+            logits = masked_answer_logits(model, interp, batch.clean[sl], batch.corrupted[sl], batch.answer_pos[sl])
+        kl = data.targets[batch.bucket].rows(rows[sl]).kl(logits).sum() / n
+        kl.backward()
+        kl_sum += float(kl.detach())
+        interp.set_corrupted(None)
+        del logits, kl
+    grads = [(m, leaves[g].grad) for g, m in masks.items() if m.requires_grad and leaves[g].grad is not None]
+    if grads:
+        torch.autograd.backward([m for m, _ in grads], [gr for _, gr in grads])
+    return kl_sum
+
+
+def _validate(model, run: _Run, data: _Data) -> dict:
+    """The current hard circuit's KL and metric on the validation pairs (``val_kl``, ``val_metric``)."""
+    circuit = Circuit(run.dims, run.gates.binarize(), task=run.task.describe())
+    ev = evaluate_cached(model, run.task, circuit, run.validation, data.validation, data.batch_size, "validation")
+    return {"val_kl": ev.kl, "val_metric": ev.circuit_metric}
+
+
+def _final_evaluations(model, task, circuit: Circuit, run: _Run,
+                       data: _Data) -> tuple[Evaluation, Evaluation | None]:
+    """The circuit on the training pairs (from the loop's precomputed outputs in cache mode) and on
+    ``config.eval_split``."""
+    config = run.config
+    if config.corruption == "cache":
+        train = evaluate_cached(model, task, circuit, run.train, data.train, config.eval_batch_size)
+    else:
+        train = evaluate(model, task, circuit, "train", config.eval_batch_size)
+    held_out = None
+    if config.eval_split is not None:
+        held_out = evaluate(model, task, circuit, config.eval_split, config.eval_batch_size, config.eval_max_examples)
+    return train, held_out
+
+
+def _finish(model, task, run: _Run, data: _Data | None, error: Exception | None) -> DiscoveryResult:
+    """Binarise the gates, save them before the (long) evaluations, evaluate a finished run, save it all."""
+    result = run.result(run.seconds())
+    ckpt = run.checkpoint_dir
+    if ckpt is not None:
+        result.save(ckpt)
+    if error is None and not run.interrupted:
+        result.train_evaluation, result.evaluation = _final_evaluations(model, task, result.circuit, run, data)
+    if ckpt is not None:
+        result.save(ckpt)
+    if error is not None:
+        raise DiscoveryError(f"discovery failed after {run.step} steps: {error!r}"
+                             + (f"; the last circuit is saved in {ckpt}" if ckpt else ""), result) from error
+    return result

@@ -1,0 +1,222 @@
+"""``PromptPairTask``: a task from the user's own clean/corrupted prompt pairs (tokens, text, records,
+a DataFrame, CSV or JSON lines), and the split builder the paper's task generators share."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable, Sequence
+
+import pandas as pd
+import torch
+
+from .pairs import SPLITS, PairBatch, PairSet
+from .readers import read_csv, read_jsonl
+from .task import Task, logit_diff
+from .tokens import answer_token_id, default_prepend_bos, encode, tokenizer_of
+
+
+class PromptPairTask(Task):
+    """A task from user-given clean/corrupted prompt pairs with correct/incorrect answers.
+
+    Args:
+        splits: ``{"train": PairSet, "validation": PairSet, "test": PairSet}`` (at least train).
+        name: task name stored with circuits.
+        metric: optional ``f(logits [B, d_vocab], batch) -> [B]``; default correct − incorrect logit.
+        metric_name: label for the metric.
+    """
+
+    def __init__(self, splits: dict[str, PairSet], name: str = "custom",
+                 metric: Callable[[torch.Tensor, PairBatch], torch.Tensor] | None = None,
+                 metric_name: str = "logit diff"):
+        if "train" not in splits:
+            raise ValueError("a task needs at least a 'train' split")
+        self.splits = dict(splits)
+        self.name = name
+        self.metric_name = metric_name
+        self._metric = metric
+
+    def split(self, name: str) -> PairSet:
+        if name not in self.splits:
+            raise ValueError(f"task {self.name!r} has no split {name!r}; it has {sorted(self.splits)}")
+        return self.splits[name]
+
+    def metric(self, logits, batch):
+        return self._metric(logits, batch) if self._metric is not None else logit_diff(logits, batch)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "metric": self.metric_name,
+                "sizes": {k: len(v) for k, v in self.splits.items()}}
+
+    def to_dataframe(self):
+        """One row per pair: split, clean/corrupted text, answers and generator fields."""
+        records = getattr(self, "records", None)
+        if records is None:
+            rows = []
+            for split, pairs in self.splits.items():
+                for b in pairs.buckets:
+                    for i in range(len(b)):
+                        rows.append({"split": split, "clean_ids": b.clean[i].tolist(),
+                                     "corrupted_ids": b.corrupted[i].tolist(), "correct_id": int(b.correct[i]),
+                                     "incorrect_id": int(b.incorrect[i])})
+            return pd.DataFrame(rows)
+        return pd.DataFrame(records)
+
+    @staticmethod
+    def build_splits(model, records: list[dict], sizes: dict[str, int], prepend_bos: bool,
+                     meta_keys: Sequence[str] = ()) -> dict[str, PairSet]:
+        """Tokenize generated records into splits, in order (first ``sizes['train']`` are train, ...).
+
+        Each record has ``clean``, ``corrupted``, ``correct``, ``incorrect`` (answer strings, or token
+        ids as ``correct_id``/``incorrect_id``) and the ``meta_keys``; a ``split`` field is added.
+        """
+        tok = tokenizer_of(model)
+        clean = [encode(model, r["clean"], prepend_bos) for r in records]
+        corrupted = [encode(model, r["corrupted"], prepend_bos) for r in records]
+        good = [r["correct_id"] if "correct_id" in r else answer_token_id(tok, r["correct"], i)
+                for i, r in enumerate(records)]
+        bad = [r["incorrect_id"] if "incorrect_id" in r else answer_token_id(tok, r["incorrect"], i)
+               for i, r in enumerate(records)]
+        splits, start = {}, 0
+        for k in SPLITS:
+            idx = list(range(start, start + sizes[k]))
+            for i in idx:
+                records[i]["split"] = k
+            splits[k] = PairSet.from_examples(
+                [clean[i] for i in idx], [corrupted[i] for i in idx], [good[i] for i in idx],
+                [bad[i] for i in idx], meta={m: [records[i][m] for i in idx] for m in meta_keys},
+                labels=[records[i]["clean"] for i in idx])
+            start += sizes[k]
+        return splits
+
+    # ------------------------------------------------------------------ constructors
+    @staticmethod
+    def _split_indices(n: int, fractions: dict[str, float], seed: int) -> dict[str, list[int]]:
+        for k, f in fractions.items():
+            if k not in SPLITS:
+                raise ValueError(f"unknown split {k!r}; expected some of {SPLITS}")
+            if f < 0:
+                raise ValueError(f"split fraction for {k!r} is negative")
+        total = sum(fractions.values())
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ValueError(f"split fractions must sum to 1, got {total}")
+        if n < 2 * len([f for f in fractions.values() if f > 0]):
+            warnings.warn(f"only {n} pairs: every split uses all of them (no held-out evaluation)")
+            return {k: list(range(n)) for k in SPLITS}
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+        out, start = {}, 0
+        names = [k for k in SPLITS if fractions.get(k, 0) > 0]
+        for j, k in enumerate(names):
+            size = n - start if j == len(names) - 1 else max(1, round(fractions[k] * n))
+            out[k] = perm[start:start + size]
+            start += size
+        for k in SPLITS:  # an unnamed split falls back to the test/train pairs
+            out.setdefault(k, out.get("test") or out["train"])
+        return out
+
+    @classmethod
+    def from_tokens(
+        cls,
+        clean_tokens,
+        corrupted_tokens,
+        correct_ids,
+        incorrect_ids,
+        *,
+        answer_pos=None,
+        split_fractions: dict[str, float] | None = None,
+        seed: int = 0,
+        name: str = "custom",
+        metric=None,
+        metric_name: str = "logit diff",
+    ) -> "PromptPairTask":
+        """Build a task from token ids (for models without a tokenizer).
+
+        Args:
+            clean_tokens: [N, pos] tensor or N lists of ids.
+            corrupted_tokens: same shape as ``clean_tokens`` row by row.
+            correct_ids: [N] correct answer token ids.
+            incorrect_ids: [N] incorrect answer token ids.
+            answer_pos: optional [N] answer positions (default: each prompt's last token).
+            split_fractions: e.g. ``{"train": 0.6, "validation": 0.2, "test": 0.2}`` (the default).
+        """
+        to_list = lambda x: x.tolist() if isinstance(x, torch.Tensor) else list(x)  # noqa: E731
+        clean, corrupted = to_list(clean_tokens), to_list(corrupted_tokens)
+        correct, incorrect = to_list(correct_ids), to_list(incorrect_ids)
+        pos = None if answer_pos is None else to_list(answer_pos)
+        PairSet.from_examples(clean, corrupted, correct, incorrect, pos)  # validate everything once
+        fractions = split_fractions or {"train": 0.6, "validation": 0.2, "test": 0.2}
+        parts = cls._split_indices(len(clean), fractions, seed)
+        pick = lambda seq, idx: None if seq is None else [seq[i] for i in idx]  # noqa: E731
+        splits = {k: PairSet.from_examples(pick(clean, idx), pick(corrupted, idx), pick(correct, idx),
+                                           pick(incorrect, idx), pick(pos, idx)) for k, idx in parts.items()}
+        return cls(splits, name=name, metric=metric, metric_name=metric_name)
+
+    @classmethod
+    def from_strings(
+        cls,
+        tokenizer_or_model,
+        clean: Sequence[str],
+        corrupted: Sequence[str],
+        correct: Sequence[str],
+        incorrect: Sequence[str],
+        *,
+        prepend_bos: bool | None = None,
+        **kwargs,
+    ) -> "PromptPairTask":
+        """Build a task from text. Answers must be single tokens (e.g. ``" Mary"``).
+
+        Args:
+            tokenizer_or_model: a HookedTransformer/TransformerBridge or a Hugging Face tokenizer.
+            prepend_bos: prepend the BOS token; default the model's ``cfg.default_prepend_bos``
+                (False for a bare tokenizer).
+            **kwargs: passed to :meth:`from_tokens` (split_fractions, seed, name, metric).
+        """
+        prepend_bos = default_prepend_bos(tokenizer_or_model, prepend_bos)
+        n = len(clean)
+        for nm, seq in (("corrupted", corrupted), ("correct", correct), ("incorrect", incorrect)):
+            if len(seq) != n:
+                raise ValueError(f"{n} clean prompts but {len(seq)} {nm} entries")
+        clean_ids = [encode(tokenizer_or_model, t, prepend_bos) for t in clean]
+        corr_ids = [encode(tokenizer_or_model, t, prepend_bos) for t in corrupted]
+        for i, (a, b) in enumerate(zip(clean_ids, corr_ids)):
+            if len(a) != len(b):
+                raise ValueError(f"row {i}: clean prompt {clean[i]!r} is {len(a)} tokens but corrupted prompt "
+                                 f"{corrupted[i]!r} is {len(b)}; they must tokenize to the same length")
+        good = [answer_token_id(tokenizer_or_model, a, i) for i, a in enumerate(correct)]
+        bad = [answer_token_id(tokenizer_or_model, a, i) for i, a in enumerate(incorrect)]
+        return cls.from_tokens(clean_ids, corr_ids, good, bad, **kwargs)
+
+    COLUMNS = ("clean", "corrupted", "correct", "incorrect")
+
+    @classmethod
+    def from_records(cls, tokenizer_or_model, records: Sequence[dict], **kwargs) -> "PromptPairTask":
+        """Build a task from dicts with keys ``clean, corrupted, correct, incorrect`` (answers as text)."""
+        records = list(records)
+        for i, r in enumerate(records):
+            missing = [c for c in cls.COLUMNS if c not in r]
+            if missing:
+                raise ValueError(f"record {i} is missing column(s) {missing}; need {list(cls.COLUMNS)}")
+        cols = {c: [str(r[c]) for r in records] for c in cls.COLUMNS}
+        return cls.from_strings(tokenizer_or_model, cols["clean"], cols["corrupted"], cols["correct"],
+                                cols["incorrect"], **kwargs)
+
+    @classmethod
+    def from_dataframe(cls, tokenizer_or_model, frame, **kwargs) -> "PromptPairTask":
+        """Build a task from a DataFrame with columns ``clean, corrupted, correct, incorrect``."""
+        missing = [c for c in cls.COLUMNS if c not in frame.columns]
+        if missing:
+            raise ValueError(f"DataFrame is missing column(s) {missing}; need {list(cls.COLUMNS)}")
+        return cls.from_records(tokenizer_or_model, frame[list(cls.COLUMNS)].to_dict("records"), **kwargs)
+
+    @classmethod
+    def from_csv(cls, tokenizer_or_model, path, **kwargs) -> "PromptPairTask":
+        """Build a task from a CSV file with columns ``clean, corrupted, correct, incorrect``.
+
+        Answers keep their leading space (CSV cells are read verbatim, not stripped).
+        """
+        return cls.from_dataframe(tokenizer_or_model, read_csv(path), **kwargs)
+
+    @classmethod
+    def from_jsonl(cls, tokenizer_or_model, path, **kwargs) -> "PromptPairTask":
+        """Build a task from a JSON-lines file, one ``{clean, corrupted, correct, incorrect}`` object a line."""
+        return cls.from_records(tokenizer_or_model, read_jsonl(path), **kwargs)

@@ -1,0 +1,48 @@
+"""Evaluation: the KL target and evaluations from precomputed outputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mgnp_lens as mg
+from mgnp_lens.tasks import PairSet, PromptPairTask
+
+
+def test_full_model_target_kl_equals_the_direct_formula():
+    from mgnp_lens.evaluate import FullModelTarget, kl_full_circuit
+
+    g = torch.Generator().manual_seed(0)
+    base, circ = torch.randn(6, 50, generator=g) * 3, torch.randn(6, 50, generator=g) * 3
+    def direct(b, c):  # torch's own KL, independent of the library's formula
+        return torch.nn.functional.kl_div(torch.log_softmax(c, -1), torch.log_softmax(b, -1), log_target=True,
+                                          reduction="none").sum(-1)
+
+    target = FullModelTarget.from_logits(base)
+    ref = direct(base, circ)
+    assert torch.allclose(target.kl(circ), ref, atol=1e-5) and ref.min() > 0.1
+    assert torch.allclose(kl_full_circuit(torch.log_softmax(base, -1), circ), ref, atol=1e-5)
+    assert target.kl(base).abs().max() <= 1e-5  # the full model against itself
+    rows = torch.tensor([4, 1])
+    assert torch.allclose(target.rows(rows).kl(circ[rows]), ref[rows], atol=1e-5)
+    assert torch.allclose(target.rows(rows).kl(circ[rows].bfloat16()),  # taken in float32
+                          direct(base[rows], circ[rows].bfloat16().float()), atol=1e-5)
+
+
+def test_training_evaluation_from_the_loop_cache_equals_a_fresh_evaluation(gpt2_micro):
+    """Cache mode scores the training split from the loop's precomputed logits and corrupted
+    activations; it must agree with evaluate(), which recomputes both, over several buckets."""
+    g = torch.Generator().manual_seed(3)
+    lengths = [5] * 7 + [8] * 4
+    clean = [torch.randint(0, gpt2_micro.cfg.d_vocab, (n,), generator=g).tolist() for n in lengths]
+    corrupted = [torch.randint(0, gpt2_micro.cfg.d_vocab, (n,), generator=g).tolist() for n in lengths]
+    pairs = PairSet.from_examples(clean, corrupted, [c[0] for c in clean], [c[0] for c in corrupted])
+    task = PromptPairTask({"train": pairs})
+    r = mg.discover(gpt2_micro, task, steps=6, batch_size=4, lr=0.5, lr_warmup_steps=0, progress=False,
+                    eval_split=None, eval_batch_size=3, autocast="float32")
+    assert len(pairs.buckets) == 2 and r.circuit != mg.Circuit.full(gpt2_micro)
+    fresh = mg.evaluate(gpt2_micro, task, r.circuit, "train", batch_size=3)
+    assert r.train_evaluation.n_examples == fresh.n_examples == 11
+    assert r.train_evaluation.kl == pytest.approx(fresh.kl, rel=1e-4, abs=1e-6) and fresh.kl > 0
+    assert r.train_evaluation.circuit_metric == pytest.approx(fresh.circuit_metric, rel=1e-4, abs=1e-5)
+    assert r.train_evaluation.base_metric == pytest.approx(fresh.base_metric, rel=1e-4, abs=1e-5)

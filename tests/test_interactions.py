@@ -1,0 +1,60 @@
+"""Edge scores between kept nodes."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+import mgnp_lens as mg
+from mgnp_lens.interactions import interactions
+from mgnp_lens.tasks import PromptPairTask
+
+from conftest import micro_model, random_pairs, with_heads
+
+
+# ------------------------------------------------------------------------------------------ interactions
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_interactions_match_a_finite_difference(kind):
+    """score(u → logits) is the first-order change of the metric when u's change reaches the logits directly."""
+    model = micro_model(kind)
+    clean, corrupted = random_pairs(model, n=4)
+    task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0],
+                                      split_fractions={"train": 1.0})
+    circuit = mg.Circuit.full(model)
+    edges = interactions(model, task, circuit, batch_size=4)
+    heads = {f"L{l} H{h}" for l, h in circuit.active_heads()}
+    assert set(edges["src"]) <= heads | {"embed", "L0 MLP", "L1 MLP"}
+    assert (edges["src_layer"] <= edges["dst_layer"]).all() and "logits" in set(edges["dst"])
+    assert not ((edges.src == "L1 H0") & (edges.dst == "L1 H1")).any()  # same-layer heads do not talk
+    # finite difference for the edge L0 MLP -> logits
+    batch = task.split("train").buckets[0]
+    _, cc = model.run_with_cache(batch.clean)
+    _, cx = model.run_with_cache(batch.corrupted)
+    delta = cc["blocks.0.hook_mlp_out"] - cx["blocks.0.hook_mlp_out"]
+    eps = 1e-3
+
+    def metric_with(shift):
+        def hook(act, hook):
+            return act + shift
+        logits = model.run_with_hooks(batch.clean, fwd_hooks=[("blocks.1.hook_resid_post", hook)])[:, -1]
+        return task.metric(logits, batch).mean()
+
+    with torch.no_grad():
+        fd = (metric_with(eps * delta) - metric_with(-eps * delta)) / (2 * eps)
+    score = edges[(edges.src == "L0 MLP") & (edges.dst == "logits")].score.item()
+    assert score == pytest.approx(float(fd), rel=1e-2, abs=1e-4)
+    assert isinstance(edges, pd.DataFrame) and edges.score.abs().is_monotonic_decreasing
+
+
+def test_interactions_only_between_kept_nodes():
+    model = micro_model("gpt2")
+    clean, corrupted = random_pairs(model, n=4)
+    task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0], split_fractions={"train": 1.0})
+    c = with_heads(mg.ModelDims.from_model(model), [(0, 1), (1, 3)], mlps=[0])
+    edges = interactions(model, task, c, batch_size=4)
+    assert set(edges.src) == {"embed", "L0 H1", "L0 MLP", "L1 H3"}
+    assert set(edges.dst) == {"L0 H1", "L0 MLP", "L1 H3", "logits"}
+    # embed → {L0 H1, L0 MLP, L1 H3, logits}, L0 H1 → {L0 MLP, L1 H3, logits}, L0 MLP → {L1 H3, logits};
+    # L1 H3 is a writer too (→ logits)
+    assert len(edges) == 4 + 3 + 2 + 1
