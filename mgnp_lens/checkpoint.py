@@ -92,7 +92,13 @@ def load_state(source) -> dict:
     if not path.exists():
         raise ValueError(f"cannot resume from {source}: no {STATE_FILE} there (a run writes it at each checkpoint, "
                          "on Ctrl-C or an error, and at the end)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, overwritten, or not a torch file at all
+        first = str(e).strip().split(". ")[0][:160]  # the first sentence (torch goes on with unsafe advice)
+        raise ValueError(f"cannot resume from {path}: the file is damaged ({type(e).__name__}: {first}); the "
+                         "run's circuit.json and history.csv are not affected, but its training cannot be continued "
+                         "from this state: start a new run") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ValueError(f"cannot resume from {path}: not a {STATE_FORMAT} training state")
     return state

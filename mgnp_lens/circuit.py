@@ -189,10 +189,19 @@ class Circuit:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "Circuit":
-        if data.get("format") != FORMAT:
-            raise ValueError(f"not an mgnp circuit: format is {data.get('format')!r}, expected {FORMAT!r}")
-        dims = ModelDims.from_dict(data["model"])
-        masks = {g: torch.tensor(data["masks"][g], dtype=torch.bool) for g in GRANULARITIES}
+        """Inverse of :meth:`to_dict`; ``ValueError`` names a wrong format or a missing part."""
+        if not isinstance(data, Mapping) or data.get("format") != FORMAT:
+            found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
+            raise ValueError(f"not an mgnp circuit: format is {found!r}, expected {FORMAT!r}")
+        missing = [k for k in ("model", "masks") if not isinstance(data.get(k), Mapping)]
+        missing += [f"masks.{g}" for g in GRANULARITIES if "masks" not in missing and g not in data["masks"]]
+        if missing:
+            raise ValueError(f"the circuit lacks {', '.join(missing)}")
+        try:
+            dims = ModelDims.from_dict(data["model"])
+            masks = {g: torch.tensor(data["masks"][g], dtype=torch.bool) for g in GRANULARITIES}
+        except (TypeError, ValueError, KeyError) as e:
+            raise ValueError(f"the circuit's model shape or masks are malformed ({e})") from None
         return cls(dims, masks, task=data.get("task"), config=data.get("config"))
 
     @classmethod
@@ -201,7 +210,10 @@ class Circuit:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"no circuit file at {path}")
-        return cls.from_dict(json.loads(path.read_text()))
+        try:
+            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path} is damaged: {e}") from None
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Circuit) and self.dims == other.dims and all(

@@ -7,9 +7,10 @@
     mgnp evaluate runs/ioi --split validation            # re-evaluate the saved circuit
     mgnp compare runs/gpt2-ioi --reference ioi           # against a published GPT-2 circuit
 
-Exit codes: 0 success; 1 discovery failed mid-run (the last finished step is saved); 2 bad input
-(unknown task, missing file, bad λ spec, out-of-range value, an output directory that already holds
-a run); 3 the model cannot be loaded; 130 interrupted (the outputs of the last finished step are on disk).
+Exit codes: 0 success; 1 the run failed mid-way or a file could not be written (the last complete checkpoint
+is on disk); 2 bad input (an option or --set value, a data or run file, an --out that holds a run or is in use),
+found before the model loads where it can be; 3 the model cannot be loaded; 130 interrupted (the outputs of the
+last finished step are on disk; --resume continues).
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ EXIT_BAD_INPUT = 2
 EXIT_MODEL = 3
 EXIT_INTERRUPTED = 130
 
-RUN_FILES = ("circuit.json", "per_layer.csv", "summary.csv", "evaluation.json", "history.csv", "config.json",
-             "gates.pt", "state.pt", "report.html")
 DEFAULT_OUT = "runs/latest"
 DEFAULT_N_TEST = 1024
 
@@ -106,8 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="cpu")
     d.add_argument("--n-test", type=_positive_int, default=None,
                    help=f"test pairs to generate and evaluate (default {DEFAULT_N_TEST})")
+    d.add_argument("--max-train", type=_positive_int, default=None, metavar="N",
+                   help="train on at most N pairs (built-in tasks generate N; --data keeps its first N)")
     d.add_argument("--out", default=None, help=f"output directory (default {DEFAULT_OUT})")
-    d.add_argument("--overwrite", action="store_true", help="replace a finished run already in --out")
+    d.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (it is deleted only once the new run has written its "
+                        "circuit)")
     d.add_argument("--resume", default=None, metavar="DIR",
                    help="continue the run in DIR from its last checkpoint (state.pt) with its saved settings, "
                         "exactly as if it had not stopped; with --steps, train a finished run longer. Only "
@@ -137,39 +140,43 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------- helpers
-def _check_out_dir(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise CliError(f"--out {out} exists and is not a directory")
-    if (out / "circuit.json").exists():
-        if not overwrite:
-            raise CliError(f"{out} already holds a run (circuit.json); choose another --out or pass --overwrite")
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-
-
 def _check_data_file(path: str) -> Path:
+    """The ``--data`` file, read once now (an empty, non-UTF-8 or malformed file is named before the model loads)."""
+    from .tasks.readers import read_csv, read_jsonl
+
     p = Path(path)
     if p.suffix not in (".csv", ".jsonl"):
         raise CliError(f"--data {path}: expected a .csv or .jsonl file of prompt pairs")
-    if not p.exists():
+    if not p.is_file():
         raise CliError(f"--data {path}: no such file")
+    (read_csv if p.suffix == ".csv" else read_jsonl)(p)
     return p
 
 
 def _load_model(name, device):
-    from .models import load_model
+    """The model, or :class:`~mgnp_lens.models.ModelLoadError` (exit 3) for any reason it cannot be loaded."""
+    from .models import ModelLoadError, load_model
 
-    return load_model(name, device=device)
+    try:
+        return load_model(name, device=device)
+    except (ValueError, OSError, RuntimeError) as e:
+        raise ModelLoadError(str(e)) from e
 
 
 def _build_task(model, cli: dict):
     from .tasks import PromptPairTask, get_task
 
+    n_train = cli.get("max_train")
     if cli.get("data"):
         path = Path(cli["data"])
         loader = PromptPairTask.from_csv if path.suffix == ".csv" else PromptPairTask.from_jsonl
-        return loader(model, path, seed=cli.get("seed", 0), name=path.stem)
-    return get_task(cli.get("task") or "ioi", model, n_test=cli.get("n_test", 1024), seed=cli.get("seed", 0))
+        task = loader(model, path, seed=cli.get("seed", 0), name=path.stem)
+        if n_train is not None:
+            task.splits["train"] = task.splits["train"].head(n_train)
+        return task
+    sizes = {"n_train": n_train} if n_train is not None else {}
+    return get_task(cli.get("task") or "ioi", model, n_test=cli.get("n_test", 1024), seed=cli.get("seed", 0),
+                    **sizes)
 
 
 def _print_result(result) -> None:
@@ -184,17 +191,10 @@ def _print_result(result) -> None:
 
 
 # --------------------------------------------------------------------------- commands
-def cmd_discover(args) -> int:
+def _discover_config(args, out: Path):
+    """The run's ``PruningConfig`` from the flags and ``--set`` (every value checked; nothing touched yet)."""
     from .config import PruningConfig, parse_overrides
-    from .discovery import discover
 
-    if args.resume is not None:
-        return _resume(args)
-    out = Path(args.out or DEFAULT_OUT)
-    args.seed = 0 if args.seed is None else args.seed
-    args.n_test = DEFAULT_N_TEST if args.n_test is None else args.n_test
-    data = str(_check_data_file(args.data)) if args.data else None
-    _check_out_dir(out, args.overwrite)
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
                                    "lambda_scale": args.lambda_scale, "corruption": args.corruption_mode,
                                    "autocast": args.autocast}.items()
@@ -205,30 +205,63 @@ def cmd_discover(args) -> int:
     for fixed in ("checkpoint_dir", "progress"):
         if fixed in settings:
             raise CliError(f"--set {fixed}=... is not allowed: the CLI sets it from --out / --quiet")
-    config = PruningConfig(**{**settings, "checkpoint_dir": str(out), "progress": not args.quiet})
+    try:
+        return PruningConfig(**{**settings, "checkpoint_dir": str(out), "progress": not args.quiet})
+    except TypeError as e:  # not a field (parse_overrides names those) or a missing one
+        raise CliError(str(e)) from None
+
+
+def cmd_discover(args) -> int:
+    """Check everything, take the lock, load the model and build the task, and only then replace an old run."""
+    from .discovery import discover
+    from .result import write_json
+    from .rundir import check_writable, holds_run, replacing, run_lock
+
+    if args.resume is not None:
+        return _resume(args)
+    out = Path(args.out or DEFAULT_OUT)
+    args.seed = 0 if args.seed is None else args.seed
+    args.n_test = DEFAULT_N_TEST if args.n_test is None else args.n_test
+    config = _discover_config(args, out)
+    data = str(_check_data_file(args.data)) if args.data else None
+    check_writable(out)
     cli = {"task": None if data else (args.task or "ioi"), "data": data, "model": args.model,
-           "n_test": args.n_test, "seed": args.seed, "device": args.device}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps({"config": config.to_dict(), "cli": cli,
-                                                 "command": ["mgnp", *args.argv]}, indent=2, default=str))
-    model = _load_model(args.model, args.device)
-    task = _build_task(model, cli)
-    return _finish(discover(model, task, config), out)
+           "n_test": args.n_test, "max_train": args.max_train, "seed": args.seed, "device": args.device}
+    with run_lock(out):
+        if holds_run(out) and not args.overwrite:
+            raise CliError(f"{out} already holds a run; choose another --out or pass --overwrite")
+        model = _load_model(args.model, args.device)
+        task = _build_task(model, cli)
+        with replacing(out, holds_run(out)):
+            write_json(out / "config.json", {"config": config.to_dict(), "cli": cli, "command": ["mgnp", *args.argv]})
+            result = discover(model, task, config)
+        return _finish(result, out)
+
+
+def _read_json(path: Path, what: str) -> dict:
+    """A run file's JSON, or a ``CliError`` naming the file and what is wrong with it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CliError(f"{path} ({what}) is damaged: {e}") from None
 
 
 def _resume(args) -> int:
     """``mgnp discover --resume DIR``: rebuild the run's model and task from DIR/config.json and continue it."""
-    from .checkpoint import STATE_FILE
+    from .checkpoint import STATE_FILE, load_state
     from .config import PruningConfig
     from .discovery import discover
+    from .result import write_json
+    from .rundir import run_lock
 
     given = [flag for flag, value in (("--task", args.task), ("--data", args.data), ("--model", args.model),
                                       ("--batch-size", args.batch_size), ("--lr", args.lr),
                                       ("--lambda-scale", args.lambda_scale), ("--lambda", args.lambdas or None),
                                       ("--corruption-mode", args.corruption_mode), ("--autocast", args.autocast),
                                       ("--set", args.settings or None), ("--seed", args.seed),
-                                      ("--n-test", args.n_test), ("--out", args.out),
-                                      ("--overwrite", args.overwrite or None)) if value is not None]
+                                      ("--n-test", args.n_test), ("--max-train", args.max_train),
+                                      ("--out", args.out), ("--overwrite", args.overwrite or None))
+             if value is not None]
     if given:
         raise CliError(f"--resume continues the run with its saved settings; {', '.join(given)} cannot be given "
                        "with it (only --steps, --device and --quiet)")
@@ -236,29 +269,37 @@ def _resume(args) -> int:
     if not (out / STATE_FILE).exists():
         raise CliError(f"--resume {out}: no {STATE_FILE} there (a run writes it at each checkpoint, on Ctrl-C or "
                        "an error, and at the end)")
-    saved = json.loads((out / "config.json").read_text())
+    saved = _read_json(out / "config.json", "the run's settings")
     if not saved.get("cli"):
         raise CliError(f"--resume {out}: the run was not started by mgnp discover; resume it from Python with "
                        "mgnp_lens.discover(model, task, resume_from=DIR)")
     config = PruningConfig.from_dict({**saved["config"], "progress": not args.quiet, "checkpoint_dir": str(out),
                                       **({"steps": args.steps} if args.steps is not None else {})})
-    status = json.loads((out / "evaluation.json").read_text()) if (out / "evaluation.json").exists() else {}
+    status = _read_json(out / "evaluation.json", "the run's status") if (out / "evaluation.json").exists() else {}
     if status.get("interrupted") is False and status.get("train_evaluation") \
             and status.get("steps_completed", 0) >= config.steps:  # trained and evaluated
         raise CliError(f"--resume {out}: the run already finished its {status['steps_completed']} steps; "
                        "pass a larger --steps to train it longer")
-    saved["resumed"] = [*saved.get("resumed", []), ["mgnp", *args.argv]]
-    (out / "config.json").write_text(json.dumps(saved, indent=2, default=str))
-    model = _load_model(saved["cli"].get("model"), args.device)
-    task = _build_task(model, saved["cli"])
-    return _finish(discover(model, task, config, resume_from=out), out)
+    load_state(out)  # a damaged state.pt is named now, before the model loads
+    with run_lock(out):
+        model = _load_model(saved["cli"].get("model"), args.device)
+        task = _build_task(model, saved["cli"])
+        saved["resumed"] = [*saved.get("resumed", []), ["mgnp", *args.argv]]
+        write_json(out / "config.json", saved)
+        return _finish(discover(model, task, config, resume_from=out), out)
 
 
 def _finish(result, out: Path) -> int:
     """Build the report, print the tables and where the outputs are; the exit code."""
-    from .report import build_report
+    from .report import RUN_FILES, build_report
 
-    report = build_report(out)
+    try:
+        report = build_report(out)
+    except KeyboardInterrupt:
+        print(f"mgnp: interrupted while building the report; the run's files are complete "
+              f"({result.steps_completed} steps): mgnp report {out} builds it"
+              + (f", mgnp discover --resume {out} continues the run" if result.interrupted else ""), file=sys.stderr)
+        return EXIT_INTERRUPTED
     _print_result(result)
     print(f"\noutputs in {out}/: {', '.join(n for n in RUN_FILES if (out / n).exists())}")
     print(f"report: {report.resolve()}")
@@ -348,6 +389,9 @@ def main(argv=None) -> int:
         return EXIT_BAD_INPUT
     except DiscoveryError as e:
         print(f"mgnp: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a full disk, a lost mount: what was written in full is intact
+        print(f"mgnp: error: cannot read or write a file: {e}", file=sys.stderr)
         return 1
 
 

@@ -21,12 +21,15 @@ LR_SCHEDULES = ("constant", "cosine")
 AUTOCAST_CHOICES = ("auto", "bfloat16", "float16", "float32")
 L0_PENALTIES = ("gate", "path")
 COMPILE_CHOICES = ("auto", True, False)
+PRECOMPUTE_CHOICES = ("auto", "all", "per_batch")
+#: ``precompute="auto"`` precomputes everything when it fits in this fraction of the free memory.
+PRECOMPUTE_MEMORY_FRACTION = 0.5
 EVAL_SPLITS = ("train", "validation", "test")
 #: ``noise_warmup_steps="auto"`` warms the noise up over this fraction of the run (100 of the default 240 steps).
 NOISE_WARMUP_FRACTION = 5 / 12
 #: The behaviour of runs whose saved config predates a field (see :meth:`PruningConfig.from_dict`).
 _BEFORE_FIELD_EXISTED = {"betas": [0.9, 0.999], "lr_warmup_steps": 0, "noise_warmup_steps": 0, "adam_eps": 1e-8,
-                         "compile": False, "noise_warmup_granularities": None}
+                         "compile": False, "noise_warmup_granularities": None, "precompute": "all"}
 
 
 @dataclass
@@ -55,6 +58,11 @@ class PruningConfig:
         noise_warmup_granularities: whose noise warms up (default the attention gates, ``None``: all).
         l0_penalty: ``"gate"`` (the paper: each gate's P(z > 0)) or ``"path"`` (times its ancestors').
         corruption: ``"cache"`` (corrupted activations precomputed, default) or ``"batch"`` (one 2B pass).
+        precompute: when the training pairs' full-model outputs (answer distributions and, in cache mode,
+            corrupted activations) are computed: ``"all"`` once before the loop, ``"per_batch"`` for each
+            batch when it is drawn (one extra no-gradient pass a step; memory does not grow with the
+            dataset), or ``"auto"`` (default): ``"all"`` when it fits in :data:`PRECOMPUTE_MEMORY_FRACTION`
+            of the free memory, else ``"per_batch"``. ``"all"`` that does not fit refuses to start.
         seed: seeds gate initialisation, batch order and gate noise (0).
         granularities: which granularities are gated (all seven); the others are always kept.
         hard_concrete: the Hard-Concrete shape parameters (the paper's).
@@ -76,7 +84,8 @@ class PruningConfig:
             metric on ``validate_max_examples`` validation pairs go into the history (None: off).
         validate_max_examples: validation pairs per check (128).
         eval_split: split evaluated at the end (``"test"``; ``None``: skip).
-        eval_max_examples: cap on the evaluated examples (1024; ``None``: the whole split).
+        eval_max_examples: cap on the evaluated examples, of ``eval_split`` and of the training pairs
+            (1024; ``None``: the whole split).
         eval_batch_size: batch size of the precompute and the evaluations (32).
         checkpoint_dir: if set, outputs and the resumable state are written there every
             ``checkpoint_every`` steps, at the end, and after Ctrl-C or an error.
@@ -99,6 +108,7 @@ class PruningConfig:
     noise_warmup_granularities: tuple[str, ...] | None = ATTENTION_GRANULARITIES
     l0_penalty: str = "gate"
     corruption: str = "cache"
+    precompute: str = "auto"
     seed: int = 0
     granularities: tuple[str, ...] = GRANULARITIES
     hard_concrete: HardConcreteParams = field(default_factory=HardConcreteParams)
@@ -295,6 +305,7 @@ FIELD_RULES: dict[str, Rule] = {
     "noise_warmup_steps": _either(_integer(0), _choice(("auto",)), "an integer >= 0 or 'auto'"),
     "noise_warmup_granularities": _optional(_granularities(allow_empty=True)),
     "l0_penalty": _choice(L0_PENALTIES, "l0_penalty"), "corruption": _choice(CORRUPTION_MODES, "corruption mode"),
+    "precompute": _choice(PRECOMPUTE_CHOICES, "precompute"),
     "seed": _integer(0), "granularities": _granularities(allow_empty=False), "hard_concrete": _hard_concrete,
     "weight_decay": _number(0), "betas": _betas, "adam_eps": _positive_float,
     "log_alpha_clamp": _optional(_clamp), "mask_per_example": _boolean,

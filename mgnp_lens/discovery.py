@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,14 +22,15 @@ from tqdm.auto import tqdm
 
 from . import checkpoint
 from .circuit import Circuit
-from .config import PruningConfig
+from .config import PRECOMPUTE_MEMORY_FRACTION, PruningConfig
 from .evaluate import Evaluation, FullModelTarget, evaluate, evaluate_cached
 from .gates import HardConcreteGates
 from .granularity import ModelDims
 from .hooks import Interpolator, check_hook_points, masked_answer_logits
-from .precompute import Precomputed, precompute
+from .precompute import Precomputed, available_bytes, precompute, precompute_bytes
 from .result import DiscoveryError, DiscoveryResult, run_meta, write_run
 from .speedups import TrainingSpeedups
+from .tasks.pairs import PairSet
 
 
 def discover(model, task, config: PruningConfig | None = None, *, resume_from=None,
@@ -81,13 +83,35 @@ def discover(model, task, config: PruningConfig | None = None, *, resume_from=No
 
 @dataclass
 class _Data:
-    """What the loop reads but never changes: the training pairs' full-model outputs and their KL targets,
-    and the validation pairs' (None without ``validate_every``)."""
+    """What the loop reads but never changes: the training pairs' full-model outputs and their KL targets
+    (None with ``precompute="per_batch"``), and the validation pairs' (None without ``validate_every``)."""
 
-    train: Precomputed
-    targets: list[FullModelTarget]
+    train: Precomputed | None
+    targets: list[FullModelTarget] | None
     validation: Precomputed | None
     batch_size: int
+
+
+@dataclass
+class _BatchTargets:
+    """One batch's KL targets and corrupted activations (cache mode), by row of the batch.
+
+    Attributes:
+        target: the full model's answer distributions of ``rows``' bucket (or of the batch alone).
+        cache: ``{hook_name: [n, pos, ...]}`` corrupted activations, likewise (None in batch mode).
+        rows: [B] the batch's rows in ``target`` and ``cache``.
+    """
+
+    target: FullModelTarget
+    cache: dict[str, torch.Tensor] | None
+    rows: torch.Tensor
+
+    def kl(self, sl: slice, logits: torch.Tensor) -> torch.Tensor:
+        return self.target.rows(self.rows[sl]).kl(logits)
+
+    def corrupted(self, sl: slice) -> dict[str, torch.Tensor]:
+        idx = self.rows[sl]
+        return {k: v[idx.to(v.device)] for k, v in self.cache.items()}
 
 
 @dataclass
@@ -105,6 +129,7 @@ class _Run:
     generators: dict[str, torch.Generator]
     lambdas: dict[str, float]
     fast: TrainingSpeedups
+    streaming: bool
     meta: dict
     identity: dict
     rows: list[dict] = field(default_factory=list)
@@ -125,6 +150,10 @@ class _Run:
         dims = ModelDims.from_model(model)
         check_hook_points(model, dims)
         train = task.split("train")
+        if config.batch_size > len(train):
+            largest = max(len(b) for b in train.buckets)
+            warnings.warn(f"batch_size {config.batch_size:,} is larger than the {len(train):,} training pairs: each "
+                          f"step draws at most {largest:,} (one length bucket)", stacklevel=3)
         validation = task.split("validation").head(config.validate_max_examples) if config.validate_every else None
         identity = {"task": task.describe(), "train_fingerprint": checkpoint.train_fingerprint(train),
                     "model_dims": dims.to_dict()}
@@ -134,9 +163,10 @@ class _Run:
         gates, optimizer, generators = _gates_and_optimizer(dims, config, next(model.parameters()).device)
         lambdas = {g: config.lambdas[g] * config.lambda_scale for g in gates.trainable}
         fast = TrainingSpeedups(model, config)
-        meta = {**run_meta(model, task), **fast.describe()}
-        run = cls(model, task, config, dims, train, validation, gates, optimizer, generators, lambdas, fast, meta,
-                  identity)
+        streaming = _streams(model, dims, train, config)
+        meta = {**run_meta(model, task), **fast.describe(), "precompute": "per_batch" if streaming else "all"}
+        run = cls(model, task, config, dims, train, validation, gates, optimizer, generators, lambdas, fast,
+                  streaming, meta, identity)
         if state is not None:
             checkpoint.restore(state, gates, optimizer, generators)
             run.rows, run.step, run.seconds_before = list(state["history"]), int(state["step"]), float(state["seconds"])
@@ -199,13 +229,42 @@ def _gates_and_optimizer(dims: ModelDims, config: PruningConfig, device):
     return gates, optimizer, generators
 
 
+def _gb(n: int) -> str:
+    return f"{n / 2**30:.1f} GB"
+
+
+def _streams(model, dims: ModelDims, train, config: PruningConfig) -> bool:
+    """Whether the training pairs' full-model outputs are computed batch by batch (``precompute``).
+
+    Raises:
+        ValueError: ``precompute="all"`` and they would not fit in the free memory (the figures and the ways
+            out named).
+    """
+    if config.precompute == "per_batch":
+        return True
+    need = precompute_bytes(model, dims, train, config.corruption == "cache")
+    free = available_bytes(next(model.parameters()).device)
+    if free is None or need <= PRECOMPUTE_MEMORY_FRACTION * free:
+        return False
+    if config.precompute == "all":
+        without_cache = precompute_bytes(model, dims, train, False)
+        raise ValueError(
+            f"precomputing the {len(train):,} training pairs needs {_gb(need)} but {_gb(free)} is free; use "
+            f"precompute='per_batch' (each batch's outputs when it is drawn), corruption='batch' (no corrupted "
+            f"cache: {_gb(without_cache)}), or fewer training pairs (mgnp discover --max-train N)")
+    return True
+
+
 def _precompute_run(model, run: _Run) -> _Data:
     """The training (and validation) pairs' full-model answer logits and corrupted activations, in the
-    model's precision, in chunks no larger than the run's micro-batches."""
+    model's precision, in chunks no larger than the run's micro-batches (the training pairs' only when
+    they are not streamed)."""
     config = run.config
     size = min(config.eval_batch_size, config.micro_batch_size or config.eval_batch_size)
-    train = precompute(model, run.dims, run.train, size, config.corruption == "cache")
-    targets = [FullModelTarget.from_logits(b) for b in train.base]  # once, not per step
+    train = targets = None
+    if not run.streaming:
+        train = precompute(model, run.dims, run.train, size, config.corruption == "cache")
+        targets = [FullModelTarget.from_logits(b) for b in train.base]  # once, not per step
     validation = precompute(model, run.dims, run.validation, size, True) if run.validation is not None else None
     return _Data(train, targets, validation, size)
 
@@ -259,7 +318,7 @@ def _train_step(model, interp: Interpolator, run: _Run, data: _Data, step: int) 
     noise, scales = _noise_scales(run, step)
     masks = gates.sample(generator=run.generators["noise"],
                          batch_size=len(batch) if config.mask_per_example else None, noise_scale=scales)
-    kl = _kl_backward(model, interp, masks, batch, batch_cpu.rows, data, config, run.fast)
+    kl = _kl_backward(model, interp, masks, batch, _batch_targets(model, run, data, batch_cpu), config, run.fast)
     factor = min(1.0, (step + 1) / config.lambda_warmup_steps) if config.lambda_warmup_steps else 1.0
     # per-gate P(z > 0) (times its ancestors' with l0_penalty="path"), shared by the loss and the history
     expected_l0 = gates.expected_l0(path=config.l0_penalty == "path")
@@ -283,8 +342,21 @@ def _train_step(model, interp: Interpolator, run: _Run, data: _Data, step: int) 
     return row
 
 
-def _kl_backward(model, interp: Interpolator, masks: dict[str, torch.Tensor], batch, rows: torch.Tensor,
-                 data: _Data, config: PruningConfig, fast: TrainingSpeedups) -> float:
+def _batch_targets(model, run: _Run, data: _Data, batch) -> _BatchTargets:
+    """The KL targets and corrupted activations of ``batch`` (on the CPU): looked up in the precomputed
+    ones, or, with ``precompute="per_batch"``, computed now by the full model in its own precision."""
+    with_cache = run.config.corruption == "cache"
+    if not run.streaming:
+        return _BatchTargets(data.targets[batch.bucket], data.train.cache[batch.bucket] if with_cache else None,
+                             batch.rows)
+    with run.fast.suspended():
+        pre = precompute(model, run.dims, PairSet([batch]), data.batch_size, with_cache)
+    return _BatchTargets(FullModelTarget.from_logits(pre.base[0]), pre.cache[0] if with_cache else None,
+                         torch.arange(len(batch)))
+
+
+def _kl_backward(model, interp: Interpolator, masks: dict[str, torch.Tensor], batch, inputs: _BatchTargets,
+                 config: PruningConfig, fast: TrainingSpeedups) -> float:
     """Mean KL(full ‖ masked model) over ``batch``, back-propagated into the gates behind ``masks``.
 
     The batch runs in micro-batches of ``config.micro_batch_size`` (all of it when None). The masks
@@ -301,11 +373,10 @@ def _kl_backward(model, interp: Interpolator, masks: dict[str, torch.Tensor], ba
         sl = slice(start, min(start + size, n))
         interp.set_masks({g: v[sl] for g, v in leaves.items()} if config.mask_per_example else leaves)
         if config.corruption == "cache":
-            idx = rows[sl]
-            interp.set_corrupted({k: v[idx.to(v.device)] for k, v in data.train.cache[batch.bucket].items()})
+            interp.set_corrupted(inputs.corrupted(sl))
         with fast.autocast():
             logits = masked_answer_logits(model, interp, batch.clean[sl], batch.corrupted[sl], batch.answer_pos[sl])
-        kl = data.targets[batch.bucket].rows(rows[sl]).kl(logits).sum() / n
+        kl = inputs.kl(sl, logits).sum() / n
         kl.backward()
         kl_sum += float(kl.detach())
         interp.set_corrupted(None)
@@ -326,29 +397,52 @@ def _validate(model, run: _Run, data: _Data) -> dict:
 def _final_evaluations(model, task, circuit: Circuit, run: _Run,
                        data: _Data) -> tuple[Evaluation, Evaluation | None]:
     """The circuit on the training pairs (from the loop's precomputed outputs in cache mode) and on
-    ``config.eval_split``."""
+    ``config.eval_split``, each up to ``eval_max_examples`` pairs."""
     config = run.config
-    if config.corruption == "cache":
-        train = evaluate_cached(model, task, circuit, run.train, data.train, config.eval_batch_size)
+    cap = config.eval_max_examples
+    if config.corruption == "cache" and not run.streaming:
+        pairs = run.train if cap is None else run.train.head(cap)  # the first rows of the first buckets
+        train = evaluate_cached(model, task, circuit, pairs, data.train, config.eval_batch_size)
     else:
-        train = evaluate(model, task, circuit, "train", config.eval_batch_size)
+        train = evaluate(model, task, circuit, "train", config.eval_batch_size, cap)
     held_out = None
     if config.eval_split is not None:
         held_out = evaluate(model, task, circuit, config.eval_split, config.eval_batch_size, config.eval_max_examples)
     return train, held_out
 
 
+def _save(result: DiscoveryResult, ckpt: Path | None) -> str | None:
+    """Write the run directory; on an I/O error (a full disk, a lost mount) say what happened instead."""
+    if ckpt is None:
+        return None
+    try:
+        result.save(ckpt)
+    except OSError as e:
+        return (f"could not write the run directory {ckpt} ({e}); its files are still those of the last "
+                "checkpoint that was written in full")
+    return None
+
+
 def _finish(model, task, run: _Run, data: _Data | None, error: Exception | None) -> DiscoveryResult:
-    """Binarise the gates, save them before the (long) evaluations, evaluate a finished run, save it all."""
+    """Binarise the gates, save them before the (long) evaluations, evaluate a finished run, save it all.
+
+    Ctrl-C during the evaluations keeps the trained circuit, unevaluated (``interrupted=True``: resuming
+    evaluates it); an I/O error while saving raises :class:`DiscoveryError` naming it.
+    """
     result = run.result(run.seconds())
     ckpt = run.checkpoint_dir
-    if ckpt is not None:
-        result.save(ckpt)
-    if error is None and not run.interrupted:
-        result.train_evaluation, result.evaluation = _final_evaluations(model, task, result.circuit, run, data)
-    if ckpt is not None:
-        result.save(ckpt)
-    if error is not None:
-        raise DiscoveryError(f"discovery failed after {run.step} steps: {error!r}"
-                             + (f"; the last circuit is saved in {ckpt}" if ckpt else ""), result) from error
+    try:
+        problem = _save(result, ckpt)
+        if error is None and problem is None and not run.interrupted:
+            result.train_evaluation, result.evaluation = _final_evaluations(model, task, result.circuit, run, data)
+            problem = _save(result, ckpt)
+    except KeyboardInterrupt:  # the trained circuit is kept, labelled as not finished (resuming evaluates it)
+        result.interrupted = True
+        result.train_evaluation = result.evaluation = None
+        problem = _save(result, ckpt)
+    if error is not None or problem is not None:
+        where = f"; the last circuit is saved in {ckpt}" if ckpt and problem is None else f"; {problem}" if problem \
+            else ""
+        cause = f": {error!r}" if error is not None else ""
+        raise DiscoveryError(f"discovery failed after {run.step} steps{cause}{where}", result) from error
     return result

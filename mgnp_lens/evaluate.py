@@ -9,6 +9,7 @@ import torch
 
 from .circuit import Circuit
 from .hooks import Interpolator, check_hook_points, logits_at, masked_answer_logits
+from .granularity import ModelDims
 from .precompute import Precomputed, chunks
 
 
@@ -82,6 +83,15 @@ class Evaluation:
         return pd.DataFrame([self.to_dict()])
 
 
+def check_circuit_fits(model, circuit: Circuit) -> None:
+    """``ValueError`` (naming both shapes) unless ``circuit`` was found on a model of ``model``'s shape."""
+    dims = ModelDims.from_model(model)
+    if dims != circuit.dims:
+        raise ValueError(f"the circuit is for a model shaped {circuit.dims.to_dict()}, but this model is shaped "
+                         f"{dims.to_dict()}; evaluate it with the model it was found on")
+    check_hook_points(model, dims)
+
+
 def _resolve_device(model) -> torch.device:
     return next(model.parameters()).device
 
@@ -105,7 +115,7 @@ def evaluate(model, task, circuit: Circuit, split: str = "test", batch_size: int
     pairs = task.split(split)
     if max_examples is not None:
         pairs = pairs.head(max_examples)
-    check_hook_points(model, circuit.dims)
+    check_circuit_fits(model, circuit)
     device = _resolve_device(model)
     interp = Interpolator(circuit.dims, "batch")
     interp.set_masks(circuit.masks)

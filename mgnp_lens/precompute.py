@@ -4,6 +4,7 @@ mode, the corrupted activations at every gated site."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -34,13 +35,57 @@ def chunks(pairs, batch_size: int, device):
 
 @torch.inference_mode()
 def precompute(model, dims: ModelDims, pairs, batch_size: int, with_cache: bool) -> Precomputed:
-    """The full model's answer logits of every pair and, if ``with_cache``, its corrupted activations."""
-    logits = [[] for _ in pairs.buckets]
-    acts = [[] for _ in pairs.buckets]
-    for i, _, b in chunks(pairs, batch_size, next(model.parameters()).device):
-        logits[i].append(logits_at(model, b.clean, b.answer_pos, len(b)).float())
-        if with_cache:
-            acts[i].append(corrupted_activations(model, dims, b.corrupted))
-    base = [torch.cat(c) for c in logits]
-    cache = [{k: torch.cat([a[k] for a in c]) for k in c[0]} for c in acts] if with_cache else []
+    """The full model's answer logits of every pair and, if ``with_cache``, its corrupted activations.
+
+    Each bucket's tensors are allocated once and filled chunk by chunk (no second copy from concatenating).
+    """
+    base: list = [None] * len(pairs.buckets)
+    cache: list[dict] = [{} for _ in pairs.buckets] if with_cache else []
+    for i, idx, b in chunks(pairs, batch_size, next(model.parameters()).device):
+        n = len(pairs.buckets[i])
+        logits = logits_at(model, b.clean, b.answer_pos, len(b)).float()
+        if base[i] is None:
+            base[i] = logits.new_empty((n, *logits.shape[1:]))
+        base[i][idx.to(logits.device)] = logits
+        for name, act in (corrupted_activations(model, dims, b.corrupted) if with_cache else {}).items():
+            if name not in cache[i]:
+                cache[i][name] = act.new_empty((n, *act.shape[1:]))
+            cache[i][name][idx.to(act.device)] = act
     return Precomputed(base, cache)
+
+
+def precompute_bytes(model, dims: ModelDims, pairs, with_cache: bool) -> int:
+    """Bytes that :func:`precompute` of ``pairs`` and the KL targets made from it hold: two [n, d_vocab] float32
+    tensors (logits, probabilities) and, with the cache, every gated site's activation of every token."""
+    n = len(pairs)
+    tokens = sum(b.clean.numel() for b in pairs.buckets)
+    item = next(model.parameters()).element_size()
+    per_token = dims.n_layers * (dims.n_heads * dims.d_head + dims.d_mlp + dims.d_model) + dims.d_model
+    return 2 * 4 * n * model.cfg.d_vocab + (item * tokens * per_token if with_cache else 0)
+
+
+def _cgroup_bytes_left() -> int | None:
+    """Memory left under this process's cgroup (v2) limit, or None where there is no limit."""
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory a run can still take on ``device`` (CUDA: free GPU memory; CPU: MemAvailable, capped by a
+    cgroup limit), or None where it cannot be told."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    left = _cgroup_bytes_left()
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        mem = int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return left
+    return mem if left is None else min(mem, left)

@@ -20,6 +20,8 @@ import pandas as pd
 from .circuit import Circuit
 
 REQUIRED = ("circuit.json",)
+RUN_FILES = ("circuit.json", "per_layer.csv", "summary.csv", "evaluation.json", "history.csv", "config.json",
+             "gates.pt", "state.pt", "report.html")
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1200px;
@@ -37,8 +39,31 @@ pre { background: #f6f8fa; padding: 0.8rem; overflow-x: auto; font-size: 0.8rem;
 """
 
 
+def _damaged(path: Path, problem) -> ValueError:
+    intact = [p.name for p in sorted(path.parent.iterdir()) if p.name in RUN_FILES and p != path]
+    return ValueError(f"{path} is damaged ({problem}); the run's other files ({', '.join(intact) or 'none'}) are "
+                      "not affected")
+
+
 def _read_json(path: Path):
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _damaged(path, e) from None
+
+
+def _read_history(path: Path) -> pd.DataFrame | None:
+    """history.csv, or None where there is none or it holds no step yet (a run stopped before its first)."""
+    if not path.exists() or not path.read_text(encoding="utf-8", errors="replace").strip():
+        return None
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return None
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
+        raise _damaged(path, e) from None
 
 
 def load_run(directory: str | Path) -> dict:
@@ -46,6 +71,8 @@ def load_run(directory: str | Path) -> dict:
 
     Raises:
         FileNotFoundError: the directory or its ``circuit.json`` is missing.
+        ValueError: a damaged file (named, with the files that are intact), or a circuit whose shape is not the
+            model's recorded in config.json.
     """
     d = Path(directory)
     if not d.is_dir():
@@ -53,12 +80,15 @@ def load_run(directory: str | Path) -> dict:
     for name in REQUIRED:
         if not (d / name).exists():
             raise FileNotFoundError(f"{d} is not a run directory: {name} is missing")
-    history = pd.read_csv(d / "history.csv") if (d / "history.csv").exists() and (d / "history.csv").stat().st_size \
-        else None
     config = _read_json(d / "config.json") or {}
     if "config" not in config:  # a bare PruningConfig dict (older layout)
         config = {"config": config}
-    return {"circuit": Circuit.load(d / "circuit.json"), "history": history,
+    circuit = Circuit.load(d / "circuit.json")
+    dims = config.get("model_dims")
+    if isinstance(dims, dict) and dims != circuit.dims.to_dict():
+        raise ValueError(f"{d}: circuit.json is for a model shaped {circuit.dims.to_dict()}, but config.json "
+                         f"records the run's model as {dims}")
+    return {"circuit": circuit, "history": _read_history(d / "history.csv"),
             "evaluation": _read_json(d / "evaluation.json") or {}, "config": config, "dir": d}
 
 

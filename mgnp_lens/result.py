@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import json
 import platform
+import signal
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import torch
@@ -87,40 +91,79 @@ def run_meta(model, task) -> dict:
             "versions": {"mgnp_lens": __version__, **library_versions(), "python": platform.python_version()}}
 
 
-def _write_json(path: Path, payload) -> None:
+def write_json(path: Path, payload) -> None:
+    """``payload`` as indented JSON at ``path``, written to a temporary file and renamed (never half a file)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(payload, indent=2, default=str))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def _save_atomically(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+@contextmanager
+def deferred_interrupt():
+    """Ctrl-C inside the ``with`` is held back until its end (then raised), so that a group of renames
+    is never cut in half. Outside the main thread (where no signal arrives) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *a: caught.append(a))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            raise KeyboardInterrupt
+
+
+def _staged_files(result: DiscoveryResult) -> dict[str, Callable[[Path], None]]:
+    """Each file of the run directory and how to write it to a given path."""
+    circuit, ev, train_ev = result.circuit, result.evaluation, result.train_evaluation
+    files = {
+        "circuit.json": lambda p: p.write_text(json.dumps(circuit.to_dict(), separators=(",", ":"))),
+        "gates.pt": lambda p: torch.save({g: v.detach().cpu() for g, v in result.gates.log_alpha.items()}, p),
+        "history.csv": lambda p: result.history.to_csv(p, index=False),
+        "per_layer.csv": lambda p: circuit.per_layer().to_csv(p, index=False),
+        "summary.csv": lambda p: circuit.summary().to_csv(p, index=False),
+        "evaluation.json": lambda p: p.write_text(json.dumps({
+            "steps_completed": result.steps_completed, "interrupted": result.interrupted,
+            "seconds": result.seconds, "evaluation": ev.to_dict() if ev else None,
+            "train_evaluation": train_ev.to_dict() if train_ev else None}, indent=2, default=str)),
+    }
+    if result.state is not None:
+        files[checkpoint.STATE_FILE] = lambda p: torch.save(checkpoint.to_cpu(result.state), p)
+    return files
 
 
 def write_run(out: Path, result: DiscoveryResult) -> Path:
     """Write ``result``'s run directory into ``out`` (created if needed); returns ``out``.
 
-    ``config.json`` keeps the entries an earlier write added beside the run's own (e.g. ``command``).
+    All or nothing: every file is written to a temporary name first (removed again if any write fails,
+    e.g. on a full disk, leaving the previous files as they were), then all are renamed in one go with
+    Ctrl-C held back. ``config.json`` keeps the entries an earlier write added beside the run's own
+    (e.g. ``command``).
     """
     out.mkdir(parents=True, exist_ok=True)
-    circuit = result.circuit
-    circuit.save(out / "circuit.json")
-    _save_atomically({g: v.detach().cpu() for g, v in result.gates.log_alpha.items()}, out / "gates.pt")
-    if result.state is not None:
-        _save_atomically(checkpoint.to_cpu(result.state), out / checkpoint.STATE_FILE)
-    for name, frame in (("history.csv", result.history), ("per_layer.csv", circuit.per_layer()),
-                        ("summary.csv", circuit.summary())):
-        frame.to_csv(out / (name + ".tmp"), index=False)
-        (out / (name + ".tmp")).replace(out / name)
-    ev, train_ev = result.evaluation, result.train_evaluation
-    _write_json(out / "evaluation.json", {
-        "steps_completed": result.steps_completed, "interrupted": result.interrupted, "seconds": result.seconds,
-        "evaluation": ev.to_dict() if ev else None, "train_evaluation": train_ev.to_dict() if train_ev else None})
     meta, config = result.meta, result.config
-    previous = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
+    try:
+        previous = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
+    except ValueError:  # damaged: rewritten from the run's own entries
+        previous = {}
     extra = {k: v for k, v in previous.items() if k not in ("config", "seed") and k not in meta} \
         if isinstance(previous, dict) and "config" in previous else {}
-    _write_json(out / "config.json", {"config": config.to_dict(), "seed": config.seed, **meta, **extra})
+    payload = {"config": config.to_dict(), "seed": config.seed, **meta, **extra}
+    files = {**_staged_files(result),
+             "config.json": lambda p: p.write_text(json.dumps(payload, indent=2, default=str))}
+    temps = {name: out / (name + ".tmp") for name in files}
+    try:
+        for name, write in files.items():
+            write(temps[name])
+        with deferred_interrupt():
+            for name, tmp in temps.items():
+                tmp.replace(out / name)
+    finally:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
     return out

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import mgnp_lens as mg
-from mgnp_lens.cli import RUN_FILES, main
+from mgnp_lens.cli import main
+from mgnp_lens.report import RUN_FILES
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ a DataFrame, CSV or JSON lines), and the split builder the paper's task generato
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from typing import Callable, Sequence
@@ -11,7 +12,7 @@ import pandas as pd
 import torch
 
 from .pairs import SPLITS, PairBatch, PairSet
-from .readers import read_csv, read_jsonl
+from .readers import COLUMNS, read_csv, read_jsonl
 from .task import Task, logit_diff
 from .tokens import answer_token_id, default_prepend_bos, encode, tokenizer_of
 
@@ -146,6 +147,7 @@ class PromptPairTask(Task):
         PairSet.from_examples(clean, corrupted, correct, incorrect, pos)  # validate everything once
         fractions = split_fractions or {"train": 0.6, "validation": 0.2, "test": 0.2}
         parts = cls._split_indices(len(clean), fractions, seed)
+        _warn_duplicates(parts, clean, corrupted, correct, incorrect)
         pick = lambda seq, idx: None if seq is None else [seq[i] for i in idx]  # noqa: E731
         splits = {k: PairSet.from_examples(pick(clean, idx), pick(corrupted, idx), pick(correct, idx),
                                            pick(incorrect, idx), pick(pos, idx)) for k, idx in parts.items()}
@@ -161,44 +163,65 @@ class PromptPairTask(Task):
         incorrect: Sequence[str],
         *,
         prepend_bos: bool | None = None,
+        row_labels: Sequence[str] | None = None,
         **kwargs,
     ) -> "PromptPairTask":
         """Build a task from text. Answers must be single tokens (e.g. ``" Mary"``).
+
+        Warns about likely mistakes (rows whose correct and incorrect answers are the same, answers without
+        the leading space the prompt needs, pairs in both the training and a held-out split).
 
         Args:
             tokenizer_or_model: a HookedTransformer/TransformerBridge or a Hugging Face tokenizer.
             prepend_bos: prepend the BOS token; default the model's ``cfg.default_prepend_bos``
                 (False for a bare tokenizer).
+            row_labels: how errors and warnings name each row (default ``"row i"``, 0-based), e.g. file lines.
             **kwargs: passed to :meth:`from_tokens` (split_fractions, seed, name, metric).
+
+        Raises:
+            ValueError: lists of different lengths, a pair that tokenizes to different lengths, a prompt
+                longer than the model's context, or an answer that is not one token (the row named).
         """
         prepend_bos = default_prepend_bos(tokenizer_or_model, prepend_bos)
         n = len(clean)
         for nm, seq in (("corrupted", corrupted), ("correct", correct), ("incorrect", incorrect)):
             if len(seq) != n:
                 raise ValueError(f"{n} clean prompts but {len(seq)} {nm} entries")
+        labels = list(row_labels) if row_labels is not None else [f"row {i}" for i in range(n)]
         clean_ids = [encode(tokenizer_or_model, t, prepend_bos) for t in clean]
         corr_ids = [encode(tokenizer_or_model, t, prepend_bos) for t in corrupted]
+        n_ctx = getattr(getattr(tokenizer_or_model, "cfg", None), "n_ctx", None)
         for i, (a, b) in enumerate(zip(clean_ids, corr_ids)):
             if len(a) != len(b):
-                raise ValueError(f"row {i}: clean prompt {clean[i]!r} is {len(a)} tokens but corrupted prompt "
+                raise ValueError(f"{labels[i]}: clean prompt {clean[i]!r} is {len(a)} tokens but corrupted prompt "
                                  f"{corrupted[i]!r} is {len(b)}; they must tokenize to the same length")
-        good = [answer_token_id(tokenizer_or_model, a, i) for i, a in enumerate(correct)]
-        bad = [answer_token_id(tokenizer_or_model, a, i) for i, a in enumerate(incorrect)]
+            if n_ctx is not None and len(a) > n_ctx:
+                raise ValueError(f"{labels[i]}: the prompt is {len(a):,} tokens, longer than the model's context of "
+                                 f"{n_ctx:,} tokens; shorten it")
+        good = [answer_token_id(tokenizer_or_model, a, labels[i]) for i, a in enumerate(correct)]
+        bad = [answer_token_id(tokenizer_or_model, a, labels[i]) for i, a in enumerate(incorrect)]
+        _warn_answer_mistakes(clean, correct, incorrect, good, bad, labels)
         return cls.from_tokens(clean_ids, corr_ids, good, bad, **kwargs)
 
-    COLUMNS = ("clean", "corrupted", "correct", "incorrect")
+    COLUMNS = COLUMNS
 
     @classmethod
-    def from_records(cls, tokenizer_or_model, records: Sequence[dict], **kwargs) -> "PromptPairTask":
-        """Build a task from dicts with keys ``clean, corrupted, correct, incorrect`` (answers as text)."""
+    def from_records(cls, tokenizer_or_model, records: Sequence[dict], row_labels: Sequence[str] | None = None,
+                     **kwargs) -> "PromptPairTask":
+        """Build a task from dicts with keys ``clean, corrupted, correct, incorrect`` (text; numbers are
+        written out, a missing or null value is an error naming the row)."""
         records = list(records)
-        for i, r in enumerate(records):
+        labels = list(row_labels) if row_labels is not None else [f"record {i}" for i in range(len(records))]
+        for label, r in zip(labels, records):
             missing = [c for c in cls.COLUMNS if c not in r]
             if missing:
-                raise ValueError(f"record {i} is missing column(s) {missing}; need {list(cls.COLUMNS)}")
+                raise ValueError(f"{label} is missing column(s) {missing}; need {list(cls.COLUMNS)}")
+            for c in cls.COLUMNS:
+                if r[c] is None or isinstance(r[c], (bool, list, dict)):
+                    raise ValueError(f"{label}: {c} is {json_repr(r[c])}; expected text")
         cols = {c: [str(r[c]) for r in records] for c in cls.COLUMNS}
         return cls.from_strings(tokenizer_or_model, cols["clean"], cols["corrupted"], cols["correct"],
-                                cols["incorrect"], **kwargs)
+                                cols["incorrect"], row_labels=labels, **kwargs)
 
     @classmethod
     def from_dataframe(cls, tokenizer_or_model, frame, **kwargs) -> "PromptPairTask":
@@ -214,9 +237,44 @@ class PromptPairTask(Task):
 
         Answers keep their leading space (CSV cells are read verbatim, not stripped).
         """
-        return cls.from_dataframe(tokenizer_or_model, read_csv(path), **kwargs)
+        records, labels = read_csv(path)
+        return cls.from_records(tokenizer_or_model, records, row_labels=labels, **kwargs)
 
     @classmethod
     def from_jsonl(cls, tokenizer_or_model, path, **kwargs) -> "PromptPairTask":
         """Build a task from a JSON-lines file, one ``{clean, corrupted, correct, incorrect}`` object a line."""
-        return cls.from_records(tokenizer_or_model, read_jsonl(path), **kwargs)
+        records, labels = read_jsonl(path)
+        return cls.from_records(tokenizer_or_model, records, row_labels=labels, **kwargs)
+
+
+def _warn(rows: list[int], labels: Sequence[str], what: str) -> None:
+    if rows:
+        examples = ", ".join(labels[i] for i in rows[:3])
+        warnings.warn(f"{len(rows)} of {len(labels)} rows {what} (e.g. {examples})", stacklevel=4)
+
+
+def _warn_answer_mistakes(clean, correct, incorrect, good, bad, labels) -> None:
+    """Warnings for answers that make a row meaningless or likely wrong."""
+    _warn([i for i in range(len(good)) if good[i] == bad[i]], labels,
+          "have the same correct and incorrect answer token: their logit difference is 0 by construction")
+    _warn([i for i, (p, a) in enumerate(zip(clean, correct)) if p and not p[-1].isspace() and a and not a[0].isspace()],
+          labels, "have an answer without a leading space after a prompt that ends in a word: most tokenizers "
+          "spell the next word with its space (' Mary', not 'Mary')")
+
+
+def _warn_duplicates(parts: dict[str, list[int]], clean, corrupted, correct, incorrect) -> None:
+    """A warning when held-out pairs are copies of training pairs (duplicate rows in the data)."""
+    key = lambda i: (tuple(clean[i]), tuple(corrupted[i]), correct[i], incorrect[i])  # noqa: E731
+    train = set(parts["train"])
+    seen = {key(i) for i in train}
+    for split in ("validation", "test"):
+        held_out = [i for i in parts[split] if i not in train]
+        copies = sum(key(i) in seen for i in held_out)
+        if copies:
+            warnings.warn(f"{copies} of the {len(held_out)} {split} pairs are copies of training pairs (duplicate "
+                          f"rows in the data): held-out figures will look better than they are", stacklevel=3)
+
+
+def json_repr(value) -> str:
+    """``value`` as the file spelled it (``null``, ``true``, ``[...]``)."""
+    return json.dumps(value)

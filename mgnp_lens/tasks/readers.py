@@ -1,38 +1,73 @@
-"""Readers of prompt-pair files: CSV (a DataFrame) and JSON lines (a list of records)."""
+"""Readers of prompt-pair files (CSV with a header line, JSON lines): records, each labelled by its file line."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
-import pandas as pd
 
-
-def _existing(path) -> Path:
+def _text(path) -> tuple[Path, str]:
+    """The file's text; ``FileNotFoundError`` or a ``ValueError`` that names an empty or non-UTF-8 file."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise FileNotFoundError(f"no prompt-pair file at {path}")
-    return path
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
+    if not text.strip():
+        raise ValueError(f"{path}: the file is empty; expected prompt pairs with clean, corrupted, correct, "
+                         "incorrect")
+    return path, text
 
 
-def read_csv(path) -> pd.DataFrame:
-    """A prompt-pair CSV as strings, cells verbatim (answers keep their leading space; empty cells stay '')."""
-    return pd.read_csv(_existing(path), dtype=str, keep_default_na=False, skipinitialspace=False)
+COLUMNS = ("clean", "corrupted", "correct", "incorrect")
 
 
-def read_jsonl(path) -> list[dict]:
-    """The objects of a JSON-lines file, one a line (blank lines skipped).
+def read_csv(path) -> tuple[list[dict], list[str]]:
+    """A prompt-pair CSV's rows as dicts of strings, cells verbatim (answers keep their leading space), and
+    each row's label (``"pairs.csv line 7"``: the file line the row starts on, the header being line 1).
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: a line that is not JSON, named by its line number.
+        ValueError: an empty or non-UTF-8 file, or a header without the :data:`COLUMNS`.
     """
-    path = _existing(path)
-    records = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    path, text = _text(path)
+    reader = csv.DictReader(text.splitlines(keepends=True))
+    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing} in the header line {reader.fieldnames}; need "
+                         f"{','.join(COLUMNS)}")
+    records, labels, line = [], [], 2
+    for row in reader:
+        records.append(row)
+        labels.append(f"{path.name} line {line}")
+        line = reader.line_num + 1
+    if not records:
+        raise ValueError(f"{path}: a header line but no prompt pairs")
+    return records, labels
+
+
+def read_jsonl(path) -> tuple[list[dict], list[str]]:
+    """The objects of a JSON-lines file, one a line (blank lines skipped), and each one's label
+    (``"pairs.jsonl line 3"``).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: an empty or non-UTF-8 file, or a line that is not a JSON object (named by its line).
+    """
+    path, text = _text(path)
+    records, labels = [], []
+    for n, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-    return records
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{n}: expected a JSON object with clean, corrupted, correct, incorrect")
+            records.append(record)
+            labels.append(f"{path.name} line {n}")
+    return records, labels

@@ -15,12 +15,13 @@ def encode(tokenizer_or_model, text: str, prepend_bos: bool) -> list[int]:
     return ids
 
 
-def answer_token_id(tokenizer_or_model, answer: str, row: int | None = None) -> int:
-    """The single token id of ``answer``; ``ValueError`` if it is not exactly one token."""
+def answer_token_id(tokenizer_or_model, answer: str, row: int | str | None = None) -> int:
+    """The single token id of ``answer``; ``ValueError`` if it is not exactly one token (naming ``row``: an
+    index, or a label such as ``"pairs.csv line 4"``)."""
     tok = tokenizer_of(tokenizer_or_model)
     ids = tok.encode(answer, add_special_tokens=False)
     if len(ids) != 1:
-        where = f"row {row}: " if row is not None else ""
+        where = "" if row is None else f"{row}: " if isinstance(row, str) else f"row {row}: "
         pieces = [tok.decode([i]) for i in ids]
         raise ValueError(f"{where}answer {answer!r} is {len(ids)} tokens {pieces}, but answers must be single tokens")
     return ids[0]

@@ -1,0 +1,352 @@
+"""Every mistake and accident a user can make: a clear message, a documented exit code, nothing finished lost.
+
+The numbers in the test names are the cases of the issue that asked for them (data lost 1-5, raw tracebacks or
+nonsense accepted 6-12). Cases that need no model are checked to fail before the model would load.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import mgnp_lens as mg
+from mgnp_lens import cli, result as result_module
+from mgnp_lens.cli import main
+from mgnp_lens.report import RUN_FILES
+from mgnp_lens.rundir import LOCK_FILE
+from mgnp_lens.tasks import PromptPairTask
+
+from conftest import gpt2_tokenizer, micro_model, random_pairs
+
+COMMON = ["--task", "ioi", "--steps", "3", "--batch-size", "4", "--n-test", "8", "--autocast", "float32", "--quiet"]
+
+
+def run_files(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
+
+
+def no_traceback(err: str) -> None:
+    assert "Traceback" not in err and err.startswith("mgnp: ")
+
+
+@pytest.fixture
+def finished(tiny_gpt2_checkpoint, tmp_path):
+    """A finished run (with an extra file an earlier `mgnp evaluate` left) and the tiny checkpoint's path."""
+    path = tiny_gpt2_checkpoint[0]
+    out = tmp_path / "run"
+    assert main(["discover", *COMMON, "--model", str(path), "--out", str(out)]) == 0
+    (out / "evaluation_validation.json").write_text("{}")
+    return out, path
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if the model is loaded: the mistake must be caught before."""
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded before the mistake was found")
+    monkeypatch.setattr(cli, "_load_model", refuse)
+
+
+# ----------------------------------------------------------------- 1, 2, 12: --overwrite, concurrent runs, bad model
+@pytest.mark.parametrize("extra, code", [(["--set", "steps=-1"], 2), (["--lr", "inf"], 2),
+                                         (["--model", "/nope.gguf"], 3), (["--model", "/no/such/dir"], 3)])
+def test_1_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(finished, extra, code, capsys):
+    out, path = finished
+    before = run_files(out)
+    argv = ["discover", *COMMON, "--model", str(path), "--out", str(out), "--overwrite", *extra]
+    assert main(argv) == code
+    no_traceback(capsys.readouterr().err)
+    assert run_files(out) == before
+
+
+def test_1_overwrite_replaces_every_file_of_the_old_run(finished, capsys):
+    out, path = finished
+    assert main(["discover", *COMMON, "--model", str(path), "--out", str(out), "--overwrite", "--seed", "5"]) == 0
+    assert not (out / "evaluation_validation.json").exists()  # the old run's extra file went with it
+    assert json.loads((out / "config.json").read_text())["seed"] == 5
+    assert sorted(p.name for p in out.iterdir()) == sorted(n for n in RUN_FILES)
+
+
+def test_2_a_second_run_on_the_same_out_is_refused_while_the_first_holds_it(tmp_path, no_model, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / LOCK_FILE).write_text(str(holder.pid))
+        assert main(["discover", *COMMON, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        no_traceback(err)
+        assert f"another mgnp run (PID {holder.pid}) is writing to {out}" in err
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_2_a_started_run_counts_as_a_run_and_a_stale_lock_is_taken_over(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")  # a run that has started (no circuit.json yet)
+    (out / LOCK_FILE).write_text("999999999")  # its process is gone
+    monkeypatch.setattr(cli, "_load_model", lambda *a: pytest.fail("loaded"))
+    assert main(["discover", *COMMON, "--out", str(out)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert not (out / LOCK_FILE).exists()  # released
+
+
+def test_12_an_unknown_model_path_exits_3_and_leaves_no_out_behind(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main(["discover", *COMMON, "--model", str(tmp_path / "no-model-here"), "--out", str(out)]) == 3
+    err = capsys.readouterr().err
+    no_traceback(err)
+    assert "cannot load the model" in err and "no-model-here" in err
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------- 3: big datasets
+def _pairs(n=40):
+    model = micro_model("gpt2")
+    clean, corrupted = random_pairs(model, n=n, pos=6, seed=5)
+    return model, PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
+
+
+def test_3_a_precompute_that_will_not_fit_is_refused_with_the_figures_or_streamed(monkeypatch):
+    from mgnp_lens import discovery
+
+    model, task = _pairs()
+    kw = dict(steps=4, batch_size=8, autocast="float32", progress=False, eval_split=None)
+    monkeypatch.setattr(discovery, "available_bytes", lambda device: 1000)
+    with pytest.raises(ValueError, match=r"needs 0\.0 GB but 0\.0 GB is free; use precompute='per_batch'.*"
+                                         r"corruption='batch'.*--max-train N"):
+        mg.discover(model, task, precompute="all", **kw)
+    streamed = mg.discover(model, task, **kw)  # "auto": too big to precompute, so each batch's when drawn
+    monkeypatch.undo()
+    cached = mg.discover(model, task, precompute="all", **kw)
+    assert streamed.meta["precompute"] == "per_batch" and cached.meta["precompute"] == "all"
+    assert streamed.circuit == cached.circuit
+    torch.testing.assert_close(torch.tensor(streamed.history.kl.values), torch.tensor(cached.history.kl.values))
+    assert streamed.train_evaluation.kl == pytest.approx(cached.train_evaluation.kl, abs=1e-5)
+
+
+def test_3_the_training_evaluation_is_capped_like_the_test_one():
+    model, task = _pairs(60)
+    r = mg.discover(model, task, steps=2, batch_size=8, autocast="float32", progress=False, eval_max_examples=10)
+    assert r.train_evaluation.n_examples == 10 and r.evaluation.n_examples == 10
+
+
+# ----------------------------------------------------------------- 4, 5: full disks, Ctrl-C at any moment
+def test_4_a_full_disk_leaves_the_last_complete_checkpoint_and_no_temporaries(tmp_path, monkeypatch):
+    model, task = _pairs()
+    real, calls = torch.save, []
+
+    def fill_disk(obj, path, *a, **k):  # the disk fills during the 2nd checkpoint (torch.save: gates, state)
+        calls.append(path)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, path, *a, **k)
+
+    monkeypatch.setattr(result_module.torch, "save", fill_disk)
+    with pytest.raises(mg.DiscoveryError, match="No space left on device.*could not write the run directory") as info:
+        mg.discover(model, task, steps=6, batch_size=8, autocast="float32", progress=False,
+                    checkpoint_dir=str(tmp_path), checkpoint_every=2)
+    assert not list(tmp_path.glob("*.tmp"))
+    status = json.loads((tmp_path / "evaluation.json").read_text())
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    history = (tmp_path / "history.csv").read_text().strip().splitlines()
+    assert status["steps_completed"] == state["step"] == len(history) - 1 == 2  # one consistent checkpoint
+    assert info.value.result.steps_completed == 4  # the in-memory result went on
+
+
+def test_4_config_json_at_the_start_is_never_half_written(tmp_path, monkeypatch):
+    def fail(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(Path, "write_text", fail)
+    with pytest.raises(OSError):
+        result_module.write_json(tmp_path / "config.json", {"a": 1})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_5_ctrl_c_during_the_final_save_leaves_a_consistent_run_labelled_interrupted(tmp_path, monkeypatch):
+    model, task = _pairs()
+    real, fired = mg.Circuit.per_layer, []
+
+    def ctrl_c_while_saving(self, *a, **k):  # SIGINT arrives in the middle of writing the last step's files
+        if not fired:
+            fired.append(1)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(mg.Circuit, "per_layer", ctrl_c_while_saving)
+    r = mg.discover(model, task, steps=4, batch_size=8, autocast="float32", progress=False,
+                    checkpoint_dir=str(tmp_path), checkpoint_every=100)
+    assert r.interrupted and r.steps_completed == 4 and r.evaluation is None
+    status = json.loads((tmp_path / "evaluation.json").read_text())
+    assert status["interrupted"] is True and status["steps_completed"] == 4
+    assert torch.load(tmp_path / "state.pt", weights_only=True)["step"] == 4
+    assert len((tmp_path / "history.csv").read_text().strip().splitlines()) == 5
+    assert mg.Circuit.load(tmp_path / "circuit.json") == r.circuit
+
+
+def test_5_ctrl_c_before_the_first_step_exits_130_with_the_resume_hint(tiny_gpt2_checkpoint, tmp_path, monkeypatch,
+                                                                      capsys):
+    from mgnp_lens import discovery
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(discovery, "_kl_backward", ctrl_c)
+    out = tmp_path / "run"
+    assert main(["discover", *COMMON, "--model", str(tiny_gpt2_checkpoint[0]), "--out", str(out)]) == 130
+    assert f"continue with: mgnp discover --resume {out}" in capsys.readouterr().err
+    assert main(["report", str(out)]) == 0
+
+
+# ----------------------------------------------------------------- 6, 7: wrong types and nonsense, before the model
+@pytest.mark.parametrize("setting, names", [
+    ('seed="abc"', "seed"), ('batch_size="abc"', "batch_size"), ('lambda_warmup_steps="abc"', "lambda_warmup_steps"),
+    ('micro_batch_size="abc"', "micro_batch_size"), ('checkpoint_every="abc"', "checkpoint_every"),
+    ('hard_concrete={"foo":1}', "hard_concrete has unknown field"), ("lambdas=5", "lambdas"),
+    ("weight_decay=NaN", "weight_decay"), ("weight_decay=-1", "weight_decay"), ("seed=1.5", "seed"),
+    ("seed=-1", "seed"), ("eval_split=bogus", "unknown eval_split 'bogus'"), ("eval_batch_size=0", "eval_batch_size"),
+    ("eval_max_examples=-1", "eval_max_examples"), ("steps=true", "steps"), ("checkpoint_every=1.5", "checkpoint_every"),
+    ("batch_size=1e9", "batch_size"), ("granularities=[]", "granularities"), ("nonsense=1", "unknown PruningConfig"),
+])
+def test_6_7_bad_settings_exit_2_before_the_model_loads(setting, names, tmp_path, no_model, capsys):
+    out = tmp_path / "run"
+    assert main(["discover", *COMMON, "--set", setting, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    no_traceback(err)
+    assert names in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flags, names", [(["--lr", "inf"], "lr must be a finite number"),
+                                          (["--lambda-scale", "nan"], "lambda_scale must be a finite number")])
+def test_7_non_finite_flags_exit_2(flags, names, tmp_path, no_model, capsys):
+    assert main(["discover", *COMMON, *flags, "--out", str(tmp_path / "run")]) == 2
+    assert names in capsys.readouterr().err
+
+
+def test_7_a_batch_larger_than_the_data_warns():
+    model, task = _pairs(20)
+    with pytest.warns(UserWarning, match="batch_size 1,000,000 is larger than the 12 training pairs"):
+        mg.discover(model, task, steps=1, batch_size=10**6, progress=False, eval_split=None)
+
+
+# ----------------------------------------------------------------- 8: --out that cannot be written
+def test_8_out_under_a_file_or_not_writable_exits_2(tmp_path, no_model, monkeypatch, capsys):
+    (tmp_path / "file").write_text("x")
+    assert main(["discover", *COMMON, "--out", str(tmp_path / "file" / "run")]) == 2
+    err = capsys.readouterr().err
+    no_traceback(err)
+    assert "is a file, so no directory can be made under it" in err
+    monkeypatch.setattr(os, "access", lambda *a: False)  # root ignores permission bits: pretend read-only
+    assert main(["discover", *COMMON, "--out", str(tmp_path / "ro")]) == 2
+    assert "is not writable" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------- 9, 10: damaged and mismatched files
+@pytest.mark.parametrize("name, content", [("circuit.json", b""), ("circuit.json", b"\xff\xfe{"),
+                                           ("config.json", b"{oops"), ("evaluation.json", b"\xff"),
+                                           ("history.csv", b'"a,b\n1,2,3,"\n\xff')])
+def test_9_a_damaged_run_file_is_named_with_what_is_intact(finished, name, content, capsys):
+    out, _ = finished
+    (out / name).write_bytes(content)
+    assert main(["report", str(out)]) == 2
+    err = capsys.readouterr().err
+    no_traceback(err)
+    assert f"{out / name} is damaged" in err
+
+
+def test_9_a_circuit_missing_a_mask_is_named(finished, capsys):
+    out, _ = finished
+    data = json.loads((out / "circuit.json").read_text())
+    del data["masks"]["attn_head"]
+    (out / "circuit.json").write_text(json.dumps(data))
+    assert main(["report", str(out)]) == 2
+    assert "the circuit lacks masks.attn_head" in capsys.readouterr().err
+
+
+def test_9_a_damaged_state_is_refused_before_the_model_loads_and_changes_nothing(finished, no_model, capsys):
+    out, _ = finished
+    status = json.loads((out / "evaluation.json").read_text())
+    (out / "evaluation.json").write_text(json.dumps({**status, "interrupted": True}))
+    (out / "state.pt").write_bytes((out / "state.pt").read_bytes()[:100])
+    config = (out / "config.json").read_bytes()
+    assert main(["discover", "--resume", str(out)]) == 2
+    err = capsys.readouterr().err
+    no_traceback(err)
+    assert "state.pt: the file is damaged" in err and "weights_only" not in err
+    assert (out / "config.json").read_bytes() == config  # no "resumed" entry for a resume that never ran
+
+
+@pytest.mark.parametrize("content, message", [(b"", "the file is empty"), (b"clean,corrupted\n\xff\xfe", "not UTF-8"),
+                                              (b"a,b\n1,2\n", "missing column(s)")])
+def test_9_a_bad_data_file_is_named_before_the_model_loads(tmp_path, no_model, content, message, capsys):
+    data = tmp_path / "pairs.csv"
+    data.write_bytes(content)
+    assert main(["discover", "--data", str(data), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    no_traceback(err)
+    assert str(data) in err and message in err
+
+
+def test_10_a_circuit_of_another_shape_is_refused_with_both_shapes(finished, capsys):
+    out, path = finished
+    model = micro_model("gpt2")
+    circuit = mg.Circuit.load(out / "circuit.json")
+    clean, corrupted = random_pairs(model, n=6)
+    task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
+    with pytest.raises(ValueError, match=r"the circuit is for a model shaped .*'d_model': 64.* but this model is "
+                                         r"shaped .*'d_model': 32"):
+        mg.evaluate(model, task, circuit)
+    config = json.loads((out / "config.json").read_text())
+    config["model_dims"] = {**config["model_dims"], "n_layers": 5}
+    (out / "config.json").write_text(json.dumps(config))
+    assert main(["report", str(out)]) == 2
+    assert "circuit.json is for a model shaped" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------- 11: silent data mistakes
+class _ShortContext:
+    """The GPT-2 tokenizer behind a model whose context is 8 tokens."""
+
+    def __init__(self):
+        self.tokenizer = gpt2_tokenizer()
+        self.cfg = type("Cfg", (), {"n_ctx": 8, "default_prepend_bos": False})()
+
+    def to_tokens(self, text, prepend_bos=False):
+        return torch.tensor([self.tokenizer.encode(text)])
+
+
+def test_11_data_mistakes_warn_or_fail_naming_the_file_line(tmp_path):
+    tok = gpt2_tokenizer()
+    rows = ["clean,corrupted,correct,incorrect"]
+    rows += [f"When Mary and John left{i},When Anne and John left{i}, Mary, Mary" for i in range(4)]
+    rows += ["When Mary and John left,When Anne and John left,Mary, John"]
+    (tmp_path / "same.csv").write_text("\n".join(rows + rows[1:]) + "\n")  # every row twice
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        PromptPairTask.from_csv(tok, tmp_path / "same.csv")
+    text = " | ".join(str(w.message) for w in seen)
+    assert "8 of 10 rows have the same correct and incorrect answer token" in text
+    assert "2 of 10 rows have an answer without a leading space" in text and "same.csv line 6" in text
+    assert "are copies of training pairs" in text
+
+    (tmp_path / "null.jsonl").write_text('{"clean": "a b", "corrupted": "c d", "correct": " x", "incorrect": " y"}\n\n'
+                                         '{"clean": "a b", "corrupted": "c d", "correct": null, "incorrect": " y"}\n')
+    with pytest.raises(ValueError, match="null.jsonl line 3: correct is null; expected text"):
+        PromptPairTask.from_jsonl(tok, tmp_path / "null.jsonl")
+    (tmp_path / "bad.csv").write_text("clean,corrupted,correct,incorrect\na b,c d, x, y\na b,c d, Marylandia, y\n")
+    with pytest.raises(ValueError, match="bad.csv line 3: answer ' Marylandia' is"):
+        PromptPairTask.from_csv(tok, tmp_path / "bad.csv")
+    with pytest.raises(ValueError, match=r"row 0: the prompt is 11 tokens, longer than the model's context of 8"):
+        PromptPairTask.from_strings(_ShortContext(), ["one two three four five six seven eight nine ten eleven"],
+                                    ["one two three four five six seven eight nine ten twelve"], [" x"], [" y"])
