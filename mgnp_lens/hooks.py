@@ -55,19 +55,73 @@ def hook_names(dims: ModelDims) -> list[str]:
 
 
 def check_hook_points(model, dims: ModelDims) -> None:
-    """Raise ``ValueError`` naming the first hook point the model lacks."""
-    available = set(getattr(model, "hook_dict", {}).keys())
-    if not available:
+    """Raise ``ValueError`` unless every gated site is a distinct hook point whose activation has the shape
+    the gates expect.
+
+    Checked: the names (the first missing one named); that no two gated sites are the same ``HookPoint``
+    (a mixture-of-experts block on the ``TransformerBridge`` exposes its output as both ``mlp.hook_post``
+    and ``hook_mlp_out``); and, with one two-token forward pass the first time a model is checked, each
+    site's activation shape per position against ``dims`` (a ``cfg.d_mlp`` that is not the MLP's width).
+    """
+    hook_dict = getattr(model, "hook_dict", {})
+    if not hook_dict:
         raise ValueError(
             f"unsupported model {type(model).__name__}: it exposes no TransformerLens hook points "
             "(expected a HookedTransformer or a TransformerBridge in compatibility mode)"
         )
-    for name in hook_names(dims):
-        if name not in available:
+    names = hook_names(dims)
+    for name in names:
+        if name not in hook_dict:
             raise ValueError(
                 f"unsupported model {type(model).__name__}: missing hook point {name!r}, "
                 "which mgnp-lens needs to gate this granularity"
             )
+    seen: dict[int, str] = {}
+    for name in names:
+        other = seen.setdefault(id(hook_dict[name]), name)
+        if other != name:
+            raise ValueError(
+                f"unsupported model {type(model).__name__}: {other!r} and {name!r} are the same hook point, so "
+                "their gates would act on one tensor (a mixture-of-experts block exposes its output as both); "
+                "mgnp-lens cannot gate this model's MLPs exactly")
+    if getattr(model, _CHECKED_ATTR, None) != dims.to_dict() and callable(model):
+        _check_site_shapes(model, dims, names)
+        setattr(model, _CHECKED_ATTR, dims.to_dict())
+
+
+_CHECKED_ATTR = "mgnp_checked_sites"
+
+
+def expected_site_shape(name: str, dims: ModelDims) -> tuple[int, ...]:
+    """The per-position activation shape that the gates of hook point ``name`` expect."""
+    if name.endswith("attn.hook_z"):
+        return (dims.n_heads, dims.d_head)
+    if name.endswith("mlp.hook_post"):
+        return (dims.d_mlp,)
+    return (dims.d_model,)
+
+
+@torch.inference_mode()
+def _check_site_shapes(model, dims: ModelDims, names: list[str]) -> None:
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def record(site):
+        def hook(act, hook):
+            shapes.setdefault(site, tuple(act.shape[2:]))
+            return act
+        return hook
+
+    tokens = torch.zeros((1, 2), dtype=torch.long, device=next(model.parameters()).device)
+    with model.hooks(fwd_hooks=[(n, record(n)) for n in names]):
+        model(tokens, return_type="logits")
+    for name in names:
+        want = expected_site_shape(name, dims)
+        if shapes.get(name) != want:
+            got = "no activation" if name not in shapes else f"activations shaped {shapes[name]} per position"
+            cause = ("cfg.d_mlp is not the width of the MLP's hidden layer, or the MLP is a mixture of experts"
+                     if name.endswith("hook_post") else "the model's config does not describe its layers")
+            raise ValueError(f"unsupported model {type(model).__name__}: hook point {name!r} gives {got}, but its "
+                             f"gates expect {want} ({dims.to_dict()}); likely cause: {cause}")
 
 
 def site_masks(masks: dict[str, torch.Tensor], dims: ModelDims) -> dict[str, torch.Tensor]:

@@ -201,3 +201,20 @@ def test_missing_hook_point_is_named(gpt2_micro):
         check_hook_points(fake, dims)
     with pytest.raises(ValueError, match="no TransformerLens hook points"):
         check_hook_points(types.SimpleNamespace(cfg=gpt2_micro.cfg), dims)
+
+
+def test_sites_are_checked_for_aliasing_and_shape(gpt2_micro):
+    dims = ModelDims.from_model(gpt2_micro)
+    hooks = dict(gpt2_micro.hook_dict)
+    hooks["blocks.1.mlp.hook_post"] = hooks["blocks.1.hook_mlp_out"]  # an MoE block's one output, twice
+    fake = types.SimpleNamespace(cfg=gpt2_micro.cfg, hook_dict=hooks)
+    with pytest.raises(ValueError, match="'blocks.1.mlp.hook_post' and 'blocks.1.hook_mlp_out' are the same hook "
+                                         "point"):
+        check_hook_points(fake, dims)
+    wrong = micro_model("gpt2")
+    wrong.cfg.d_mlp = 32  # the config says 32, the MLP has 64 hidden units
+    with pytest.raises(ValueError, match=r"'blocks.0.mlp.hook_post' gives activations shaped \(64,\) per position, "
+                                         r"but its gates expect \(32,\).*likely cause: cfg.d_mlp"):
+        mg.discover(wrong, None)
+    check_hook_points(gpt2_micro, dims)
+    assert gpt2_micro.mgnp_checked_sites == dims.to_dict()  # once per model
