@@ -259,43 +259,80 @@ def roc_curve(curves: dict, title: str | None = None) -> go.Figure:
 
 
 def interaction_graph(edges: pd.DataFrame, top: int = 40, title: str | None = None) -> go.Figure:
-    """Draw an edge list (columns ``src``, ``dst``, ``score``) between circuit nodes laid out by layer.
+    """Draw an edge list (columns ``src``, ``dst``, ``score``; e.g. :func:`mgnp_lens.interactions.interactions`)
+    between circuit nodes laid out by layer, top to bottom, with an arrow from writer to reader.
 
-    Node names are ``L{l} H{h}``, ``L{l} MLP`` or ``embed``; line width ∝ |score|; the ``top``
-    strongest edges are drawn.
+    Node names are ``embed``, ``L{l} H{h}``, ``L{l} MLP`` and ``logits`` (the readout, below the last layer);
+    heads of a layer sit side by side with the layer's MLP half a row below, to their right. Line width ∝
+    |score| (blue: helps the metric, vermillion: hurts it); the ``top`` strongest edges are drawn.
     """
     for col in ("src", "dst", "score"):
         if col not in edges.columns:
             raise ValueError(f"edges has no {col!r} column")
     e = edges.reindex(edges["score"].abs().sort_values(ascending=False).index).head(top)
     names = sorted(set(e["src"]) | set(e["dst"]), key=_node_sort_key)
-    by_layer: dict[float, list[str]] = {}
-    for n in names:
-        by_layer.setdefault(_node_sort_key(n)[0], []).append(n)
-    pos = {}
-    for y, ns in by_layer.items():
-        for i, n in enumerate(ns):
-            pos[n] = (i - (len(ns) - 1) / 2, y)
+    last = max((_node_sort_key(n)[0] for n in names if n != "logits"), default=0.0)
+    pos = _graph_positions(names, readout_row=float(int(last)) + 1.0)
     fig = go.Figure()
     smax = float(e["score"].abs().max()) if len(e) else 1.0
     for _, r in e.iterrows():
         (x0, y0), (x1, y1) = pos[r["src"]], pos[r["dst"]]
+        color = OKABE_ITO[0] if r["score"] >= 0 else OKABE_ITO[5]
         fig.add_trace(go.Scatter(x=[x0, x1], y=[y0, y1], mode="lines", showlegend=False, hoverinfo="text",
                                  text=f"{r['src']} → {r['dst']}: {r['score']:.3g}",
-                                 line={"width": 1 + 5 * abs(r["score"]) / (smax or 1.0),
-                                       "color": OKABE_ITO[0] if r["score"] >= 0 else OKABE_ITO[5]}))
+                                 line={"width": 1 + 5 * abs(r["score"]) / (smax or 1.0), "color": color}))
+        fig.add_annotation(x=x1, y=y1, ax=x0, ay=y0, xref="x", yref="y", axref="x", ayref="y", showarrow=True,
+                           arrowhead=2, arrowsize=1.2, arrowwidth=1, arrowcolor=color, text="", standoff=7)
     fig.add_trace(go.Scatter(x=[pos[n][0] for n in names], y=[pos[n][1] for n in names], mode="markers+text",
-                             text=names, textposition="middle right", name="circuit node",
-                             marker={"size": 10, "color": OKABE_ITO[1]}, hovertemplate="%{text}<extra></extra>"))
+                             text=names, textposition="top center", name="circuit node",
+                             marker={"size": 11, "color": [OKABE_ITO[2] if n in ("embed", "logits") else OKABE_ITO[1]
+                                                           for n in names]},
+                             hovertemplate="%{text}<extra></extra>"))
+    rows = sorted({y for _, y in pos.values()})
     fig.update_layout(title=title or "Interactions between kept nodes (blue: helps, vermillion: hurts)",
                       template="plotly_white", xaxis={"visible": False},
-                      yaxis={"title": "layer", "autorange": "reversed"}, height=max(400, 40 * len(by_layer) + 150))
+                      yaxis={"title": "layer", "autorange": "reversed", "tickvals": rows,
+                             "ticktext": [_row_label(y, rows[-1] if "logits" in names else None) for y in rows]},
+                      height=max(400, 60 * len(rows) + 150))
     return fig
+
+
+def _graph_positions(names: list[str], readout_row: float) -> dict[str, tuple[float, float]]:
+    """(x, y) of each node: y its layer (MLPs half a layer lower, the readout at ``readout_row``), x spread
+    over the heads of the layer with its MLP to their right."""
+    pos: dict[str, tuple[float, float]] = {}
+    heads: dict[float, list[str]] = {}
+    for n in names:
+        layer, head = _node_sort_key(n)
+        if n in ("embed", "logits"):
+            pos[n] = (0.0, -1.0 if n == "embed" else readout_row)
+        elif n.endswith("MLP"):
+            pos[n] = (0.0, layer)  # x set below, once the layer's heads are known
+        else:
+            heads.setdefault(layer, []).append(n)
+    for layer, ns in heads.items():
+        for i, n in enumerate(ns):
+            pos[n] = (i - (len(ns) - 1) / 2, layer)
+    for n in names:
+        if n.endswith("MLP"):
+            width = len(heads.get(pos[n][1] - 0.5, []))
+            pos[n] = ((width + 1) / 2, pos[n][1])
+    return pos
+
+
+def _row_label(y: float, readout: float | None) -> str:
+    if y == -1.0:
+        return "embed"
+    if readout is not None and y == readout:
+        return "logits"
+    return f"L{int(y)}" + (" MLP" if y % 1 else "")
 
 
 def _node_sort_key(name: str) -> tuple[float, int]:
     if name == "embed":
         return (-1.0, 0)
+    if name == "logits":
+        return (float("inf"), 0)
     parts = name.split()
     layer = float(parts[0][1:])
     if parts[1] == "MLP":

@@ -58,3 +58,21 @@ def test_interactions_only_between_kept_nodes():
     # embed → {L0 H1, L0 MLP, L1 H3, logits}, L0 H1 → {L0 MLP, L1 H3, logits}, L0 MLP → {L1 H3, logits};
     # L1 H3 is a writer too (→ logits)
     assert len(edges) == 4 + 3 + 2 + 1
+
+
+def test_the_graph_of_real_interactions_has_the_readout_arrows_and_separate_mlps():
+    from mgnp_lens.plot import interaction_graph
+
+    model = micro_model("gpt2")
+    clean, corrupted = random_pairs(model, n=8)
+    task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
+    edges = interactions(model, task, mg.Circuit.full(model), max_examples=8)
+    assert "logits" in set(edges.dst)
+    fig = interaction_graph(edges, top=len(edges))
+    nodes = fig.data[-1]
+    pos = dict(zip(nodes.text, zip(nodes.x, nodes.y)))
+    assert pos["logits"][1] == max(nodes.y) and pos["embed"][1] == min(nodes.y)  # readout below every layer
+    assert len(fig.layout.annotations) == len(edges)  # one arrowhead per edge
+    assert pos["L1 MLP"][0] > max(x for n, (x, y) in pos.items() if n.startswith("L1 H"))  # right of its heads
+    assert len(set(pos.values())) == len(pos)  # no two nodes on one spot
+    assert "logits" in fig.layout.yaxis.ticktext and "L1 MLP" in fig.layout.yaxis.ticktext
