@@ -71,12 +71,22 @@ def _nonnegative_float(text: str) -> float:
     return _number(text, float, 0.0)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mgnp-lens")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .reference import reference_names
     from .tasks import TASKS
 
     p = argparse.ArgumentParser(prog="mgnp", description="Multi-Granular Node Pruning circuit discovery",
                                 epilog="Run 'mgnp COMMAND --help' for a command's options.")
+    p.add_argument("--version", action="version", version=f"mgnp-lens {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("discover", help="discover a circuit; write its tables, figures and report.html",
@@ -133,9 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default=None, help="override the model recorded in config.json")
     e.add_argument("--device", default="cpu")
 
-    c = sub.add_parser("compare", help="compare a saved circuit with a published reference circuit")
+    c = sub.add_parser("compare", help="compare a saved circuit with another run's or a published reference",
+                       description="Compare DIR's circuit with OTHER's (two runs, seeds or λ of one model: kept nodes, "
+                                   "Jaccard per granularity, the heads and MLPs only one keeps) or with --reference "
+                                   "(a published GPT-2 small circuit); writes DIR/compare_<other>.csv.")
     c.add_argument("dir")
-    c.add_argument("--reference", required=True, choices=reference_names())
+    c.add_argument("other", nargs="?", default=None, help="another run directory")
+    c.add_argument("--reference", default=None, choices=reference_names(), help="a published GPT-2 small circuit")
+
+    x = sub.add_parser("export", help="write a saved circuit in another tool's format",
+                       description="Write DIR's circuit as a unit table (nodes-csv), EAP-IG graph JSON, GraphML, DOT, "
+                                   "or the hook list that reproduces it with plain TransformerLens (tl-hooks).")
+    x.add_argument("dir")
+    x.add_argument("--format", required=True, choices=["eap-ig", "graphml", "dot", "tl-hooks", "nodes-csv"])
+    x.add_argument("--out", default=None, help="output file (default DIR/circuit.<format's extension>)")
     return p
 
 
@@ -356,17 +377,40 @@ def cmd_evaluate(args) -> int:
 def cmd_compare(args) -> int:
     from .reference import compare
     from .report import load_run
+    from .sweep import compare_circuits
 
-    run = load_run(args.dir)
-    table = compare(run["circuit"], args.reference)
-    path = Path(args.dir) / f"compare_{args.reference}.csv"
+    if (args.other is None) == (args.reference is None):
+        raise CliError("compare needs another run directory or --reference NAME (one of them)")
+    circuit = load_run(args.dir)["circuit"]
+    if args.other is not None:
+        table, label = compare_circuits(circuit, load_run(args.other)["circuit"]), Path(args.other).name
+    else:
+        table, label = compare(circuit, args.reference), args.reference
+    path = Path(args.dir) / f"compare_{label}.csv"
     table.to_csv(path, index=False)
     print(table.to_string(index=False))
     print(f"wrote {path}")
     return 0
 
 
-COMMANDS = {"discover": cmd_discover, "report": cmd_report, "evaluate": cmd_evaluate, "compare": cmd_compare}
+EXTENSIONS = {"eap-ig": "eap-ig.json", "graphml": "graphml", "dot": "dot", "tl-hooks": "tl-hooks.json",
+              "nodes-csv": "nodes.csv"}
+
+
+def cmd_export(args) -> int:
+    from .export import export
+    from .report import load_run
+
+    run = load_run(args.dir)
+    parallel = bool(run["config"].get("parallel_attn_mlp", False))
+    path = Path(args.out) if args.out else Path(args.dir) / f"circuit.{EXTENSIONS[args.format]}"
+    path.write_text(export(run["circuit"], args.format, parallel), encoding="utf-8")
+    print(f"wrote {path}")
+    return 0
+
+
+COMMANDS = {"discover": cmd_discover, "report": cmd_report, "evaluate": cmd_evaluate, "compare": cmd_compare,
+            "export": cmd_export}
 
 
 def main(argv=None) -> int:

@@ -88,6 +88,7 @@ def run_meta(model, task) -> dict:
 
     return {"task": task.describe(), "model": getattr(model, LOAD_INFO_ATTR, None) or {"class": type(model).__name__},
             "model_dims": ModelDims.from_model(model).to_dict(),
+            "parallel_attn_mlp": bool(getattr(getattr(model, "cfg", None), "parallel_attn_mlp", False)),
             "versions": {"mgnp_lens": __version__, **library_versions(), "python": platform.python_version()}}
 
 

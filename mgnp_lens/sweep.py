@@ -116,6 +116,24 @@ def overlap(circuits: Sequence[Circuit], labels: Sequence | None = None) -> pd.D
     return pd.DataFrame(rows)
 
 
+def compare_circuits(a: Circuit, b: Circuit) -> pd.DataFrame:
+    """Two circuits of one model side by side, per granularity: kept in each, in both, Jaccard, and (for
+    heads and MLP blocks) the nodes only one of them keeps."""
+    if a.dims != b.dims:
+        raise ValueError(f"the circuits are of different models: {a.dims.to_dict()} and {b.dims.to_dict()}")
+    names = {"attn_head": lambda i: f"L{i[0]} H{i[1]}", "mlp_block": lambda i: f"L{i[0]} MLP"}
+    rows = []
+    for g in GRANULARITIES:
+        ma, mb = a.masks[g].bool(), b.masks[g].bool()
+        row = {"granularity": g, "kept_a": int(ma.sum()), "kept_b": int(mb.sum()), "kept_both": int((ma & mb).sum()),
+               "jaccard": jaccard(ma, mb), "only_a": "", "only_b": ""}
+        if g in names:
+            row["only_a"] = ", ".join(names[g](i) for i in (ma & ~mb).nonzero().tolist())
+            row["only_b"] = ", ".join(names[g](i) for i in (mb & ~ma).nonzero().tolist())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def stability(model, task, seeds: Sequence[int] = (0, 1, 2), config=None, out_dir: str | Path | None = None,
               **overrides) -> tuple[pd.DataFrame, list]:
     """The same task with several seeds: pairwise Jaccard overlap of the circuits.
