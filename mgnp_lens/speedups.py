@@ -98,6 +98,21 @@ def fast_weight_layout(model) -> int:
     return changed
 
 
+@contextmanager
+def fast_layout(model):
+    """:func:`fast_weight_layout` for the ``with``; the weights it re-stored go back to their row-major order on
+    exit, so the caller's model leaves as it came (a model from ``load_model`` already has the fast layout)."""
+    changed = []
+    if type(model).__name__ == "HookedTransformer":
+        changed = [p for p, store, _ in _transposed_weights(model) if not p.data.permute(*store).is_contiguous()]
+    fast_weight_layout(model)
+    try:
+        yield
+    finally:
+        for p in changed:
+            p.data = p.data.contiguous()
+
+
 #: Weights a HookedTransformer forward uses only as matrix-product operands (never in a norm, an
 #: embedding lookup or an addition), so ``torch.autocast`` casts each of them on every pass.
 MATMUL_WEIGHTS = ("W_Q", "W_K", "W_V", "_W_K", "_W_V", "W_O", "W_in", "W_gate", "W_out", "W_U")
@@ -261,11 +276,11 @@ class TrainingSpeedups:
 
     @contextmanager
     def applied(self):
-        """Every speed-up on for the ``with``: frozen weights, the fast weight layout (kept: it changes
-        memory order only), precast weights and compiled blocks; all but the layout undone on exit."""
+        """Every speed-up on for the ``with``: frozen weights, the fast weight layout, precast weights and
+        compiled blocks; all undone on exit."""
         with ExitStack() as stack:
             stack.enter_context(frozen_weights(self.model))
-            fast_weight_layout(self.model)
+            stack.enter_context(fast_layout(self.model))
             # "auto" falls back to eager blocks if compiling fails (e.g. a broken compiler), True lets it
             # raise; a compiled graph is per model shape and precision, and the limit leaves room for many
             stack.enter_context(torch._dynamo.config.patch(suppress_errors=self.suppress_compile_errors,

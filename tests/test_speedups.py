@@ -87,8 +87,10 @@ def test_model_weights_stay_frozen_and_untouched(gpt2_micro):
     flags = [p.requires_grad for p in model.parameters()]
     clean, corrupted = random_pairs(model, n=12)
     task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
+    strides = {k: v.stride() for k, v in model.state_dict().items()}
     result = mg.discover(model, task, steps=5, batch_size=4, progress=False)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert {k: v.stride() for k, v in model.state_dict().items()} == strides  # the caller's layout, too
     assert [p.requires_grad for p in model.parameters()] == flags
     assert sum(p.numel() for p in result.gates.parameters()) == mg.ModelDims.from_model(model).total_gates()
 
