@@ -94,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "per_layer.csv, summary.csv, evaluation.json, history.csv, config.json, "
                                    "gates.pt, state.pt (to --resume from) and report.html into --out.")
     src = d.add_mutually_exclusive_group()
-    src.add_argument("--task", choices=sorted(TASKS), default=None, help="built-in task (default: ioi)")
+    src.add_argument("--task", choices=sorted(TASKS), default=None,
+                     help="built-in task: ioi (indirect object identification, Wang et al.), gt (Greater-Than, Hanna "
+                          "et al.), gp (Gendered Pronouns, Mathwin et al.); default ioi")
     src.add_argument("--data", default=None, metavar="PAIRS.{csv,jsonl}",
                      help="your own prompt pairs: columns clean, corrupted, correct, incorrect")
     d.add_argument("--model", default=None, help="model name, checkpoint dir or .gguf (default: embedded SmolLM2)")
@@ -112,7 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any PruningConfig field, value as JSON when it parses, e.g. --set lr_warmup_steps=0 "
                         "--set 'betas=[0.9,0.999]' --set l0_penalty=path (repeatable; applied after the flags)")
     d.add_argument("--seed", type=int, default=None, help="seed (default 0)")
-    d.add_argument("--device", default="cpu")
+    d.add_argument("--device", default="auto", help="torch device: auto (CUDA when available, else CPU; the default), cpu, cuda, cuda:1, ...")
+    d.add_argument("--config", default=None, metavar="FILE",
+                   help="PruningConfig fields from a JSON or TOML file (a run's config.json works); flags and --set "
+                        "override it")
     d.add_argument("--n-test", type=_positive_int, default=None,
                    help=f"test pairs to generate and evaluate (default {DEFAULT_N_TEST})")
     d.add_argument("--max-train", type=_positive_int, default=None, metavar="N",
@@ -128,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true", help="no progress bar")
 
     r = sub.add_parser("report", help="(re)build DIR/report.html from a run directory")
-    r.add_argument("dir")
+    r.add_argument("dir", help="a run directory")
     r.add_argument("--reference", choices=reference_names(), default=None,
                    help="reference circuit to compare with (GPT-2-small-shaped circuits only)")
     r.add_argument("--out", default=None, help="report path (default DIR/report.html)")
@@ -136,25 +141,25 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="re-evaluate a saved circuit on a task split",
                        description="Re-evaluate DIR/circuit.json on the run's task (rebuilt from config.json) "
                                    "and write DIR/evaluation_<split>.json; the run's own files are untouched.")
-    e.add_argument("dir")
-    e.add_argument("--split", choices=["train", "validation", "test"], default="test")
-    e.add_argument("--max-examples", type=_positive_int, default=None)
-    e.add_argument("--batch-size", type=_positive_int, default=32)
+    e.add_argument("dir", help="a run directory")
+    e.add_argument("--split", choices=["train", "validation", "test"], default="test", help="which split (default test)")
+    e.add_argument("--max-examples", type=_positive_int, default=None, help="evaluate only the first N pairs")
+    e.add_argument("--batch-size", type=_positive_int, default=32, help="pairs per forward pass (default 32)")
     e.add_argument("--model", default=None, help="override the model recorded in config.json")
-    e.add_argument("--device", default="cpu")
+    e.add_argument("--device", default="auto", help="torch device: auto (CUDA when available, else CPU; the default), cpu, cuda, cuda:1, ...")
 
     c = sub.add_parser("compare", help="compare a saved circuit with another run's or a published reference",
                        description="Compare DIR's circuit with OTHER's (two runs, seeds or λ of one model: kept nodes, "
                                    "Jaccard per granularity, the heads and MLPs only one keeps) or with --reference "
                                    "(a published GPT-2 small circuit); writes DIR/compare_<other>.csv.")
-    c.add_argument("dir")
+    c.add_argument("dir", help="a run directory")
     c.add_argument("other", nargs="?", default=None, help="another run directory")
     c.add_argument("--reference", default=None, choices=reference_names(), help="a published GPT-2 small circuit")
 
     x = sub.add_parser("export", help="write a saved circuit in another tool's format",
                        description="Write DIR's circuit as a unit table (nodes-csv), EAP-IG graph JSON, GraphML, DOT, "
                                    "or the hook list that reproduces it with plain TransformerLens (tl-hooks).")
-    x.add_argument("dir")
+    x.add_argument("dir", help="a run directory")
     x.add_argument("--format", required=True, choices=["eap-ig", "graphml", "dot", "tl-hooks", "nodes-csv"])
     x.add_argument("--out", default=None, help="output file (default DIR/circuit.<format's extension>)")
     return p
@@ -174,10 +179,20 @@ def _check_data_file(path: str) -> Path:
     return p
 
 
+def _resolve_device(device: str) -> str:
+    """``auto``: CUDA when torch sees a GPU, else the CPU."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _load_model(name, device):
     """The model, or :class:`~mgnp_lens.models.ModelLoadError` (exit 3) for any reason it cannot be loaded."""
     from .models import ModelLoadError, load_model
 
+    device = _resolve_device(device)
     try:
         return load_model(name, device=device)
     except (ValueError, OSError, RuntimeError) as e:
@@ -222,7 +237,9 @@ def _discover_config(args, out: Path):
                  if v is not None}
     if args.lambdas:
         overrides["lambdas"] = dict(args.lambdas)
-    settings = {"seed": args.seed, "eval_max_examples": args.n_test, **overrides, **parse_overrides(args.settings)}
+    given = {k: v for k, v in (("seed", args.seed), ("eval_max_examples", args.n_test)) if v is not None}
+    settings = {"seed": 0, "eval_max_examples": DEFAULT_N_TEST, **_config_file(args.config), **given, **overrides,
+                **parse_overrides(args.settings)}
     for fixed in ("checkpoint_dir", "progress"):
         if fixed in settings:
             raise CliError(f"--set {fixed}=... is not allowed: the CLI sets it from --out / --quiet")
@@ -230,6 +247,37 @@ def _discover_config(args, out: Path):
         return PruningConfig(**{**settings, "checkpoint_dir": str(out), "progress": not args.quiet})
     except TypeError as e:  # not a field (parse_overrides names those) or a missing one
         raise CliError(str(e)) from None
+
+
+def _config_file(path: str | None) -> dict:
+    """PruningConfig fields from ``--config`` (JSON or TOML; a run's config.json: its ``config`` entry), without the
+    fields the CLI sets itself. ``CliError`` names a missing or unreadable file."""
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise CliError(f"--config {path}: no such file")
+    try:
+        text = p.read_text(encoding="utf-8")
+        if p.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CliError(f"--config {path}: not valid {'TOML' if p.suffix == '.toml' else 'JSON'} ({e})") from None
+    data = data.get("config", data) if isinstance(data, dict) else data
+    if not isinstance(data, dict):
+        raise CliError(f"--config {path}: expected a mapping of PruningConfig fields")
+    from .config import PruningConfig
+    from dataclasses import fields
+
+    known = {f.name for f in fields(PruningConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise CliError(f"--config {path}: unknown PruningConfig field(s) {unknown}")
+    return {k: v for k, v in data.items() if k not in ("checkpoint_dir", "progress")}
 
 
 def cmd_discover(args) -> int:
@@ -241,9 +289,9 @@ def cmd_discover(args) -> int:
     if args.resume is not None:
         return _resume(args)
     out = Path(args.out or DEFAULT_OUT)
-    args.seed = 0 if args.seed is None else args.seed
-    args.n_test = DEFAULT_N_TEST if args.n_test is None else args.n_test
     config = _discover_config(args, out)
+    args.seed = config.seed
+    args.n_test = DEFAULT_N_TEST if args.n_test is None else args.n_test
     data = str(_check_data_file(args.data)) if args.data else None
     check_writable(out)
     cli = {"task": None if data else (args.task or "ioi"), "data": data, "model": args.model,
@@ -281,6 +329,7 @@ def _resume(args) -> int:
                                       ("--corruption-mode", args.corruption_mode), ("--autocast", args.autocast),
                                       ("--set", args.settings or None), ("--seed", args.seed),
                                       ("--n-test", args.n_test), ("--max-train", args.max_train),
+                                      ("--config", args.config),
                                       ("--out", args.out), ("--overwrite", args.overwrite or None))
              if value is not None]
     if given:

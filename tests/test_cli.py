@@ -214,3 +214,28 @@ def test_resume_continues_an_interrupted_run_and_trains_a_finished_one_longer(ti
     assert len(pd.read_csv(stopped / "history.csv")) == 7
     assert main(["discover", "--resume", str(tmp_path)]) == 2
     assert "no state.pt there" in capsys.readouterr().err
+
+
+def test_config_file_and_device_auto(tiny_gpt2_checkpoint, tmp_path, cli_run, capsys):
+    from mgnp_lens.cli import _resolve_device
+
+    _, first, path = cli_run
+    assert _resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert _resolve_device("cpu") == "cpu"
+    out = tmp_path / "again"
+    # a run's own config.json reproduces its settings; flags override it
+    assert main(["discover", "--task", "ioi", "--model", str(path), "--n-test", "8", "--config",
+                 str(first / "config.json"), "--steps", "2", "--out", str(out), "--quiet"]) == 0
+    saved = json.loads((out / "config.json").read_text())["config"]
+    original = json.loads((first / "config.json").read_text())["config"]
+    assert saved["steps"] == 2 and saved["seed"] == original["seed"] == 3 and saved["betas"] == [0.9, 0.99]
+    assert saved["lambdas"]["attn_head"] == 2.5 and saved["checkpoint_dir"] == str(out)
+    toml = tmp_path / "settings.toml"
+    toml.write_text('lr = 0.05\nbetas = [0.5, 0.9]\n[hard_concrete]\nbeta = 0.5\n')
+    assert main(["discover", "--config", str(toml), "--model", str(path), "--steps", "1", "--batch-size", "4",
+                 "--n-test", "8", "--out", str(tmp_path / "toml"), "--quiet"]) == 0
+    saved = json.loads((tmp_path / "toml" / "config.json").read_text())["config"]
+    assert saved["lr"] == 0.05 and saved["betas"] == [0.5, 0.9] and saved["hard_concrete"]["beta"] == 0.5
+    (tmp_path / "bad.json").write_text('{"lr": 0.1, "nonsense": 1}')
+    assert main(["discover", "--config", str(tmp_path / "bad.json"), "--out", str(tmp_path / "x")]) == 2
+    assert "unknown PruningConfig field(s) ['nonsense']" in capsys.readouterr().err
