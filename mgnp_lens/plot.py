@@ -20,6 +20,9 @@ from .granularity import GRANULARITIES
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
 #: Sequential colour scale for retained fractions (perceptually uniform, colour-blind safe).
 SEQUENTIAL = "Cividis"
+#: Kept-head colours: Viridis is colour-blind safe and has no grey in its middle, so a kept head with half its
+#: neurons cannot be mistaken for a pruned (blank, white) cell.
+KEPT_SCALE = "Viridis"
 
 LAYER_GRANULARITIES = ("attn_block", "attn_head", "attn_neuron", "mlp_block", "mlp_hidden", "mlp_output")
 LABELS = {"embedding": "Embedding", "attn_block": "Attn block", "mlp_block": "MLP block", "attn_head": "Attn heads",
@@ -86,9 +89,9 @@ def head_grid(circuit: Circuit, color_by_neurons: bool = True, reference=None,
             :class:`~mgnp_lens.reference.ReferenceCircuit` or an iterable of ``(layer, head)``.
 
     Returns:
-        a figure with one ``Heatmap`` (z [n_layers, n_heads]: NaN for pruned heads, drawn grey, so
-        that a kept head with few neurons still stands out) and one rectangle shape per reference
-        head; a legend entry names the outline.
+        a figure with one ``Heatmap`` (z [n_layers, n_heads]: NaN for pruned heads, left blank on white, kept
+        heads in :data:`KEPT_SCALE`, which has no grey) and one rectangle shape per reference head; a legend
+        entry names the outline. Every layer is labelled.
     """
     d, m = circuit.dims, circuit.masks
     heads = m["attn_head"].float().numpy()
@@ -103,7 +106,7 @@ def head_grid(circuit: Circuit, color_by_neurons: bool = True, reference=None,
             tag = " · in reference" if (l, h) in ref else ""
             text[l, h] = f"L{l} H{h}: {state}{extra}{tag}"
     fig = go.Figure(go.Heatmap(
-        z=z, x=list(range(d.n_heads)), y=list(range(d.n_layers)), zmin=0, zmax=1, colorscale=SEQUENTIAL,
+        z=z, x=list(range(d.n_heads)), y=list(range(d.n_layers)), zmin=0, zmax=1, colorscale=KEPT_SCALE,
         text=text, hovertemplate="%{text}<extra></extra>", xgap=1, ygap=1,
         colorbar={"title": "kept neuron<br>fraction" if color_by_neurons else "kept"}))
     for l, h in sorted(ref):
@@ -114,10 +117,11 @@ def head_grid(circuit: Circuit, color_by_neurons: bool = True, reference=None,
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="reference head",
                                  marker={"symbol": "square-open", "size": 12, "color": OKABE_ITO[5]}))
     n_kept = int(heads.sum())
-    fig.update_layout(title=title or f"Attention heads: {n_kept}/{heads.size} kept (grey: pruned)",
-                      plot_bgcolor="#e6e6e6",
+    fig.update_layout(title=title or f"Attention heads: {n_kept}/{heads.size} kept (blank: pruned)",
+                      plot_bgcolor="white",
                       xaxis_title="head", yaxis_title="layer (0-indexed)",
-                      yaxis={"autorange": "reversed"}, xaxis={"dtick": 1},
+                      yaxis={"autorange": "reversed", "dtick": 1, "showgrid": False},
+                      xaxis={"dtick": 1, "showgrid": False},
                       height=max(320, 22 * d.n_layers + 140), template="plotly_white",
                       legend={"orientation": "h", "y": -0.15})
     return fig
@@ -156,18 +160,21 @@ def training_curves(history: pd.DataFrame, title: str | None = None) -> go.Figur
         history: :attr:`DiscoveryResult.history` (columns step, loss, kl, active_<g>, l0_<g>).
 
     Returns:
-        a two-panel figure: KL and loss (nats) on top (and the hard circuit's validation KL when the run
-        had ``validate_every``); expected active fraction per granularity (``l0_<g>``) below, one trace each.
+        a two-panel figure: KL on top (nats, left axis; the hard circuit's validation KL too when the run
+        had ``validate_every``) with the loss on its own right axis (it is the KL plus the much larger
+        λ·L0 term, so one axis would flatten the KL); expected active fraction per granularity (``l0_<g>``)
+        below, one trace each.
     """
     for col in ("step", "loss", "kl"):
         if col not in history.columns:
             raise ValueError(f"history has no {col!r} column; pass DiscoveryResult.history or history.csv")
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                        subplot_titles=["Objective", "Expected active fraction per granularity"])
+                        subplot_titles=["Objective", "Expected active fraction per granularity"],
+                        specs=[[{"secondary_y": True}], [{}]])
     fig.add_trace(go.Scatter(x=history["step"], y=history["kl"], name="KL(full ‖ circuit)",
                              line={"color": OKABE_ITO[0]}), row=1, col=1)
     fig.add_trace(go.Scatter(x=history["step"], y=history["loss"], name="loss (KL + λ·L0)",
-                             line={"color": OKABE_ITO[1], "dash": "dash"}), row=1, col=1)
+                             line={"color": OKABE_ITO[1], "dash": "dash"}), row=1, col=1, secondary_y=True)
     if "val_kl" in history.columns:  # PruningConfig(validate_every=...): the hard circuit on held-out pairs
         val = history.dropna(subset=["val_kl"])
         fig.add_trace(go.Scatter(x=val["step"], y=val["val_kl"], name="hard circuit, validation KL",
@@ -180,7 +187,8 @@ def training_curves(history: pd.DataFrame, title: str | None = None) -> go.Figur
             x=history["step"], y=history[f"l0_{g}"], name=LABELS[g], line={"color": GRANULARITY_COLOURS[g]},
             customdata=active, hovertemplate=f"{LABELS[g]} step %{{x}}: %{{y:.3f}} (≈%{{customdata:.0f}} nodes)"
                                              "<extra></extra>"), row=2, col=1)
-    fig.update_yaxes(title_text="nats", row=1, col=1)
+    fig.update_yaxes(title_text="KL (nats)", row=1, col=1, secondary_y=False)
+    fig.update_yaxes(title_text="loss", row=1, col=1, secondary_y=True, showgrid=False)
     fig.update_yaxes(title_text="E[active] / total", range=[0, 1.02], row=2, col=1)
     fig.update_xaxes(title_text="optimizer step", row=2, col=1)
     fig.update_layout(title=title or "Training curves", template="plotly_white", height=620)

@@ -51,7 +51,8 @@ def test_head_grid_with_reference_outline(known):
     assert hm.text[2][3] == "L2 H3: pruned · in reference"
     assert len(fig.layout.shapes) == 2 and fig.layout.shapes[0].type == "rect"
     assert any(t.name == "reference head" for t in fig.data)
-    assert fig.layout.xaxis.title.text == "head"
+    assert fig.layout.xaxis.title.text == "head" and fig.layout.yaxis.dtick == 1  # every layer labelled
+    assert hm.colorscale[0][1] == "#440154" and fig.layout.plot_bgcolor == "white"  # Viridis: no grey mid-tone
     plain = plot.head_grid(known, color_by_neurons=False)
     assert np.asarray(plain.data[0].z, dtype=float)[0, 1] == 1 and len(plain.layout.shapes) == 0
 
@@ -82,7 +83,9 @@ def test_training_curves():
     names = [t.name for t in fig.data]
     assert names == ["KL(full ‖ circuit)", "loss (KL + λ·L0)", "Attn heads", "MLP hidden"]
     assert list(fig.data[0].y) == [1.0, 0.5, 0.4]
-    assert fig.layout.xaxis2.title.text == "optimizer step" and fig.layout.yaxis.title.text == "nats"
+    assert fig.layout.yaxis.title.text == "KL (nats)" and fig.data[1].yaxis == "y2"  # loss on its own axis
+    assert fig.data[0].yaxis == "y" and fig.layout.yaxis2.title.text == "loss"
+    assert fig.layout[fig.data[-1].xaxis.replace("x", "xaxis")].title.text == "optimizer step"
     with pytest.raises(ValueError, match="no 'kl' column"):
         plot.training_curves(hist.drop(columns="kl"))
 
