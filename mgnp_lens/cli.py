@@ -270,13 +270,9 @@ def _config_file(path: str | None) -> dict:
     data = data.get("config", data) if isinstance(data, dict) else data
     if not isinstance(data, dict):
         raise CliError(f"--config {path}: expected a mapping of PruningConfig fields")
-    from .config import PruningConfig
-    from dataclasses import fields
+    from .config import check_field_names
 
-    known = {f.name for f in fields(PruningConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise CliError(f"--config {path}: unknown PruningConfig field(s) {unknown}")
+    check_field_names(data, f"in --config {path}")
     return {k: v for k, v in data.items() if k not in ("checkpoint_dir", "progress")}
 
 

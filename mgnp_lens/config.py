@@ -318,6 +318,14 @@ FIELD_RULES: dict[str, Rule] = {
 }
 
 
+def check_field_names(names, where: str) -> None:
+    """``ValueError`` naming the ``names`` that are not ``PruningConfig`` fields (``where`` says where they came from)."""
+    known = {f.name for f in fields(PruningConfig)}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise ValueError(f"unknown PruningConfig field(s) {unknown} {where}; fields: {', '.join(sorted(known))}")
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``["KEY=VALUE", ...]`` → ``{KEY: VALUE}`` for :class:`PruningConfig` fields (the CLI's ``--set``).
 
@@ -327,14 +335,12 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     Raises:
         ValueError: an item without ``=``, or a key that is not a ``PruningConfig`` field.
     """
-    names = {f.name for f in fields(PruningConfig)}
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"expected KEY=VALUE, got {item!r}")
-        if key not in names:
-            raise ValueError(f"unknown PruningConfig field {key!r} in {item!r}; fields: {', '.join(sorted(names))}")
+        check_field_names([key], f"in {item!r}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:

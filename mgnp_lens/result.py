@@ -1,8 +1,8 @@
 """What a discovery run returns and writes: :class:`DiscoveryResult` and its run directory.
 
 A run directory holds ``circuit.json``, ``gates.pt``, ``history.csv``, ``per_layer.csv``, ``summary.csv``,
-``evaluation.json``, ``config.json`` and (for resuming) ``state.pt``; each file is written to a temporary
-name and renamed, so a crash never leaves half a file.
+``evaluation.json``, ``config.json`` and (for resuming) ``state.pt``, written all or nothing (see
+:func:`write_run`).
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def _staged_files(result: DiscoveryResult) -> dict[str, Callable[[Path], None]]:
     """Each file of the run directory and how to write it to a given path."""
     circuit, ev, train_ev = result.circuit, result.evaluation, result.train_evaluation
     files = {
-        "circuit.json": lambda p: p.write_text(json.dumps(circuit.to_dict(), separators=(",", ":"))),
+        "circuit.json": circuit.save,
         "gates.pt": lambda p: torch.save({g: v.detach().cpu() for g, v in result.gates.log_alpha.items()}, p),
         "history.csv": lambda p: result.history.to_csv(p, index=False),
         "per_layer.csv": lambda p: circuit.per_layer().to_csv(p, index=False),

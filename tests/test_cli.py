@@ -132,7 +132,7 @@ def test_bad_arguments_exit_with_a_clear_message(argv, message, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["discover", "--set", "lr"], "expected KEY=VALUE"),
-    (["discover", "--set", "learning_rate=0.1"], "unknown PruningConfig field 'learning_rate'"),
+    (["discover", "--set", "learning_rate=0.1"], "unknown PruningConfig field(s) ['learning_rate']"),
     (["discover", "--set", "l0_penalty=node"], "unknown l0_penalty"),
     (["discover", "--set", "progress=false"], "not allowed"),
     (["discover", "--data", "missing.csv"], "no such file"),
