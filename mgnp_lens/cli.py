@@ -20,6 +20,8 @@ import json
 import sys
 from pathlib import Path
 
+from .config import EVAL_SPLITS
+
 EXIT_BAD_INPUT = 2
 EXIT_MODEL = 3
 EXIT_INTERRUPTED = 130
@@ -119,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PruningConfig fields from a JSON or TOML file (a run's config.json works); flags and --set "
                         "override it")
     d.add_argument("--n-test", type=_positive_int, default=None,
-                   help=f"test pairs to generate and evaluate (default {DEFAULT_N_TEST})")
+                   help=f"test pairs to generate and evaluate, and pairs in each held-out split of a built-in task "
+                        f"(default {DEFAULT_N_TEST})")
     d.add_argument("--max-train", type=_positive_int, default=None, metavar="N",
                    help="train on at most N pairs (built-in tasks generate N; --data keeps its first N)")
     d.add_argument("--out", default=None, help=f"output directory (default {DEFAULT_OUT})")
@@ -142,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Re-evaluate DIR/circuit.json on the run's task (rebuilt from config.json) "
                                    "and write DIR/evaluation_<split>.json; the run's own files are untouched.")
     e.add_argument("dir", help="a run directory")
-    e.add_argument("--split", choices=["train", "validation", "test"], default="test", help="which split (default test)")
+    e.add_argument("--split", choices=EVAL_SPLITS, default="test",
+                   help="which split (default test); test_templates: templates held out of training and validation, "
+                        "test_corruption: the other corruption, test_ood: both (built-in tasks)")
     e.add_argument("--max-examples", type=_positive_int, default=None, help="evaluate only the first N pairs")
     e.add_argument("--batch-size", type=_positive_int, default=32, help="pairs per forward pass (default 32)")
     e.add_argument("--model", default=None, help="override the model recorded in config.json")
@@ -211,7 +216,8 @@ def _build_task(model, cli: dict):
             task.splits["train"] = task.splits["train"].head(n_train)
         return task
     sizes = {"n_train": n_train} if n_train is not None else {}
-    return get_task(cli.get("task") or "ioi", model, n_test=cli.get("n_test", 1024), seed=cli.get("seed", 0),
+    n_test = cli.get("n_test", 1024)
+    return get_task(cli.get("task") or "ioi", model, n_test=n_test, n_heldout=n_test, seed=cli.get("seed", 0),
                     **sizes)
 
 
@@ -220,10 +226,11 @@ def _print_result(result) -> None:
     print(result.circuit.per_layer().to_string(index=False))
     print()
     print(result.circuit.summary().to_string(index=False))
-    for e in (result.train_evaluation, result.evaluation):
+    for e in (result.train_evaluation, result.evaluation, *result.heldout_evaluations.values()):
         if e is not None:
+            recovered = "" if e.recovered is None else f" ({e.recovered:.0%} of the full model's, from the empty circuit's)"
             print(f"{e.split} ({e.n_examples} pairs): {e.metric_name} full {e.base_metric:.3f} -> circuit "
-                  f"{e.circuit_metric:.3f}, KL {e.kl:.3f}")
+                  f"{e.circuit_metric:.3f}{recovered}, KL {e.kl:.3f}")
 
 
 # --------------------------------------------------------------------------- commands

@@ -24,7 +24,7 @@ COMPILE_CHOICES = ("auto", True, False)
 PRECOMPUTE_CHOICES = ("auto", "all", "per_batch")
 #: ``precompute="auto"`` precomputes everything when it fits in this fraction of the free memory.
 PRECOMPUTE_MEMORY_FRACTION = 0.5
-EVAL_SPLITS = ("train", "validation", "test")
+EVAL_SPLITS = ("train", "validation", "test", "test_templates", "test_corruption", "test_ood")
 #: ``noise_warmup_steps="auto"`` warms the noise up over this fraction of the run (100 of the default 240 steps).
 NOISE_WARMUP_FRACTION = 5 / 12
 #: The behaviour of runs whose saved config predates a field (see :meth:`PruningConfig.from_dict`).
@@ -84,8 +84,10 @@ class PruningConfig:
             metric on ``validate_max_examples`` validation pairs go into the history (None: off).
         validate_max_examples: validation pairs per check (128).
         eval_split: split evaluated at the end (``"test"``; ``None``: skip).
-        eval_max_examples: cap on the evaluated examples, of ``eval_split`` and of the training pairs
-            (1024; ``None``: the whole split).
+        eval_heldout: also evaluate the task's held-out splits (templates never trained or validated on,
+            the other corruption, and both; see :mod:`mgnp_lens.tasks.task`) at the end (True).
+        eval_max_examples: cap on the evaluated examples of each split evaluated at the end, the training
+            pairs included (1024; ``None``: the whole split).
         eval_batch_size: batch size of the precompute and the evaluations (32).
         checkpoint_dir: if set, outputs and the resumable state are written there every
             ``checkpoint_every`` steps, at the end, and after Ctrl-C or an error.
@@ -124,6 +126,7 @@ class PruningConfig:
     validate_every: int | None = None
     validate_max_examples: int = 128
     eval_split: str | None = "test"
+    eval_heldout: bool = True
     eval_max_examples: int | None = 1024
     eval_batch_size: int = 32
     checkpoint_dir: str | None = None
@@ -313,7 +316,7 @@ FIELD_RULES: dict[str, Rule] = {
     "compile": _either(_choice(("auto",)), _boolean, "'auto', True or False"),
     "validate_every": _optional(_integer(1)), "validate_max_examples": _integer(1),
     "eval_split": _optional(_choice(EVAL_SPLITS, "eval_split")), "eval_max_examples": _optional(_integer(1)),
-    "eval_batch_size": _integer(1), "checkpoint_dir": _optional(_path), "checkpoint_every": _integer(1),
+    "eval_heldout": _boolean, "eval_batch_size": _integer(1), "checkpoint_dir": _optional(_path), "checkpoint_every": _integer(1),
     "progress": _boolean,
 }
 

@@ -390,14 +390,16 @@ def _kl_backward(model, interp: Interpolator, masks: dict[str, torch.Tensor], ba
 def _validate(model, run: _Run, data: _Data) -> dict:
     """The current hard circuit's KL and metric on the validation pairs (``val_kl``, ``val_metric``)."""
     circuit = Circuit(run.dims, run.gates.binarize(), task=run.task.describe())
-    ev = evaluate_cached(model, run.task, circuit, run.validation, data.validation, data.batch_size, "validation")
+    ev = evaluate_cached(model, run.task, circuit, run.validation, data.validation, data.batch_size, "validation",
+                         with_empty=False)
     return {"val_kl": ev.kl, "val_metric": ev.circuit_metric}
 
 
-def _final_evaluations(model, task, circuit: Circuit, run: _Run,
-                       data: _Data) -> tuple[Evaluation, Evaluation | None]:
-    """The circuit on the training pairs (from the loop's precomputed outputs in cache mode) and on
-    ``config.eval_split``, each up to ``eval_max_examples`` pairs."""
+def _final_evaluations(model, task, circuit: Circuit, run: _Run, data: _Data
+                       ) -> tuple[Evaluation, Evaluation | None, dict[str, Evaluation]]:
+    """The circuit on the training pairs (from the loop's precomputed outputs in cache mode), on
+    ``config.eval_split`` and (with ``eval_heldout``) on the task's held-out splits, each up to
+    ``eval_max_examples`` pairs."""
     config = run.config
     cap = config.eval_max_examples
     if config.corruption == "cache" and not run.streaming:
@@ -405,10 +407,12 @@ def _final_evaluations(model, task, circuit: Circuit, run: _Run,
         train = evaluate_cached(model, task, circuit, pairs, data.train, config.eval_batch_size)
     else:
         train = evaluate(model, task, circuit, "train", config.eval_batch_size, cap)
-    held_out = None
-    if config.eval_split is not None:
-        held_out = evaluate(model, task, circuit, config.eval_split, config.eval_batch_size, config.eval_max_examples)
-    return train, held_out
+    if config.eval_split is None:
+        return train, None, {}
+    held_out = evaluate(model, task, circuit, config.eval_split, config.eval_batch_size, cap)
+    extra = task.heldout_splits() if config.eval_heldout and hasattr(task, "heldout_splits") else []
+    return train, held_out, {s: evaluate(model, task, circuit, s, config.eval_batch_size, cap)
+                             for s in extra if s != config.eval_split}
 
 
 def _save(result: DiscoveryResult, ckpt: Path | None) -> str | None:
@@ -434,11 +438,13 @@ def _finish(model, task, run: _Run, data: _Data | None, error: Exception | None)
     try:
         problem = _save(result, ckpt)
         if error is None and problem is None and not run.interrupted:
-            result.train_evaluation, result.evaluation = _final_evaluations(model, task, result.circuit, run, data)
+            result.train_evaluation, result.evaluation, result.heldout_evaluations = _final_evaluations(
+                model, task, result.circuit, run, data)
             problem = _save(result, ckpt)
     except KeyboardInterrupt:  # the trained circuit is kept, labelled as not finished (resuming evaluates it)
         result.interrupted = True
         result.train_evaluation = result.evaluation = None
+        result.heldout_evaluations = {}
         problem = _save(result, ckpt)
     if error is not None or problem is not None:
         where = f"; the last circuit is saved in {ckpt}" if ckpt and problem is None else f"; {problem}" if problem \

@@ -67,7 +67,12 @@ def kl_full_circuit(base_logp: torch.Tensor, circuit_logits: torch.Tensor) -> to
 
 @dataclass
 class Evaluation:
-    """One Table 2 row: the task metric of the full model and of the circuit, and their KL."""
+    """One Table 2 row: the task metric of the full model, of the circuit and of the empty circuit, and
+    the KL(full ‖ circuit).
+
+    ``recovered`` is the MIB normalisation of faithfulness, ``(m(C) − m(∅)) / (m(N) − m(∅))``: 1 when the
+    circuit's metric is the full model's, 0 when it is the empty circuit's (the corrupted run).
+    """
 
     split: str
     n_examples: int
@@ -75,9 +80,22 @@ class Evaluation:
     circuit_metric: float
     kl: float
     metric_name: str = "logit diff"
+    empty_metric: float | None = None
+
+    @property
+    def recovered(self) -> float | None:
+        """Fraction of the full model's metric the circuit recovers, measured from the empty circuit's."""
+        if self.empty_metric is None or self.base_metric == self.empty_metric:
+            return None
+        return (self.circuit_metric - self.empty_metric) / (self.base_metric - self.empty_metric)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "recovered": self.recovered}
+
+    @classmethod
+    def from_dict(cls, row: dict) -> "Evaluation":
+        """Back from :meth:`to_dict` (an ``evaluation.json`` entry; ``recovered`` is recomputed)."""
+        return cls(**{k: v for k, v in row.items() if k in cls.__dataclass_fields__})
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame([self.to_dict()])
@@ -124,16 +142,18 @@ def evaluate(model, task, circuit: Circuit, split: str = "test", batch_size: int
         for batch in pairs.batches(batch_size):
             batch = batch.to(device)
             base = logits_at(model, batch.clean, batch.answer_pos, len(batch))
-            yield batch, base, masked_answer_logits(model, interp, batch.clean, batch.corrupted, batch.answer_pos)
+            empty = logits_at(model, batch.corrupted, batch.answer_pos, len(batch))
+            yield batch, base, masked_answer_logits(model, interp, batch.clean, batch.corrupted, batch.answer_pos), empty
 
     return summarize(task, split, passes())
 
 
 @torch.inference_mode()
 def evaluate_cached(model, task, circuit: Circuit, pairs, pre: Precomputed, batch_size: int,
-                    split: str = "train") -> Evaluation:
+                    split: str = "train", with_empty: bool = True) -> Evaluation:
     """:func:`evaluate` on ``pairs`` from their precomputed full-model logits and corrupted activations
-    (a run's, for its training pairs): one masked clean pass per batch instead of three."""
+    (a run's, for its training pairs): one masked clean pass per batch instead of three (and, with
+    ``with_empty``, one corrupted pass for the empty circuit's metric)."""
     device = _resolve_device(model)
     interp = Interpolator(circuit.dims, "cache")
     interp.set_masks(circuit.masks)
@@ -142,26 +162,33 @@ def evaluate_cached(model, task, circuit: Circuit, pairs, pre: Precomputed, batc
         for i, idx, b in chunks(pairs, batch_size, device):
             interp.set_corrupted({k: v[idx.to(v.device)] for k, v in pre.cache[i].items()})
             circ = masked_answer_logits(model, interp, b.clean, b.corrupted, b.answer_pos)
-            yield b, pre.base[i][idx.to(pre.base[i].device)], circ
+            empty = logits_at(model, b.corrupted, b.answer_pos, len(b)) if with_empty else None
+            yield b, pre.base[i][idx.to(pre.base[i].device)], circ, empty
 
     return summarize(task, split, passes())
 
 
 def summarize(task, split: str, passes) -> Evaluation:
-    """Means over ``passes`` of the KL and of the task metric, full model vs circuit.
+    """Means over ``passes`` of the KL and of the task metric: full model, circuit and empty circuit.
 
     Args:
         task: supplies ``metric(logits, batch)`` → [B].
         split: the split's name, recorded in the result.
-        passes: iterable of ``(batch, base_logits [B, d_vocab], circuit_logits [B, d_vocab])``.
+        passes: iterable of ``(batch, base_logits, circuit_logits, empty_logits)``, each [B, d_vocab]; the
+            empty circuit's (every node ablated: the corrupted run) may be None.
     """
-    n, kl_sum, base_sum, circ_sum = 0, 0.0, 0.0, 0.0
-    for batch, base, circ in passes:
+    n, kl_sum, base_sum, circ_sum, empty_sum, with_empty = 0, 0.0, 0.0, 0.0, 0.0, True
+    for batch, base, circ, empty in passes:
         kl_sum += float(FullModelTarget.from_logits(base).kl(circ).sum())
         base_sum += float(task.metric(base, batch).sum())
         circ_sum += float(task.metric(circ, batch).sum())
+        if empty is None:
+            with_empty = False
+        else:
+            empty_sum += float(task.metric(empty, batch).sum())
         n += len(batch)
     if n == 0:
         raise ValueError(f"split {split!r} has no examples to evaluate")
     return Evaluation(split=split, n_examples=n, base_metric=base_sum / n, circuit_metric=circ_sum / n,
-                      kl=kl_sum / n, metric_name=getattr(task, "metric_name", "metric"))
+                      kl=kl_sum / n, metric_name=getattr(task, "metric_name", "metric"),
+                      empty_metric=empty_sum / n if with_empty else None)

@@ -102,6 +102,14 @@ def _cards(items: list[tuple[str, str]]) -> str:
         f'<div class="card"><b>{html.escape(v)}</b><span>{html.escape(k)}</span></div>' for k, v in items) + "</div>"
 
 
+#: What each evaluated split holds, for the faithfulness table.
+SPLIT_DESCRIPTIONS = {"train": "train (the pairs it was trained on)", "validation": "validation (built-in tasks: templates held out of training)",
+                      "test": "test (training templates, new pairs)",
+                      "test_templates": "test_templates (templates never seen)",
+                      "test_corruption": "test_corruption (the other corruption)",
+                      "test_ood": "test_ood (unseen templates and the other corruption)"}
+
+
 def _task_name(run: dict) -> str | None:
     task = run["config"].get("task") or run["circuit"].task or {}
     return task.get("name") if isinstance(task, dict) else None
@@ -124,6 +132,9 @@ def _header(run: dict, task: str | None) -> list[str]:
         cards.append((f"KL on {test['split']} ({test['n_examples']} pairs)", f"{test['kl']:.3f}"))
     if train:
         cards.append(("KL on train (hard circuit)", f"{train['kl']:.3f}"))
+    ood = (ev.get("heldout_evaluations") or {}).get("test_ood")
+    if ood:
+        cards.append(("KL on unseen templates + other corruption", f"{ood['kl']:.3f}"))
     parts = [f"<h1>mgnp-lens circuit report: {html.escape(task or 'custom task')}</h1>",
              f'<p class="sub">model {html.escape(str(model_name))} · {dims.n_layers} layers × {dims.n_heads} heads'
              f' · {ev.get("steps_completed", "?")} steps · built '
@@ -141,11 +152,17 @@ def _tables(run: dict, task: str | None, ref) -> list[str]:
 
     circuit: Circuit = run["circuit"]
     ev = run["evaluation"]
-    parts = ["<h2>Faithfulness (Table 2 row)</h2>"]
-    rows = [e for e in (ev.get("train_evaluation"), ev.get("evaluation")) if e]
+    parts = ["<h2>Faithfulness (Table 2 row), on the training pairs and on pairs it never saw</h2>"]
+    rows = [e for e in (ev.get("train_evaluation"), ev.get("evaluation"),
+                        *(ev.get("heldout_evaluations") or {}).values()) if e]
     if rows:
-        frame = pd.DataFrame(rows)[["split", "n_examples", "metric_name", "base_metric", "circuit_metric", "kl"]]
+        frame = pd.DataFrame(rows).reindex(columns=["split", "n_examples", "metric_name", "base_metric",
+                                                    "circuit_metric", "empty_metric", "recovered", "kl"])
+        frame.insert(1, "pairs", frame.pop("split").map(lambda s: SPLIT_DESCRIPTIONS.get(s, s)))
         parts.append(_table(frame))
+        parts.append("<p><i>recovered</i> = (circuit − empty) / (full − empty): the fraction of the full model's "
+                     "metric the circuit keeps, measured from the empty circuit's (every node ablated). Held-out "
+                     "templates were used neither in training nor for validation.</p>")
     else:
         parts.append("<p>No evaluation in this run directory (run <code>mgnp evaluate DIR</code>).</p>")
     parts.append("<h2>Sparsity per granularity (Table 1)</h2>")

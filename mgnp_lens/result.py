@@ -38,6 +38,8 @@ class DiscoveryResult:
             checked steps).
         evaluation: Table 2 row on ``config.eval_split`` (None if skipped or interrupted).
         train_evaluation: the same on the training pairs (the hard circuit's training KL).
+        heldout_evaluations: the same on each of the task's held-out splits (``test_templates``,
+            ``test_corruption``, ``test_ood``: templates and a corruption the run never saw), by split.
         config: the run's configuration.
         gates: the trained gates.
         steps_completed: optimizer steps that finished.
@@ -60,6 +62,13 @@ class DiscoveryResult:
     seconds: float = 0.0
     meta: dict = field(default_factory=dict)
     state: dict | None = field(default=None, repr=False)
+    heldout_evaluations: dict[str, Evaluation] = field(default_factory=dict)
+
+    def evaluations(self) -> pd.DataFrame:
+        """Every evaluation side by side, one row per split: training pairs, ``eval_split``, then the
+        held-out splits (KL, the task metric of full model / circuit / empty circuit, ``recovered``)."""
+        rows = [e for e in (self.train_evaluation, self.evaluation, *self.heldout_evaluations.values()) if e]
+        return pd.DataFrame([e.to_dict() for e in rows])
 
     def save(self, directory: str | Path) -> Path:
         """Write the run directory (see the module docstring) into ``directory``; returns its path."""
@@ -131,7 +140,9 @@ def _staged_files(result: DiscoveryResult) -> dict[str, Callable[[Path], None]]:
         "evaluation.json": lambda p: p.write_text(json.dumps({
             "steps_completed": result.steps_completed, "interrupted": result.interrupted,
             "seconds": result.seconds, "evaluation": ev.to_dict() if ev else None,
-            "train_evaluation": train_ev.to_dict() if train_ev else None}, indent=2, default=str)),
+            "train_evaluation": train_ev.to_dict() if train_ev else None,
+            "heldout_evaluations": {k: e.to_dict() for k, e in result.heldout_evaluations.items()}},
+            indent=2, default=str)),
     }
     if result.state is not None:
         files[checkpoint.STATE_FILE] = lambda p: torch.save(checkpoint.to_cpu(result.state), p)

@@ -38,7 +38,14 @@ def test_discover_writes_every_file(cli_run, capsys):
     assert {"torch", "transformers", "transformer_lens", "mgnp_lens"} <= set(config["versions"])
     ev = json.loads((out / "evaluation.json").read_text())
     assert ev["evaluation"]["split"] == "test" and ev["evaluation"]["n_examples"] == 8
-    assert {"base_metric", "circuit_metric", "kl"} <= set(ev["evaluation"])
+    assert {"base_metric", "circuit_metric", "kl", "empty_metric", "recovered"} <= set(ev["evaluation"])
+    # the held-out splits: unseen templates, the other corruption, both (each --n-test pairs)
+    held = ev["heldout_evaluations"]
+    assert list(held) == ["test_templates", "test_corruption", "test_ood"]
+    assert all(h["n_examples"] == 8 and h["split"] == k for k, h in held.items())
+    assert held["test_ood"]["recovered"] == pytest.approx(
+        (held["test_ood"]["circuit_metric"] - held["test_ood"]["empty_metric"])
+        / (held["test_ood"]["base_metric"] - held["test_ood"]["empty_metric"]))
     assert len(pd.read_csv(out / "history.csv")) == 3
     assert list(pd.read_csv(out / "per_layer.csv").columns) == mg.granularity.APPENDIX_D_COLUMNS
 
@@ -63,7 +70,8 @@ def test_report_is_self_contained(cli_run):
     page = (out / "report.html").read_text()
     assert "<script" in page and "Plotly" in page and len(page) > 1_000_000  # plotly.js embedded
     assert 'src="http' not in page and "src='http" not in page  # nothing fetched from the network
-    for needle in ("Appendix D", "Table 1", "Table 2", "Training curves", "Attention heads", "Paper, GPT-2 small"):
+    for needle in ("Appendix D", "Table 1", "Table 2", "Training curves", "Attention heads", "Paper, GPT-2 small",
+                   "test_ood (unseen templates and the other corruption)", "KL on unseen templates + other corruption"):
         assert needle in page, needle
 
 
@@ -82,6 +90,10 @@ def test_evaluate_command(cli_run, capsys):
     ev = json.loads((out / "evaluation_validation.json").read_text())
     assert ev["split"] == "validation" and ev["n_examples"] == 6 and ev["kl"] >= 0
     assert (out / "evaluation.json").read_text() == before  # the run's own evaluation is untouched
+    assert main(["evaluate", str(out), "--split", "test_ood"]) == 0  # re-scores what discover wrote
+    again = json.loads((out / "evaluation_test_ood.json").read_text())
+    saved = json.loads(before)["heldout_evaluations"]["test_ood"]
+    assert again["kl"] == pytest.approx(saved["kl"], rel=1e-5) and again["n_examples"] == saved["n_examples"]
 
 
 def test_finished_run_is_never_overwritten(cli_run, capsys):

@@ -46,3 +46,38 @@ def test_training_evaluation_from_the_loop_cache_equals_a_fresh_evaluation(gpt2_
     assert r.train_evaluation.kl == pytest.approx(fresh.kl, rel=1e-4, abs=1e-6) and fresh.kl > 0
     assert r.train_evaluation.circuit_metric == pytest.approx(fresh.circuit_metric, rel=1e-4, abs=1e-5)
     assert r.train_evaluation.base_metric == pytest.approx(fresh.base_metric, rel=1e-4, abs=1e-5)
+
+
+def test_recovered_is_one_for_the_full_model_and_zero_for_the_empty_circuit(micro_task):
+    """MIB's normalisation (m(C) - m(∅)) / (m(N) - m(∅)) from the empty circuit's metric, which is
+    the corrupted run's: the full circuit recovers all of it, the empty circuit none."""
+    model, task = micro_task
+    full = mg.evaluate(model, task, mg.Circuit.full(model), "train")
+    empty = mg.evaluate(model, task, mg.Circuit.empty(model), "train")
+    assert full.empty_metric == pytest.approx(empty.circuit_metric, abs=1e-5)
+    assert abs(full.base_metric - full.empty_metric) > 1e-3
+    assert full.recovered == pytest.approx(1.0, abs=1e-5) and empty.recovered == pytest.approx(0.0, abs=1e-4)
+    row = full.to_dict()
+    assert row["recovered"] == full.recovered
+    assert type(full).from_dict(row) == full  # evaluation.json entries round-trip
+    flat = type(full)(split="x", n_examples=1, base_metric=1.0, circuit_metric=1.0, kl=0.0, empty_metric=1.0)
+    assert flat.recovered is None  # no metric difference to recover
+
+
+def test_discover_evaluates_the_held_out_splits_unless_told_not_to(gpt2_micro):
+    from conftest import random_pairs
+
+    def pairs(seed):
+        clean, corrupted = random_pairs(gpt2_micro, n=6, seed=seed)
+        return PairSet.from_examples(clean.tolist(), corrupted.tolist(), clean[:, 0].tolist(), corrupted[:, 0].tolist())
+
+    task = PromptPairTask({"train": pairs(0), "validation": pairs(1), "test": pairs(2), "test_corruption": pairs(3),
+                           "test_ood": pairs(4)})
+    assert task.heldout_splits() == ["test_corruption", "test_ood"]
+    kw = dict(steps=2, batch_size=4, progress=False, autocast="float32")
+    r = mg.discover(gpt2_micro, task, **kw)
+    assert list(r.heldout_evaluations) == ["test_corruption", "test_ood"]
+    fresh = mg.evaluate(gpt2_micro, task, r.circuit, "test_ood")
+    assert r.heldout_evaluations["test_ood"].kl == pytest.approx(fresh.kl, rel=1e-5)
+    assert list(r.evaluations()["split"]) == ["train", "test", "test_corruption", "test_ood"]
+    assert mg.discover(gpt2_micro, task, eval_heldout=False, **kw).heldout_evaluations == {}

@@ -16,9 +16,11 @@ def test_greater_than_years_follow_the_gpt2_rule(tok):
     assert 1743 in years
     every = [y for y in range(1700, 1800) if [tok.decode([i]) for i in tok.encode(f" {y}")] == [" 17", f"{y % 100:02d}"]]
     assert years == every[1:-1]  # first and last valid year dropped
-    task = GreaterThan(tok, n_test=200)
+    task = GreaterThan(tok, n_test=200, n_heldout=60)
     df = task.to_dataframe()
-    assert len(df) == 500
+    assert len(df) == 500 + 3 * 60
+    assert set(df.loc[df.split == "test_corruption", "corruption"]) == {"xx01"}
+    assert not set(df.loc[df.split == "test_ood", "template"]) & set(df.loc[df.split == "train", "template"])
     for _, row in df.iterrows():
         assert row["start_year"] in valid_years_two_digit(tok, row["start_year"] // 100)
         assert len(tok.encode(row["clean"])) == len(tok.encode(row["corrupted"]))

@@ -15,17 +15,14 @@ Corruptions:
 
 from __future__ import annotations
 
-import random
-
 from . import _data
 from .prompt_pairs import PromptPairTask
-from .task import check_choice, split_sizes
+from .task import check_choice, generate, partition_templates, split_plan, split_sizes
 from .tokens import answer_token_id, default_prepend_bos, n_tokens
 
 GP_CORRUPTIONS = ("opposite_gender_name", "neutral")
 GP_TEMPLATE_SETS = ("ep", "mathwin")
 NEUTRALS = ("someone", "That person", "That other person")
-
 
 class GenderedPronouns(PromptPairTask):
     """The Gendered-Pronoun task for one model's tokenizer.
@@ -35,12 +32,17 @@ class GenderedPronouns(PromptPairTask):
         n_train, n_validation, n_test: split sizes (paper: 150 / 150 / 378).
         corruption: ``"opposite_gender_name"`` (default) or ``"neutral"``.
         templates: ``"ep"`` (30 templates, 1000 + 1000 names; default) or ``"mathwin"`` (5 templates, 10 + 10).
+        heldout_templates: templates held out of training for the validation split, and as many again
+            for the ``test_templates``/``test_ood`` splits (default: a sixth of the templates each; 0: none).
+        n_heldout: pairs in each held-out split (``test_templates``, ``test_corruption`` under the other
+            corruption, ``test_ood``).
         seed: seeds everything.
         prepend_bos: default the model's ``cfg.default_prepend_bos``.
     """
 
     def __init__(self, model, n_train: int = 150, n_validation: int = 150, n_test: int = 378,
-                 corruption: str = "opposite_gender_name", templates: str = "ep", seed: int = 0,
+                 corruption: str = "opposite_gender_name", templates: str = "ep",
+                 heldout_templates: int | None = None, n_heldout: int = 1024, seed: int = 0,
                  prepend_bos: bool | None = None):
         check_choice("Gendered-Pronoun corruption", corruption, GP_CORRUPTIONS)
         check_choice("Gendered-Pronoun template set", templates, GP_TEMPLATE_SETS)
@@ -54,37 +56,48 @@ class GenderedPronouns(PromptPairTask):
         neutral_by_len = {}
         for phrase in NEUTRALS:
             neutral_by_len.setdefault(n_tokens(model, " " + phrase), phrase)
-        if corruption == "neutral":
-            names = {g: [n for n in ns if length[g][n] in neutral_by_len] for g, ns in names.items()}
-        # names of the other gender grouped by token count, for length-preserving swaps
-        by_len = {g: {} for g in names}
+        # names usable under each corruption, and for swaps the other gender's names by token count
+        self.usable = {c: self._usable(names, length, neutral_by_len, c) for c in GP_CORRUPTIONS}
+        if not self.usable[corruption]["male"] or not self.usable[corruption]["female"]:
+            raise ValueError("no usable Gendered-Pronoun names for this tokenizer and corruption")
+        self.by_len = {g: {} for g in names}
         for g, ns in names.items():
             for n in ns:
-                by_len[g].setdefault(length[g][n], []).append(n)
-        other = {"male": "female", "female": "male"}
-        usable = {g: [n for n in ns if corruption == "neutral" or length[g][n] in by_len[other[g]]]
-                  for g, ns in names.items()}
-        if not usable["male"] or not usable["female"]:
-            raise ValueError("no usable Gendered-Pronoun names for this tokenizer and corruption")
+                self.by_len[g].setdefault(length[g][n], []).append(n)
+        self.length, self.neutral_by_len, self.pronoun, self.answers = length, neutral_by_len, pronoun, data["answers"]
         self.corruption, self.templates_name, self.seed = corruption, templates, seed
-        rng = random.Random(seed)
-        records = []
-        for i in range(sum(sizes.values())):
-            t = tpl[i % len(tpl)]
-            gender = "male" if i % 2 == 0 else "female"
-            name = rng.choice(usable[gender])
-            if corruption == "neutral":
-                swap = neutral_by_len[length[gender][name]]
-            else:
-                swap = rng.choice(by_len[other[gender]][length[gender][name]])
-            records.append({"clean": t.format(name=name), "corrupted": t.format(name=swap),
-                            "correct": data["answers"][gender], "incorrect": data["answers"][other[gender]],
-                            "correct_id": pronoun[gender], "incorrect_id": pronoun[other[gender]],
-                            "gender": gender, "name": name, "template": t})
-        self.records = records
-        splits = self.build_splits(model, records, sizes, default_prepend_bos(model, prepend_bos))
+        self.heldout_templates = len(tpl) // 6 if heldout_templates is None else heldout_templates
+        self.template_splits = partition_templates(list(tpl), self.heldout_templates)
+        other = next(c for c in GP_CORRUPTIONS if c != corruption)
+        if not self.usable[other]["male"] or not self.usable[other]["female"]:
+            other = None  # no names of the right length: no other-corruption splits
+        records = generate(split_plan(sizes, n_heldout, self.template_splits, corruption, other), seed, self._record)
+        self.records = [r for recs in records.values() for r in recs]
+        splits = self.build_splits(model, records, default_prepend_bos(model, prepend_bos))
         super().__init__(splits, name="gp", metric_name="logit diff (consistent - inconsistent pronoun)")
+
+    @staticmethod
+    def _usable(names, length, neutral_by_len, corruption) -> dict[str, list[str]]:
+        """Names that ``corruption`` can replace keeping the token count (by a neutral phrase or a name)."""
+        other_lengths = {g: {length[o][n] for n in names[o]} for g, o in (("male", "female"), ("female", "male"))}
+        keep = (lambda g, n: length[g][n] in neutral_by_len) if corruption == "neutral" else \
+            (lambda g, n: length[g][n] in other_lengths[g])
+        return {g: [n for n in ns if keep(g, n)] for g, ns in names.items()}
+
+    def _record(self, rng, i: int, t: str, corruption: str) -> dict:
+        """One clean/corrupted pair from template ``t`` (even rows male, odd rows female)."""
+        gender = "male" if i % 2 == 0 else "female"
+        other = "female" if gender == "male" else "male"
+        name = rng.choice(self.usable[corruption][gender])
+        if corruption == "neutral":
+            swap = self.neutral_by_len[self.length[gender][name]]
+        else:
+            swap = rng.choice(self.by_len[other][self.length[gender][name]])
+        return {"clean": t.format(name=name), "corrupted": t.format(name=swap),
+                "correct": self.answers[gender], "incorrect": self.answers[other],
+                "correct_id": self.pronoun[gender], "incorrect_id": self.pronoun[other],
+                "gender": gender, "name": name, "template": t, "corruption": corruption}
 
     def describe(self) -> dict:
         return {**super().describe(), "corruption": self.corruption, "templates": self.templates_name,
-                "seed": self.seed}
+                "seed": self.seed, "heldout_templates": self.heldout_templates}

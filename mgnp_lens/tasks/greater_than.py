@@ -32,14 +32,12 @@ i.e. years 1000–2099; Hanna: 10..17).
 
 from __future__ import annotations
 
-import random
-
 import torch
 
 from . import _data
 from .pairs import PairBatch
 from .prompt_pairs import PromptPairTask
-from .task import check_choice, split_sizes
+from .task import check_choice, generate, partition_templates, split_plan, split_sizes
 from .tokens import default_prepend_bos, tokenizer_of
 
 GT_CORRUPTIONS = ("random_century", "xx01")
@@ -81,13 +79,18 @@ class GreaterThan(PromptPairTask):
         corruption: ``"random_century"`` (default) or ``"xx01"``.
         templates: ``"ep"`` (the 6 Edge-Pruning/MGNP templates, default) or ``"hanna"``.
         metric: ``"window"`` (paper Eq. 9, default) or ``"plain"``.
+        heldout_templates: templates held out of training for the validation split, and as many again
+            for the ``test_templates``/``test_ood`` splits (default: a sixth of the templates each; 0: none).
+        n_heldout: pairs in each held-out split (``test_templates``, ``test_corruption`` under the other
+            corruption, ``test_ood``).
         seed: seeds everything.
         prepend_bos: default the model's ``cfg.default_prepend_bos``.
     """
 
     def __init__(self, model, n_train: int = 150, n_validation: int = 150, n_test: int = 12_240,
                  corruption: str = "random_century", templates: str = "ep", metric: str = "window",
-                 seed: int = 0, prepend_bos: bool | None = None):
+                 heldout_templates: int | None = None, n_heldout: int = 1024, seed: int = 0,
+                 prepend_bos: bool | None = None):
         check_choice("Greater-Than corruption", corruption, GT_CORRUPTIONS)
         check_choice("Greater-Than template set", templates, GT_TEMPLATE_SETS)
         check_choice("Greater-Than metric", metric, GT_METRICS)
@@ -110,41 +113,53 @@ class GreaterThan(PromptPairTask):
         by_century = {c: ys for c, ys in by_century.items() if ys}
         if not by_century:
             raise ValueError("no valid Greater-Than years for this tokenizer")
-        all_valid = sorted(y for ys in by_century.values() for y in ys)
-        valid_set = set(all_valid)
-        rng = random.Random(seed)
-        records = []
-        for i in range(sum(sizes.values())):
-            t = tpl[i % len(tpl)]
-            noun = rng.choice(data["nouns"])
-            start = rng.choice(all_valid)
-            cc, yy = divmod(start, 100)
-            if corruption == "xx01":
-                bad_start = cc * 100 + 1
-            else:
-                while True:
-                    bad_start = rng.randrange(lo, hi) * 100 + rng.randint(1, 98)
-                    if self.family == "digit" or bad_start in valid_set or two_digit_year_ok(tok, bad_start):
-                        break
-            fill = lambda s, t=t, noun=noun, cc=cc: t.format(noun=noun, start=s, end_century=cc)  # noqa: E731
-            rec = {"clean": fill(start), "corrupted": fill(bad_start), "start_year": start, "start_yy": yy,
-                   "corrupted_start_year": bad_start, "template": t}
-            if self.family == "two_digit":
-                rec["correct_id"] = int(self.answer_ids[min(yy + 1, 99)])
-                rec["incorrect_id"] = int(self.answer_ids[max(yy - 1, 0)])
-                rec["threshold"] = yy
-            else:
-                tens = yy // 10
-                rec["correct_id"] = int(self.answer_ids[tens + 1])
-                rec["incorrect_id"] = int(self.answer_ids[tens - 1])
-                rec["threshold"] = tens
-            rec["correct"] = tok.decode([rec["correct_id"]])
-            rec["incorrect"] = tok.decode([rec["incorrect_id"]])
-            records.append(rec)
-        self.records = records
-        splits = self.build_splits(model, records, sizes, default_prepend_bos(model, prepend_bos),
-                                   meta_keys=("threshold",))
+        self.tok, self.lo, self.hi, self.nouns = tok, lo, hi, data["nouns"]
+        self.valid_years = sorted(y for ys in by_century.values() for y in ys)
+        self.valid_set = set(self.valid_years)
+        self.heldout_templates = len(tpl) // 6 if heldout_templates is None else heldout_templates
+        self.template_splits = partition_templates(list(tpl), self.heldout_templates)
+        other = next(c for c in GT_CORRUPTIONS if c != corruption)
+        records = generate(split_plan(sizes, n_heldout, self.template_splits, corruption, other), seed, self._record)
+        self.records = [r for recs in records.values() for r in recs]
+        splits = self.build_splits(model, records, default_prepend_bos(model, prepend_bos), meta_keys=("threshold",))
         super().__init__(splits, name="gt", metric_name=f"prob diff ({metric})")
+
+    def _xx01_years(self) -> list[int]:
+        """Start years whose CC01 has as many tokens (GPT-2 writes ``2001`` as one token, ``2083`` as two)."""
+        if not hasattr(self, "_xx01"):
+            n = lambda y: len(self.tok.encode(f" {y}", add_special_tokens=False))  # noqa: E731
+            self._xx01 = [y for y in self.valid_years if n(y) == n(y // 100 * 100 + 1)]
+            if not self._xx01:
+                raise ValueError("no start year keeps its token count under the 'xx01' corruption for this tokenizer")
+        return self._xx01
+
+    def _record(self, rng, i: int, t: str, corruption: str) -> dict:
+        """One clean/corrupted pair from template ``t``."""
+        noun = rng.choice(self.nouns)
+        start = rng.choice(self.valid_years if corruption != "xx01" else self._xx01_years())
+        cc, yy = divmod(start, 100)
+        if corruption == "xx01":
+            bad_start = cc * 100 + 1
+        else:
+            while True:
+                bad_start = rng.randrange(self.lo, self.hi) * 100 + rng.randint(1, 98)
+                if self.family == "digit" or bad_start in self.valid_set or two_digit_year_ok(self.tok, bad_start):
+                    break
+        fill = lambda s: t.format(noun=noun, start=s, end_century=cc)  # noqa: E731
+        rec = {"clean": fill(start), "corrupted": fill(bad_start), "start_year": start, "start_yy": yy,
+               "corrupted_start_year": bad_start, "template": t, "corruption": corruption}
+        if self.family == "two_digit":
+            rec["correct_id"] = int(self.answer_ids[min(yy + 1, 99)])
+            rec["incorrect_id"] = int(self.answer_ids[max(yy - 1, 0)])
+            rec["threshold"] = yy
+        else:
+            tens = yy // 10
+            rec["correct_id"] = int(self.answer_ids[tens + 1])
+            rec["incorrect_id"] = int(self.answer_ids[tens - 1])
+            rec["threshold"] = tens
+        rec["correct"] = self.tok.decode([rec["correct_id"]])
+        rec["incorrect"] = self.tok.decode([rec["incorrect_id"]])
+        return rec
 
     def metric(self, logits: torch.Tensor, batch: PairBatch) -> torch.Tensor:
         """Probability difference of later vs earlier answers, [B] (see the module docstring)."""
@@ -163,5 +178,6 @@ class GreaterThan(PromptPairTask):
 
     def describe(self) -> dict:
         return {**super().describe(), "corruption": self.corruption, "templates": self.templates_name,
-                "tokenizer_family": self.family, "seed": self.seed}
+                "tokenizer_family": self.family, "seed": self.seed,
+                "heldout_templates": self.heldout_templates}
 

@@ -13,7 +13,7 @@ import torch
 
 from .pairs import SPLITS, PairBatch, PairSet
 from .readers import COLUMNS, read_csv, read_jsonl
-from .task import Task, logit_diff
+from .task import HELDOUT_SPLITS, Task, logit_diff
 from .tokens import answer_token_id, default_prepend_bos, encode, tokenizer_of
 
 
@@ -42,6 +42,9 @@ class PromptPairTask(Task):
             raise ValueError(f"task {self.name!r} has no split {name!r}; it has {sorted(self.splits)}")
         return self.splits[name]
 
+    def heldout_splits(self) -> list[str]:
+        return [s for s in HELDOUT_SPLITS if s in self.splits]
+
     def metric(self, logits, batch):
         return self._metric(logits, batch) if self._metric is not None else logit_diff(logits, batch)
 
@@ -64,30 +67,26 @@ class PromptPairTask(Task):
         return pd.DataFrame(records)
 
     @staticmethod
-    def build_splits(model, records: list[dict], sizes: dict[str, int], prepend_bos: bool,
+    def build_splits(model, records: dict[str, list[dict]], prepend_bos: bool,
                      meta_keys: Sequence[str] = ()) -> dict[str, PairSet]:
-        """Tokenize generated records into splits, in order (first ``sizes['train']`` are train, ...).
+        """Tokenize generated records, ``{split: [record, ...]}``, into one :class:`PairSet` per split.
 
         Each record has ``clean``, ``corrupted``, ``correct``, ``incorrect`` (answer strings, or token
         ids as ``correct_id``/``incorrect_id``) and the ``meta_keys``; a ``split`` field is added.
         """
         tok = tokenizer_of(model)
-        clean = [encode(model, r["clean"], prepend_bos) for r in records]
-        corrupted = [encode(model, r["corrupted"], prepend_bos) for r in records]
-        good = [r["correct_id"] if "correct_id" in r else answer_token_id(tok, r["correct"], i)
-                for i, r in enumerate(records)]
-        bad = [r["incorrect_id"] if "incorrect_id" in r else answer_token_id(tok, r["incorrect"], i)
-               for i, r in enumerate(records)]
-        splits, start = {}, 0
-        for k in SPLITS:
-            idx = list(range(start, start + sizes[k]))
-            for i in idx:
-                records[i]["split"] = k
-            splits[k] = PairSet.from_examples(
-                [clean[i] for i in idx], [corrupted[i] for i in idx], [good[i] for i in idx],
-                [bad[i] for i in idx], meta={m: [records[i][m] for i in idx] for m in meta_keys},
-                labels=[records[i]["clean"] for i in idx])
-            start += sizes[k]
+        splits = {}
+        for split, recs in records.items():
+            for r in recs:
+                r["split"] = split
+            splits[split] = PairSet.from_examples(
+                [encode(model, r["clean"], prepend_bos) for r in recs],
+                [encode(model, r["corrupted"], prepend_bos) for r in recs],
+                [r["correct_id"] if "correct_id" in r else answer_token_id(tok, r["correct"], i)
+                 for i, r in enumerate(recs)],
+                [r["incorrect_id"] if "incorrect_id" in r else answer_token_id(tok, r["incorrect"], i)
+                 for i, r in enumerate(recs)],
+                meta={m: [r[m] for r in recs] for m in meta_keys}, labels=[r["clean"] for r in recs])
         return splits
 
     # ------------------------------------------------------------------ constructors
