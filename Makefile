@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mgnp-installed
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo default-runs clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,11 @@ DEMO_OUT ?= runs/ioi-$(shell date +%Y%m%d-%H%M%S)
 
 demo: setup
 	$(VENV)/bin/mgnp discover --task ioi --n-test 512 --out $(DEMO_OUT)
+
+# the committed default circuits (benchmarks/results/{ioi,gt,gp}_default/): the CLI's defaults on the embedded model
+default-runs: setup
+	for t in ioi gt gp; do $(VENV)/bin/mgnp discover --task $$t --n-test 512 --quiet --overwrite \
+	    --out benchmarks/results/$${t}_default || exit $$?; done
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

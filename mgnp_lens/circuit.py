@@ -225,26 +225,43 @@ class Circuit:
                 f"attn_neurons={c['attn_neuron']}, mlp_hidden={c['mlp_hidden']}, mlp_output={c['mlp_output']})")
 
     # ----------------------------------------------------------------- running
-    def run(self, model, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor) -> torch.Tensor:
-        """Logits of ``model`` with every pruned node patched from the corrupted run.
+    def run(self, model, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor | None = None,
+            ablation: str | None = None, constants: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits of ``model`` with every pruned node ablated: patched from the corrupted run (the default), set
+        to zero, or set to its mean (see :mod:`mgnp_lens.ablation`).
 
         Args:
             clean_tokens: [batch, pos] token ids.
-            corrupted_tokens: [batch, pos] token ids, same shape.
+            corrupted_tokens: [batch, pos] token ids, same shape (the mean ablation averages over them
+                unless ``constants`` are given; the zero ablation needs none).
+            ablation: ``"corrupted"``, ``"zero"`` or ``"mean"``; default the one the circuit was found with.
+            constants: the zero/mean ablation's per-site values (e.g. a task's training-pair means).
 
         Returns:
             [batch, pos, d_vocab] logits.
         """
+        from .ablation import ablation_of, mean_values, zero_values
+
         if _dims(model) != self.dims:
             raise ValueError(f"circuit was made for {self.dims}, model has {_dims(model)}")
-        if clean_tokens.shape != corrupted_tokens.shape:
+        ablation = ablation or ablation_of(self)
+        if corrupted_tokens is None and constants is None and ablation != "zero":
+            raise ValueError(f"the {ablation!r} ablation needs corrupted_tokens")
+        if corrupted_tokens is not None and clean_tokens.shape != corrupted_tokens.shape:
             raise ValueError(f"clean tokens {tuple(clean_tokens.shape)} and corrupted tokens "
                              f"{tuple(corrupted_tokens.shape)} must have the same shape")
         check_hook_points(model, self.dims)
-        interp = Interpolator(self.dims, "batch")
+        if constants is None and ablation == "zero":
+            constants = zero_values(model, self.dims)
+        elif constants is None and ablation == "mean":
+            constants = mean_values(model, self.dims, [corrupted_tokens])
+        interp = Interpolator(self.dims, "batch", constants=constants)
         interp.set_masks(self.masks)
         with torch.no_grad():
-            return masked_full_logits(model, interp, clean_tokens, corrupted_tokens)
+            if constants is None:
+                return masked_full_logits(model, interp, clean_tokens, corrupted_tokens)
+            with interp.attached(model):
+                return model(clean_tokens, return_type="logits")
 
 
 def _dims(model_or_dims) -> ModelDims:

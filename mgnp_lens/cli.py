@@ -20,6 +20,7 @@ import json
 import sys
 from pathlib import Path
 
+from .ablation import ABLATIONS
 from .config import EVAL_SPLITS
 
 EXIT_BAD_INPUT = 2
@@ -110,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="GRAN=VALUE", help="override one granularity's λ (repeatable)")
     d.add_argument("--corruption-mode", choices=["batch", "cache"], default=None,
                    help="corrupted activations from the same pass (batch) or precomputed (cache, default)")
+    d.add_argument("--ablation", choices=ABLATIONS, default=None,
+                   help="what a pruned node outputs: its activation on the corrupted prompt (default), zero, or its "
+                        "mean over the training pairs' corrupted prompts")
     d.add_argument("--autocast", choices=["auto", "bfloat16", "float16", "float32"], default=None,
                    help="precision of the training passes (default auto: bfloat16 where the hardware has it)")
     d.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
@@ -240,7 +244,7 @@ def _discover_config(args, out: Path):
 
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
                                    "lambda_scale": args.lambda_scale, "corruption": args.corruption_mode,
-                                   "autocast": args.autocast}.items()
+                                   "ablation": args.ablation, "autocast": args.autocast}.items()
                  if v is not None}
     if args.lambdas:
         overrides["lambdas"] = dict(args.lambdas)
@@ -329,7 +333,8 @@ def _resume(args) -> int:
     given = [flag for flag, value in (("--task", args.task), ("--data", args.data), ("--model", args.model),
                                       ("--batch-size", args.batch_size), ("--lr", args.lr),
                                       ("--lambda-scale", args.lambda_scale), ("--lambda", args.lambdas or None),
-                                      ("--corruption-mode", args.corruption_mode), ("--autocast", args.autocast),
+                                      ("--corruption-mode", args.corruption_mode), ("--ablation", args.ablation),
+                                      ("--autocast", args.autocast),
                                       ("--set", args.settings or None), ("--seed", args.seed),
                                       ("--n-test", args.n_test), ("--max-train", args.max_train),
                                       ("--config", args.config),

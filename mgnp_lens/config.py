@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from .gates import HardConcreteParams
 from .granularity import ATTENTION_GRANULARITIES, GRANULARITIES, PAPER_LAMBDAS, check_granularity
+from .ablation import ABLATIONS
 from .hooks import CORRUPTION_MODES
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -58,6 +59,9 @@ class PruningConfig:
         noise_warmup_granularities: whose noise warms up (default the attention gates, ``None``: all).
         l0_penalty: ``"gate"`` (the paper: each gate's P(z > 0)) or ``"path"`` (times its ancestors').
         corruption: ``"cache"`` (corrupted activations precomputed, default) or ``"batch"`` (one 2B pass).
+        ablation: what a pruned node outputs: ``"corrupted"`` (its activation on the paired corrupted prompt,
+            default, the paper's), ``"zero"`` or ``"mean"`` (its mean over the training pairs' corrupted
+            prompts and positions); see :mod:`mgnp_lens.ablation`. Evaluations of the circuit use the same.
         precompute: when the training pairs' full-model outputs (answer distributions and, in cache mode,
             corrupted activations) are computed: ``"all"`` once before the loop, ``"per_batch"`` for each
             batch when it is drawn (one extra no-gradient pass a step; memory does not grow with the
@@ -110,6 +114,7 @@ class PruningConfig:
     noise_warmup_granularities: tuple[str, ...] | None = ATTENTION_GRANULARITIES
     l0_penalty: str = "gate"
     corruption: str = "cache"
+    ablation: str = "corrupted"
     precompute: str = "auto"
     seed: int = 0
     granularities: tuple[str, ...] = GRANULARITIES
@@ -143,6 +148,11 @@ class PruningConfig:
         if self.noise_warmup_steps == "auto":
             return int(self.steps * NOISE_WARMUP_FRACTION)
         return self.noise_warmup_steps
+
+    @property
+    def caches_corrupted(self) -> bool:
+        """Whether the run precomputes the corrupted activations (cache mode with the corrupted ablation)."""
+        return self.corruption == "cache" and self.ablation == "corrupted"
 
     @property
     def log_alpha_range(self) -> tuple[float, float] | None:
@@ -308,6 +318,7 @@ FIELD_RULES: dict[str, Rule] = {
     "noise_warmup_steps": _either(_integer(0), _choice(("auto",)), "an integer >= 0 or 'auto'"),
     "noise_warmup_granularities": _optional(_granularities(allow_empty=True)),
     "l0_penalty": _choice(L0_PENALTIES, "l0_penalty"), "corruption": _choice(CORRUPTION_MODES, "corruption mode"),
+    "ablation": _choice(ABLATIONS, "ablation"),
     "precompute": _choice(PRECOMPUTE_CHOICES, "precompute"),
     "seed": _integer(0), "granularities": _granularities(allow_empty=False), "hard_concrete": _hard_concrete,
     "weight_decay": _number(0), "betas": _betas, "adam_eps": _positive_float,

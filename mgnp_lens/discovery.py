@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint
+from .ablation import ablation_values
 from .circuit import Circuit
 from .config import PRECOMPUTE_MEMORY_FRACTION, PruningConfig
 from .evaluate import Evaluation, FullModelTarget, evaluate, evaluate_cached
@@ -66,7 +67,7 @@ def discover(model, task, config: PruningConfig | None = None, *, resume_from=No
         data = _precompute_run(model, run)  # the full model's answer logits, the corrupted activations
         with run.fast.applied():
             interp = Interpolator(run.dims, run.config.corruption, skip_dead_sites=run.config.skip_dead_sites,
-                                  shared_hooks=run.fast.compiled)
+                                  shared_hooks=run.fast.compiled, constants=data.constants)
             for step in _progress(run):
                 row = _train_step(model, interp, run, data, step)  # sample gates; KL + λ·L0; AdamW
                 if run.validation_due(step + 1):
@@ -84,12 +85,14 @@ def discover(model, task, config: PruningConfig | None = None, *, resume_from=No
 @dataclass
 class _Data:
     """What the loop reads but never changes: the training pairs' full-model outputs and their KL targets
-    (None with ``precompute="per_batch"``), and the validation pairs' (None without ``validate_every``)."""
+    (None with ``precompute="per_batch"``), the validation pairs' (None without ``validate_every``), and
+    the zero/mean ablation's constants (None for the corrupted ablation)."""
 
     train: Precomputed | None
     targets: list[FullModelTarget] | None
     validation: Precomputed | None
     batch_size: int
+    constants: dict[str, torch.Tensor] | None = None
 
 
 @dataclass
@@ -242,7 +245,7 @@ def _streams(model, dims: ModelDims, train, config: PruningConfig) -> bool:
     """
     if config.precompute == "per_batch":
         return True
-    need = precompute_bytes(model, dims, train, config.corruption == "cache")
+    need = precompute_bytes(model, dims, train, config.caches_corrupted)
     free = available_bytes(next(model.parameters()).device)
     if free is None or need <= PRECOMPUTE_MEMORY_FRACTION * free:
         return False
@@ -262,11 +265,13 @@ def _precompute_run(model, run: _Run) -> _Data:
     config = run.config
     size = min(config.eval_batch_size, config.micro_batch_size or config.eval_batch_size)
     train = targets = None
+    constants = ablation_values(model, run.dims, config.ablation, run.train, size)
     if not run.streaming:
-        train = precompute(model, run.dims, run.train, size, config.corruption == "cache")
+        train = precompute(model, run.dims, run.train, size, config.caches_corrupted)
         targets = [FullModelTarget.from_logits(b) for b in train.base]  # once, not per step
-    validation = precompute(model, run.dims, run.validation, size, True) if run.validation is not None else None
-    return _Data(train, targets, validation, size)
+    validation = None if run.validation is None else \
+        precompute(model, run.dims, run.validation, size, config.ablation == "corrupted")
+    return _Data(train, targets, validation, size, constants)
 
 
 def _progress(run: _Run):
@@ -345,7 +350,7 @@ def _train_step(model, interp: Interpolator, run: _Run, data: _Data, step: int) 
 def _batch_targets(model, run: _Run, data: _Data, batch) -> _BatchTargets:
     """The KL targets and corrupted activations of ``batch`` (on the CPU): looked up in the precomputed
     ones, or, with ``precompute="per_batch"``, computed now by the full model in its own precision."""
-    with_cache = run.config.corruption == "cache"
+    with_cache = run.config.caches_corrupted
     if not run.streaming:
         return _BatchTargets(data.targets[batch.bucket], data.train.cache[batch.bucket] if with_cache else None,
                              batch.rows)
@@ -372,7 +377,7 @@ def _kl_backward(model, interp: Interpolator, masks: dict[str, torch.Tensor], ba
     for start in range(0, n, size):
         sl = slice(start, min(start + size, n))
         interp.set_masks({g: v[sl] for g, v in leaves.items()} if config.mask_per_example else leaves)
-        if config.corruption == "cache":
+        if inputs.cache is not None:
             interp.set_corrupted(inputs.corrupted(sl))
         with fast.autocast():
             logits = masked_answer_logits(model, interp, batch.clean[sl], batch.corrupted[sl], batch.answer_pos[sl])
@@ -391,7 +396,7 @@ def _validate(model, run: _Run, data: _Data) -> dict:
     """The current hard circuit's KL and metric on the validation pairs (``val_kl``, ``val_metric``)."""
     circuit = Circuit(run.dims, run.gates.binarize(), task=run.task.describe())
     ev = evaluate_cached(model, run.task, circuit, run.validation, data.validation, data.batch_size, "validation",
-                         with_empty=False)
+                         with_empty=False, constants=data.constants)
     return {"val_kl": ev.kl, "val_metric": ev.circuit_metric}
 
 
@@ -404,14 +409,15 @@ def _final_evaluations(model, task, circuit: Circuit, run: _Run, data: _Data
     cap = config.eval_max_examples
     if config.corruption == "cache" and not run.streaming:
         pairs = run.train if cap is None else run.train.head(cap)  # the first rows of the first buckets
-        train = evaluate_cached(model, task, circuit, pairs, data.train, config.eval_batch_size)
+        train = evaluate_cached(model, task, circuit, pairs, data.train, config.eval_batch_size,
+                                constants=data.constants)
     else:
-        train = evaluate(model, task, circuit, "train", config.eval_batch_size, cap)
+        train = evaluate(model, task, circuit, "train", config.eval_batch_size, cap, constants=data.constants)
     if config.eval_split is None:
         return train, None, {}
-    held_out = evaluate(model, task, circuit, config.eval_split, config.eval_batch_size, cap)
+    held_out = evaluate(model, task, circuit, config.eval_split, config.eval_batch_size, cap, constants=data.constants)
     extra = task.heldout_splits() if config.eval_heldout and hasattr(task, "heldout_splits") else []
-    return train, held_out, {s: evaluate(model, task, circuit, s, config.eval_batch_size, cap)
+    return train, held_out, {s: evaluate(model, task, circuit, s, config.eval_batch_size, cap, constants=data.constants)
                              for s in extra if s != config.eval_split}
 
 

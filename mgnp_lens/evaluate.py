@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 import torch
 
+from .ablation import ablation_of, ablation_values
 from .circuit import Circuit
 from .hooks import Interpolator, check_hook_points, logits_at, masked_answer_logits
 from .granularity import ModelDims
@@ -116,7 +117,8 @@ def _resolve_device(model) -> torch.device:
 
 @torch.inference_mode()
 def evaluate(model, task, circuit: Circuit, split: str = "test", batch_size: int = 32,
-             max_examples: int | None = None) -> Evaluation:
+             max_examples: int | None = None, ablation: str | None = None,
+             constants: dict[str, torch.Tensor] | None = None) -> Evaluation:
     """Evaluate ``circuit`` on a task split.
 
     Args:
@@ -126,6 +128,10 @@ def evaluate(model, task, circuit: Circuit, split: str = "test", batch_size: int
         split: which split (default ``"test"``).
         batch_size: examples per forward pass.
         max_examples: evaluate only the first ``max_examples`` pairs of the split.
+        ablation: what pruned nodes output (:mod:`mgnp_lens.ablation`); default the one the circuit was
+            found with (``"corrupted"`` if it records none).
+        constants: the zero/mean ablation's values, when already computed (default: computed here, the
+            mean over the task's training pairs).
 
     Returns:
         an :class:`Evaluation` with means over the examples.
@@ -135,34 +141,59 @@ def evaluate(model, task, circuit: Circuit, split: str = "test", batch_size: int
         pairs = pairs.head(max_examples)
     check_circuit_fits(model, circuit)
     device = _resolve_device(model)
-    interp = Interpolator(circuit.dims, "batch")
-    interp.set_masks(circuit.masks)
+    ablation = ablation or ablation_of(circuit)
+    if constants is None and ablation != "corrupted":
+        constants = ablation_values(model, circuit.dims, ablation, task.split("train"), batch_size)
+    interp, empty_interp = (_interpolator(circuit.dims, m, constants) for m in (circuit.masks, None))
 
     def passes():
         for batch in pairs.batches(batch_size):
             batch = batch.to(device)
             base = logits_at(model, batch.clean, batch.answer_pos, len(batch))
-            empty = logits_at(model, batch.corrupted, batch.answer_pos, len(batch))
-            yield batch, base, masked_answer_logits(model, interp, batch.clean, batch.corrupted, batch.answer_pos), empty
+            circ = masked_answer_logits(model, interp, batch.clean, batch.corrupted, batch.answer_pos)
+            yield batch, base, circ, _empty_logits(model, empty_interp, batch)
 
     return summarize(task, split, passes())
 
 
+def _interpolator(dims: ModelDims, masks, constants) -> Interpolator | None:
+    """A batch-mode (or, with ablation constants, clean-only) interpolator holding ``masks``; None masks:
+    the empty circuit's, or None where that is simply the corrupted run."""
+    if masks is None:
+        if constants is None:
+            return None
+        masks = Circuit.empty(dims).masks
+    interp = Interpolator(dims, "batch", constants=constants)
+    interp.set_masks(masks)
+    return interp
+
+
+def _empty_logits(model, empty_interp: Interpolator | None, batch) -> torch.Tensor:
+    """[B, d_vocab] answer logits of the empty circuit: the corrupted run, or every node ablated."""
+    if empty_interp is None:
+        return logits_at(model, batch.corrupted, batch.answer_pos, len(batch))
+    return masked_answer_logits(model, empty_interp, batch.clean, batch.corrupted, batch.answer_pos)
+
+
 @torch.inference_mode()
 def evaluate_cached(model, task, circuit: Circuit, pairs, pre: Precomputed, batch_size: int,
-                    split: str = "train", with_empty: bool = True) -> Evaluation:
+                    split: str = "train", with_empty: bool = True,
+                    constants: dict[str, torch.Tensor] | None = None) -> Evaluation:
     """:func:`evaluate` on ``pairs`` from their precomputed full-model logits and corrupted activations
     (a run's, for its training pairs): one masked clean pass per batch instead of three (and, with
-    ``with_empty``, one corrupted pass for the empty circuit's metric)."""
+    ``with_empty``, one more for the empty circuit's metric). With zero/mean ablation ``constants`` the
+    corrupted activations are not needed (``pre.cache`` may be empty)."""
     device = _resolve_device(model)
-    interp = Interpolator(circuit.dims, "cache")
+    interp = Interpolator(circuit.dims, "cache", constants=constants)
     interp.set_masks(circuit.masks)
+    empty_interp = _interpolator(circuit.dims, None, constants) if with_empty else None
 
     def passes():
         for i, idx, b in chunks(pairs, batch_size, device):
-            interp.set_corrupted({k: v[idx.to(v.device)] for k, v in pre.cache[i].items()})
+            if constants is None:
+                interp.set_corrupted({k: v[idx.to(v.device)] for k, v in pre.cache[i].items()})
             circ = masked_answer_logits(model, interp, b.clean, b.corrupted, b.answer_pos)
-            empty = logits_at(model, b.corrupted, b.answer_pos, len(b)) if with_empty else None
+            empty = _empty_logits(model, empty_interp, b) if with_empty else None
             yield b, pre.base[i][idx.to(pre.base[i].device)], circ, empty
 
     return summarize(task, split, passes())

@@ -171,7 +171,8 @@ def _mix(act: torch.Tensor, mode: CorruptionMode, m: torch.Tensor, corrupted: to
         act: the site's activation, [B, pos, ...] (cache mode) or [2B, pos, ...] (batch mode: clean
             rows, then their corrupted rows).
         m: the site's mask M, broadcastable to one half of ``act``.
-        corrupted: cache mode: the cached corrupted activation shaped like ``act``; batch mode: None.
+        corrupted: cache mode: the cached corrupted activation shaped like ``act``, or an ablation constant
+            shaped like one position of it; batch mode: None.
         dead: ``m`` is exactly 0 everywhere: pass the corrupted activation on, detached from the
             clean computation below it.
     """
@@ -185,7 +186,9 @@ def _mix(act: torch.Tensor, mode: CorruptionMode, m: torch.Tensor, corrupted: to
     # in the activation's dtype: under autocast a bfloat16 site mixes in bfloat16, instead of a
     # float32 cache promoting the mix (and every op after it up to the next matmul) to float32
     corrupted = corrupted.to(act.dtype)
-    return corrupted if dead else interpolate(act, corrupted, m)
+    if dead:  # a per-position ablation constant broadcast to the activation's shape
+        return corrupted.expand_as(act) if corrupted.shape != act.shape else corrupted
+    return interpolate(act, corrupted, m)
 
 
 class _SiteInputs:
@@ -226,9 +229,14 @@ class Interpolator:
     """
 
     def __init__(self, dims: ModelDims, mode: CorruptionMode = "batch", skip_dead_sites: bool = True,
-                 shared_hooks: bool = False):
+                 shared_hooks: bool = False, constants: dict[str, torch.Tensor] | None = None):
         self.dims = dims
         self.mode = check_mode(mode)
+        # zero or mean ablation (mgnp_lens.ablation): one constant per site replaces the corrupted run, so
+        # only the clean prompts run, in either mode
+        self.constants = constants
+        if constants is not None:
+            self.mode = "cache"
         self.skip_dead_sites = skip_dead_sites
         self.shared_hooks = shared_hooks
         self._masks: dict[str, torch.Tensor] = {}
@@ -239,10 +247,13 @@ class Interpolator:
         self._masks = site_masks(masks, self.dims)
 
     def set_corrupted(self, acts: dict[str, torch.Tensor] | None) -> None:
-        """Cache mode: the corrupted activations ``{hook_name: [B, pos, ...]}`` for this batch."""
+        """Cache mode: the corrupted activations ``{hook_name: [B, pos, ...]}`` for this batch (ignored when
+        the interpolator holds ablation ``constants``)."""
         self._corrupted = acts
 
     def _site_corrupted(self, site: str, act: torch.Tensor | None) -> torch.Tensor | None:
+        if self.constants is not None:
+            return self.constants[site]
         if self.mode == "batch":
             return None
         if self._corrupted is None:

@@ -251,3 +251,13 @@ def test_config_file_and_device_auto(tiny_gpt2_checkpoint, tmp_path, cli_run, ca
     (tmp_path / "bad.json").write_text('{"lr": 0.1, "nonsense": 1}')
     assert main(["discover", "--config", str(tmp_path / "bad.json"), "--out", str(tmp_path / "x")]) == 2
     assert "unknown PruningConfig field(s) ['nonsense']" in capsys.readouterr().err
+
+
+def test_discover_with_mean_ablation_records_it(tiny_gpt2_checkpoint, tmp_path):
+    path, _, _ = tiny_gpt2_checkpoint
+    out = tmp_path / "mean"
+    assert main(["discover", "--task", "gp", "--model", str(path), "--steps", "2", "--batch-size", "4", "--n-test", "4",
+                 "--ablation", "mean", "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "config.json").read_text())["config"]["ablation"] == "mean"
+    assert mg.Circuit.load(out / "circuit.json").config["ablation"] == "mean"
+    assert main(["discover", "--resume", str(out), "--ablation", "zero"]) == 2  # not with --resume
