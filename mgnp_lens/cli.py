@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="GRAN=VALUE", help="override one granularity's λ (repeatable)")
     d.add_argument("--corruption-mode", choices=["batch", "cache"], default=None,
                    help="corrupted activations from the same pass (batch) or precomputed (cache, default)")
+    d.add_argument("--target-kl", type=_positive_float, default=None, metavar="EPS",
+                   help="ask for the smallest circuit whose KL stays within EPS nats: λ is adjusted during training, "
+                        "the hard circuit is checked on validation pairs, and the run says whether it met EPS")
     d.add_argument("--ablation", choices=ABLATIONS, default=None,
                    help="what a pruned node outputs: its activation on the corrupted prompt (default), zero, or its "
                         "mean over the training pairs' corrupted prompts")
@@ -235,6 +238,11 @@ def _print_result(result) -> None:
             recovered = "" if e.recovered is None else f" ({e.recovered:.0%} of the full model's, from the empty circuit's)"
             print(f"{e.split} ({e.n_examples} pairs): {e.metric_name} full {e.base_metric:.3f} -> circuit "
                   f"{e.circuit_metric:.3f}{recovered}, KL {e.kl:.3f}")
+    t = result.target
+    if t is not None:
+        verdict = "met" if t["met"] else "NOT met"
+        early = f", stopped early at step {t['stopped_early_at_step']}" if t.get("stopped_early_at_step") else ""
+        print(f"target KL {t['target_kl']}: {verdict} (validation KL {t['validation_kl']:.4f}{early})")
 
 
 # --------------------------------------------------------------------------- commands
@@ -244,7 +252,7 @@ def _discover_config(args, out: Path):
 
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
                                    "lambda_scale": args.lambda_scale, "corruption": args.corruption_mode,
-                                   "ablation": args.ablation, "autocast": args.autocast}.items()
+                                   "ablation": args.ablation, "autocast": args.autocast, "target_kl": args.target_kl}.items()
                  if v is not None}
     if args.lambdas:
         overrides["lambdas"] = dict(args.lambdas)
@@ -334,6 +342,7 @@ def _resume(args) -> int:
                                       ("--batch-size", args.batch_size), ("--lr", args.lr),
                                       ("--lambda-scale", args.lambda_scale), ("--lambda", args.lambdas or None),
                                       ("--corruption-mode", args.corruption_mode), ("--ablation", args.ablation),
+                                      ("--target-kl", args.target_kl),
                                       ("--autocast", args.autocast),
                                       ("--set", args.settings or None), ("--seed", args.seed),
                                       ("--n-test", args.n_test), ("--max-train", args.max_train),

@@ -52,6 +52,13 @@ class PruningConfig:
             result, the peak memory of one chunk); ``None``: one chunk.
         lambdas: per-granularity sparsity weights λ_g (the paper's Appendix C; missing names keep theirs).
         lambda_scale: multiplies every λ (1.0; for sweeps).
+        target_kl: ask for the smallest circuit whose KL stays within this many nats instead of fixed λ:
+            the λ are scaled during training by dual ascent (see :mod:`mgnp_lens.targets`); validation
+            checks (every ``validate_every`` steps, default 20) stop the run once the hard circuit has
+            not changed for 3 checks and meets the target; the end reports met or not met (None: off).
+        target_sparsity: ``{granularity: fraction of its nodes to prune}``, each λ_g scaled to reach it
+            (None: off; not together with ``target_kl``).
+        target_rate: how fast the targets move the λ: the largest change of log-multiplier per step (0.05).
         lambda_warmup_steps: λ ramps linearly from 0 to full over this many steps (0: none).
         noise_warmup_steps: the Hard-Concrete noise of ``noise_warmup_granularities`` ramps linearly from 0
             to the full noise of Eq. 6 over this many steps; ``"auto"`` (default) is
@@ -110,6 +117,9 @@ class PruningConfig:
     lambdas: dict[str, float] = field(default_factory=lambda: dict(PAPER_LAMBDAS))
     lambda_scale: float = 1.0
     lambda_warmup_steps: int = 0
+    target_kl: float | None = None
+    target_sparsity: dict[str, float] | None = None
+    target_rate: float = 0.05
     noise_warmup_steps: int | str = "auto"
     noise_warmup_granularities: tuple[str, ...] | None = ATTENTION_GRANULARITIES
     l0_penalty: str = "gate"
@@ -141,6 +151,18 @@ class PruningConfig:
     def __post_init__(self):
         for f in fields(self):
             setattr(self, f.name, FIELD_RULES[f.name](f.name, getattr(self, f.name)))
+        if self.target_kl is not None and self.target_sparsity:
+            raise ValueError("target_kl and target_sparsity cannot both be set: the first chooses the size, "
+                             "the second fixes it")
+
+    @property
+    def validation_interval(self) -> int | None:
+        """Steps between validation checks: ``validate_every``, or 20 for a ``target_kl`` run."""
+        from .targets import DEFAULT_TARGET_VALIDATE_EVERY
+
+        if self.validate_every is None and self.target_kl is not None:
+            return DEFAULT_TARGET_VALIDATE_EVERY
+        return self.validate_every
 
     @property
     def noise_warmup_length(self) -> int:
@@ -315,6 +337,9 @@ FIELD_RULES: dict[str, Rule] = {
     "micro_batch_size": _optional(_integer(1)),
     "lambdas": _granularity_map(_number(0), PAPER_LAMBDAS), "lambda_scale": _number(0),
     "lambda_warmup_steps": _integer(0),
+    "target_kl": _optional(_number(0, low_open=True)),
+    "target_sparsity": _optional(_granularity_map(_number(0, 1, high_open=True))),
+    "target_rate": _number(0, low_open=True),
     "noise_warmup_steps": _either(_integer(0), _choice(("auto",)), "an integer >= 0 or 'auto'"),
     "noise_warmup_granularities": _optional(_granularities(allow_empty=True)),
     "l0_penalty": _choice(L0_PENALTIES, "l0_penalty"), "corruption": _choice(CORRUPTION_MODES, "corruption mode"),

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint
+from . import checkpoint, targets
 from .ablation import ablation_values
 from .circuit import Circuit
 from .config import PRECOMPUTE_MEMORY_FRACTION, PruningConfig
@@ -69,11 +69,15 @@ def discover(model, task, config: PruningConfig | None = None, *, resume_from=No
             interp = Interpolator(run.dims, run.config.corruption, skip_dead_sites=run.config.skip_dead_sites,
                                   shared_hooks=run.fast.compiled, constants=data.constants)
             for step in _progress(run):
-                row = _train_step(model, interp, run, data, step)  # sample gates; KL + λ·L0; AdamW
+                row = _train_step(model, interp, run, data, step)  # sample gates; KL + s·λ·L0; AdamW
                 if run.validation_due(step + 1):
                     with run.fast.suspended():  # float32 and eager, like every evaluation
                         row.update(_validate(model, run, data))
                 run.record(row)  # history, resumable state, periodic checkpoint
+                if run.config.target_kl is not None and "val_kl" in row and targets.converged(run.rows,
+                                                                                              run.config.target_kl):
+                    run.meta["stopped_early_at_step"] = run.step  # the hard circuit is stable and meets the target
+                    break
     except KeyboardInterrupt:
         run.roll_back()
     except Exception as e:  # keep finished work, then re-raise with it attached
@@ -157,7 +161,11 @@ class _Run:
             largest = max(len(b) for b in train.buckets)
             warnings.warn(f"batch_size {config.batch_size:,} is larger than the {len(train):,} training pairs: each "
                           f"step draws at most {largest:,} (one length bucket)", stacklevel=3)
-        validation = task.split("validation").head(config.validate_max_examples) if config.validate_every else None
+        validation = task.split("validation").head(config.validate_max_examples) if config.validation_interval else None
+        if config.target_kl is not None and len(validation) < targets.MIN_VALIDATION_PAIRS:
+            raise ValueError(f"target_kl needs at least {targets.MIN_VALIDATION_PAIRS} validation pairs to measure the "
+                             f"hard circuit's KL; the task's validation split has {len(validation)} (give it more, or "
+                             "raise validate_max_examples)")
         identity = {"task": task.describe(), "train_fingerprint": checkpoint.train_fingerprint(train),
                     "model_dims": dims.to_dict()}
         if state is not None:
@@ -193,7 +201,7 @@ class _Run:
                                   self.identity)
 
     def validation_due(self, steps_done: int) -> bool:
-        every = self.config.validate_every
+        every = self.config.validation_interval
         return self.validation is not None and (steps_done % every == 0 or steps_done == self.config.steps)
 
     def record(self, row: dict) -> None:
@@ -328,7 +336,8 @@ def _train_step(model, interp: Interpolator, run: _Run, data: _Data, step: int) 
     # per-gate P(z > 0) (times its ancestors' with l0_penalty="path"), shared by the loss and the history
     expected_l0 = gates.expected_l0(path=config.l0_penalty == "path")
     l0 = {g: v.mean() for g, v in expected_l0.items()}
-    sparsity = sum(run.lambdas[g] * l0[g] for g in gates.trainable)
+    scales = targets.scales_from_history(run.rows, gates.trainable)  # 1 unless the run has a target
+    sparsity = sum(run.lambdas[g] * scales[g] * l0[g] for g in gates.trainable)
     (factor * sparsity).backward()
     lr_now = config.lr * _lr_factor(config, step)
     for group in optimizer.param_groups:
@@ -344,6 +353,9 @@ def _train_step(model, interp: Interpolator, run: _Run, data: _Data, step: int) 
     with torch.no_grad():
         row.update({f"l0_{g}": float(l0[g]) for g in gates.trainable})
         row.update({f"active_{g}": float(expected_l0[g].sum()) for g in gates.trainable})
+    if config.target_kl is not None or config.target_sparsity:
+        density = {g: row[f"l0_{g}"] for g in gates.trainable}
+        row.update({f"scale_{g}": s for g, s in targets.update_scales(config, scales, kl, density).items()})
     return row
 
 
@@ -393,11 +405,15 @@ def _kl_backward(model, interp: Interpolator, masks: dict[str, torch.Tensor], ba
 
 
 def _validate(model, run: _Run, data: _Data) -> dict:
-    """The current hard circuit's KL and metric on the validation pairs (``val_kl``, ``val_metric``)."""
+    """The current hard circuit's KL and metric on the validation pairs (``val_kl``, ``val_metric``; with
+    ``target_kl``, ``circuit_key`` too, a checksum that tells whether the hard circuit changed)."""
     circuit = Circuit(run.dims, run.gates.binarize(), task=run.task.describe())
     ev = evaluate_cached(model, run.task, circuit, run.validation, data.validation, data.batch_size, "validation",
                          with_empty=False, constants=data.constants)
-    return {"val_kl": ev.kl, "val_metric": ev.circuit_metric}
+    row = {"val_kl": ev.kl, "val_metric": ev.circuit_metric}
+    if run.config.target_kl is not None:
+        row["circuit_key"] = targets.circuit_key(circuit.masks)
+    return row
 
 
 def _final_evaluations(model, task, circuit: Circuit, run: _Run, data: _Data
@@ -419,6 +435,20 @@ def _final_evaluations(model, task, circuit: Circuit, run: _Run, data: _Data
     extra = task.heldout_splits() if config.eval_heldout and hasattr(task, "heldout_splits") else []
     return train, held_out, {s: evaluate(model, task, circuit, s, config.eval_batch_size, cap, constants=data.constants)
                              for s in extra if s != config.eval_split}
+
+
+def _target_outcome(run: _Run) -> dict | None:
+    """Whether the final hard circuit meets ``target_kl`` on the validation pairs (a warning when not)."""
+    if run.config.target_kl is None:
+        return None
+    last = run.rows[-1] if run.rows else {}
+    outcome = targets.target_report(run.config, last.get("val_kl"))
+    outcome["stopped_early_at_step"] = run.meta.get("stopped_early_at_step")
+    if not outcome["met"]:
+        warnings.warn(f"target_kl={run.config.target_kl} was not met: the final circuit's validation KL is "
+                      f"{outcome['validation_kl']:.4f}; train longer (--steps), or ask for a looser target",
+                      stacklevel=3)
+    return outcome
 
 
 def _save(result: DiscoveryResult, ckpt: Path | None) -> str | None:
@@ -446,6 +476,7 @@ def _finish(model, task, run: _Run, data: _Data | None, error: Exception | None)
         if error is None and problem is None and not run.interrupted:
             result.train_evaluation, result.evaluation, result.heldout_evaluations = _final_evaluations(
                 model, task, result.circuit, run, data)
+            result.target = _target_outcome(run)
             problem = _save(result, ckpt)
     except KeyboardInterrupt:  # the trained circuit is kept, labelled as not finished (resuming evaluates it)
         result.interrupted = True

@@ -40,6 +40,7 @@ class DiscoveryResult:
         train_evaluation: the same on the training pairs (the hard circuit's training KL).
         heldout_evaluations: the same on each of the task's held-out splits (``test_templates``,
             ``test_corruption``, ``test_ood``: templates and a corruption the run never saw), by split.
+        target: with ``target_kl``, ``{"target_kl", "validation_kl", "met", "stopped_early_at_step"}``.
         config: the run's configuration.
         gates: the trained gates.
         steps_completed: optimizer steps that finished.
@@ -63,6 +64,7 @@ class DiscoveryResult:
     meta: dict = field(default_factory=dict)
     state: dict | None = field(default=None, repr=False)
     heldout_evaluations: dict[str, Evaluation] = field(default_factory=dict)
+    target: dict | None = None
 
     def evaluations(self) -> pd.DataFrame:
         """Every evaluation side by side, one row per split: training pairs, ``eval_split``, then the
@@ -141,7 +143,8 @@ def _staged_files(result: DiscoveryResult) -> dict[str, Callable[[Path], None]]:
             "steps_completed": result.steps_completed, "interrupted": result.interrupted,
             "seconds": result.seconds, "evaluation": ev.to_dict() if ev else None,
             "train_evaluation": train_ev.to_dict() if train_ev else None,
-            "heldout_evaluations": {k: e.to_dict() for k, e in result.heldout_evaluations.items()}},
+            "heldout_evaluations": {k: e.to_dict() for k, e in result.heldout_evaluations.items()},
+            "target": result.target},
             indent=2, default=str)),
     }
     if result.state is not None:

@@ -1,0 +1,101 @@
+"""Faithfulness and size targets: the sparsity weights adjusted during training instead of fixed.
+
+With ``target_kl=ε`` the run asks for the smallest circuit whose KL to the full model stays within ε
+(the paper's problem statement, Eq. 2): one multiplier ``s`` on every λ_g follows dual ascent in log
+space, ``log s += rate · clip((ε − KL) / ε, −1, 1)`` after each step, so the penalty grows while the
+step's sampled-circuit KL is under ε and shrinks while it is over. λ then means the same on a 4-layer
+toy and a 30-layer model: it is only where the search starts. The hard circuit's KL on validation
+pairs is what the run reports as met or not met.
+
+With ``target_sparsity={g: fraction pruned}`` each named granularity gets its own multiplier,
+``log s_g += rate · clip((density_g − target density_g) / max(target density_g, 0.05), −1, 1)``,
+where ``density_g`` is the mean expected L0 (the fraction of gates expected open), as Edge Pruning
+does with its own Lagrangian.
+
+The multipliers live in the history (``scale_<g>``), so a resumed run continues from them exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import torch
+
+#: Bounds on each multiplier (1e-4 ... 1e4 times the configured λ).
+SCALE_RANGE = (1e-4, 1e4)
+#: Consecutive validation checks with the same hard circuit, meeting the target, after which a
+#: ``target_kl`` run stops early.
+STABLE_CHECKS = 3
+#: Validation checks of a ``target_kl`` run when ``validate_every`` is not set: every this many steps.
+DEFAULT_TARGET_VALIDATE_EVERY = 20
+#: The fewest validation pairs a ``target_kl`` run measures its hard circuit on.
+MIN_VALIDATION_PAIRS = 16
+
+
+def initial_scales(granularities) -> dict[str, float]:
+    return {g: 1.0 for g in granularities}
+
+
+def scales_from_history(rows: list[dict], granularities) -> dict[str, float]:
+    """The multipliers after the last finished step (1 before the first, or without targets)."""
+    last = rows[-1] if rows else {}
+    return {g: float(last.get(f"scale_{g}", 1.0)) for g in granularities}
+
+
+def _step(log_scale: float, delta: float) -> float:
+    low, high = (math.log(b) for b in SCALE_RANGE)
+    return math.exp(min(high, max(low, log_scale + delta)))
+
+
+def update_scales(config, scales: dict[str, float], kl: float, density: dict[str, float]) -> dict[str, float]:
+    """The multipliers for the next step, from this step's sampled KL and per-granularity densities.
+
+    Args:
+        config: the run's :class:`~mgnp_lens.config.PruningConfig` (``target_kl``, ``target_sparsity``,
+            ``target_rate``).
+        scales: ``{granularity: multiplier}`` used in this step.
+        kl: this step's mean KL(full ‖ sampled circuit).
+        density: ``{granularity: mean expected L0}`` of this step.
+    """
+    rate = config.target_rate
+    if config.target_kl is not None:
+        delta = rate * max(-1.0, min(1.0, (config.target_kl - kl) / config.target_kl))
+        return {g: _step(math.log(s), delta) for g, s in scales.items()}
+    if config.target_sparsity:
+        out = dict(scales)
+        for g, pruned in config.target_sparsity.items():
+            if g in out:
+                want = 1.0 - pruned
+                err = (density[g] - want) / max(want, 0.05)
+                out[g] = _step(math.log(out[g]), rate * max(-1.0, min(1.0, err)))
+        return out
+    return scales
+
+
+def circuit_key(masks: dict[str, torch.Tensor]) -> int:
+    """A checksum of a binarised circuit's masks (to tell whether the hard circuit changed between checks)."""
+    key = 0
+    for g in sorted(masks):
+        key = zlib.crc32(masks[g].to(torch.uint8).cpu().numpy().tobytes(), key)
+    return key
+
+
+def converged(rows: list[dict], target_kl: float) -> bool:
+    """Whether the last :data:`STABLE_CHECKS` validation checks saw one hard circuit, each within the target."""
+    checks = [r for r in rows if r.get("circuit_key") is not None and not _isnan(r.get("circuit_key"))]
+    last = checks[-STABLE_CHECKS:]
+    return len(last) == STABLE_CHECKS and len({int(r["circuit_key"]) for r in last}) == 1 and \
+        all(r["val_kl"] <= target_kl for r in last)
+
+
+def _isnan(x) -> bool:
+    return isinstance(x, float) and math.isnan(x)
+
+
+def target_report(config, validation_kl: float | None) -> dict | None:
+    """``{"target_kl", "validation_kl", "met"}`` for ``evaluation.json`` (None without a KL target)."""
+    if config.target_kl is None:
+        return None
+    met = validation_kl is not None and validation_kl <= config.target_kl
+    return {"target_kl": config.target_kl, "validation_kl": validation_kl, "met": met}

@@ -1,0 +1,96 @@
+"""Faithfulness and size targets: the λ multipliers move the circuit to the target, and say when they did not."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from conftest import _same_run, micro_model, random_pairs
+
+import mgnp_lens as mg
+from mgnp_lens import targets
+from mgnp_lens.tasks import PromptPairTask
+
+KW = dict(batch_size=16, progress=False, autocast="float32", validate_every=10)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = micro_model("gpt2")
+    clean, corrupted = random_pairs(model, n=96, pos=6)
+    task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0],
+                                      split_fractions={"train": 0.5, "validation": 0.25, "test": 0.25})
+    return model, task, mg.evaluate(model, task, mg.Circuit.empty(model), "validation").kl
+
+
+def test_the_paper_lambda_empties_a_micro_model_and_target_kl_brings_the_circuit_back(setup):
+    """At the paper's λ the KL at stake on a tiny model is below the penalty; a target fixes the scale."""
+    model, task, empty_kl = setup
+    plain = mg.discover(model, task, steps=120, **KW)
+    assert plain.evaluation.kl > 0.8 * empty_kl  # next to nothing is explained
+    eps = 0.1 * empty_kl
+    r = mg.discover(model, task, steps=120, target_kl=eps, **KW)
+    assert r.target["met"] and r.target["validation_kl"] <= eps
+    assert r.history["scale_attn_head"].iloc[-1] < 0.1  # the penalty came down
+    assert r.circuit.counts()["mlp_hidden"] > plain.circuit.counts()["mlp_hidden"]
+
+
+def test_looser_targets_give_smaller_circuits_and_stop_early(setup):
+    model, task, empty_kl = setup
+    tight = mg.discover(model, task, steps=120, target_kl=0.1 * empty_kl, **KW)
+    loose = mg.discover(model, task, steps=120, target_kl=0.6 * empty_kl, **KW)
+    assert sum(loose.circuit.counts().values()) < sum(tight.circuit.counts().values())
+    very_loose = mg.discover(model, task, steps=200, target_kl=10 * empty_kl, **KW)  # even empty meets it
+    stop = very_loose.target["stopped_early_at_step"]
+    assert very_loose.target["met"] and stop is not None and stop < 200 and very_loose.steps_completed == stop
+    keys = very_loose.history["circuit_key"].dropna()
+    assert len(set(keys.iloc[-targets.STABLE_CHECKS:])) == 1  # the last checks saw one circuit
+
+
+def test_an_unmet_target_is_reported_not_hidden(setup, tmp_path):
+    model, task, empty_kl = setup
+    with pytest.warns(UserWarning, match="was not met"):
+        r = mg.discover(model, task, steps=4, target_kl=1e-3 * empty_kl, lambda_scale=1e4, lr=2.0, lr_warmup_steps=0,
+                        checkpoint_dir=str(tmp_path), **KW)
+    assert r.target["met"] is False and r.target["validation_kl"] > r.target["target_kl"]
+    assert json.loads((tmp_path / "evaluation.json").read_text())["target"]["met"] is False
+
+
+def test_target_sparsity_reaches_the_asked_density(setup):
+    model, task, _ = setup
+    r = mg.discover(model, task, steps=150, target_sparsity={"mlp_hidden": 0.5}, lambda_scale=0.01, **KW)
+    assert abs(r.history["l0_mlp_hidden"].iloc[-10:].mean() - 0.5) < 0.1
+    assert r.history["scale_mlp_hidden"].iloc[-1] > 10  # pushed up from a penalty too weak to prune
+
+
+def test_a_target_run_resumes_exactly(setup, tmp_path):
+    model, task, empty_kl = setup
+    kw = dict(target_kl=0.2 * empty_kl, noise_warmup_steps=0, **KW)  # no schedule tied to steps
+    full = mg.discover(model, task, steps=30, **kw)
+    first = mg.discover(model, task, steps=30, checkpoint_dir=str(tmp_path), checkpoint_every=10, **kw)
+    part = mg.discover(model, task, steps=12, **kw)
+    _same_run(mg.discover(model, task, steps=30, resume_from=part, **kw), full)
+    assert math.isclose(first.history["scale_attn_head"].iloc[-1], full.history["scale_attn_head"].iloc[-1])
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(target_kl=0.0), "target_kl must be a finite number > 0"),
+    (dict(target_kl=float("nan")), "target_kl must be a finite number > 0"),
+    (dict(target_kl=-1.0), "target_kl must be a finite number > 0"),
+    (dict(target_sparsity={"attn_head": 1.0}), r"target_sparsity\['attn_head'\] must be a finite number in \[0, 1\)"),
+    (dict(target_sparsity={"heads": 0.5}), "heads"),
+    (dict(target_kl=0.1, target_sparsity={"attn_head": 0.5}), "cannot both be set"),
+    (dict(target_rate=0), "target_rate"),
+])
+def test_bad_targets_are_named(kw, match):
+    with pytest.raises(ValueError, match=match):
+        mg.PruningConfig(**kw)
+
+
+def test_target_kl_needs_enough_validation_pairs():
+    model = micro_model("gpt2")
+    clean, corrupted = random_pairs(model, n=12)
+    task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
+    with pytest.raises(ValueError, match="at least 16 validation pairs.*has 2 "):
+        mg.discover(model, task, steps=2, target_kl=0.1, progress=False)
