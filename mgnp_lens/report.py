@@ -132,6 +132,10 @@ def _header(run: dict, task: str | None) -> list[str]:
         cards.append((f"KL on {test['split']} ({test['n_examples']} pairs)", f"{test['kl']:.3f}"))
     if train:
         cards.append(("KL on train (hard circuit)", f"{train['kl']:.3f}"))
+    target = ev.get("target")
+    if target:
+        cards.append((f"target KL {target['target_kl']:g} on validation",
+                      f"{'met' if target['met'] else 'not met'} ({target['validation_kl']:.3f})"))
     ood = (ev.get("heldout_evaluations") or {}).get("test_ood")
     if ood:
         cards.append(("KL on unseen templates + other corruption", f"{ood['kl']:.3f}"))

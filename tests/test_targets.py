@@ -55,6 +55,9 @@ def test_an_unmet_target_is_reported_not_hidden(setup, tmp_path):
                         checkpoint_dir=str(tmp_path), **KW)
     assert r.target["met"] is False and r.target["validation_kl"] > r.target["target_kl"]
     assert json.loads((tmp_path / "evaluation.json").read_text())["target"]["met"] is False
+    from mgnp_lens.report import build_report
+
+    assert "not met (" in build_report(tmp_path).read_text()  # the report says so too
 
 
 def test_target_sparsity_reaches_the_asked_density(setup):
