@@ -83,21 +83,14 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .reference import reference_names
-    from .tasks import TASKS
-
-    p = argparse.ArgumentParser(prog="mgnp", description="Multi-Granular Node Pruning circuit discovery",
-                                epilog="Run 'mgnp COMMAND --help' for a command's options.")
-    p.add_argument("--version", action="version", version=f"mgnp-lens {_version()}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_discover(sub, tasks) -> None:
+    """The ``discover`` command and its options."""
     d = sub.add_parser("discover", help="discover a circuit; write its tables, figures and report.html",
                        description="Discover a circuit with multi-granular node pruning and write circuit.json, "
                                    "per_layer.csv, summary.csv, evaluation.json, history.csv, config.json, "
                                    "gates.pt, state.pt (to --resume from) and report.html into --out.")
     src = d.add_mutually_exclusive_group()
-    src.add_argument("--task", choices=sorted(TASKS), default=None,
+    src.add_argument("--task", choices=sorted(tasks), default=None,
                      help="built-in task: ioi (indirect object identification, Wang et al.), gt (Greater-Than, Hanna "
                           "et al.), gp (Gendered Pronouns, Mathwin et al.); default ioi")
     src.add_argument("--data", default=None, metavar="PAIRS.{csv,jsonl}",
@@ -141,6 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "exactly as if it had not stopped; with --steps, train a finished run longer. Only "
                         "--steps, --device and --quiet may be given with it")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .reference import reference_names
+    from .tasks import TASKS
+
+    p = argparse.ArgumentParser(prog="mgnp", description="Multi-Granular Node Pruning circuit discovery",
+                                epilog="Run 'mgnp COMMAND --help' for a command's options.")
+    p.add_argument("--version", action="version", version=f"mgnp-lens {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _add_discover(sub, TASKS)
 
     r = sub.add_parser("report", help="(re)build DIR/report.html from a run directory")
     r.add_argument("dir", help="a run directory")
