@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_discover(sub, TASKS)
 
     r = sub.add_parser("report", help="(re)build DIR/report.html from a run directory")
-    r.add_argument("dir", help="a run directory")
+    r.add_argument("dir", help="a run directory, or a method comparison's (faithfulness curves, curve.csv)")
     r.add_argument("--reference", choices=reference_names(), default=None,
                    help="reference circuit to compare with (GPT-2-small-shaped circuits only)")
     r.add_argument("--out", default=None, help="report path (default DIR/report.html)")
@@ -403,9 +403,12 @@ def _finish(result, out: Path) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import build_report
+    from .report import CURVE_FILE, build_comparison_report, build_report
 
-    path = build_report(args.dir, out=args.out, reference=args.reference)
+    if (Path(args.dir) / CURVE_FILE).exists() and not (Path(args.dir) / "circuit.json").exists():
+        path = build_comparison_report(args.dir, out=args.out)  # faithfulness.compare_methods' directory
+    else:
+        path = build_report(args.dir, out=args.out, reference=args.reference)
     print(f"report: {path.resolve()}")
     return 0
 

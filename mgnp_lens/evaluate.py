@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 import pandas as pd
 import torch
@@ -199,6 +200,34 @@ def evaluate_cached(model, task, circuit: Circuit, pairs, pre: Precomputed, batc
     return summarize(task, split, passes())
 
 
+class _Sums:
+    """Running sums of one circuit's KL and task metrics (full model, circuit, empty circuit) over batches."""
+
+    def __init__(self):
+        self.n, self.kl, self.base, self.circuit, self.empty, self.with_empty = 0, 0.0, 0.0, 0.0, 0.0, True
+
+    def add(self, task, batch, base: torch.Tensor, circ: torch.Tensor, empty: torch.Tensor | None,
+            target: FullModelTarget | None = None, base_metric: float | None = None) -> None:
+        """One batch's [B, d_vocab] logits (``target`` and ``base_metric``: the full model's, if already made)."""
+        target = target or FullModelTarget.from_logits(base)
+        self.kl += float(target.kl(circ).sum())
+        self.base += float(task.metric(base, batch).sum()) if base_metric is None else base_metric
+        self.circuit += float(task.metric(circ, batch).sum())
+        if empty is None:
+            self.with_empty = False
+        else:
+            self.empty += float(task.metric(empty, batch).sum())
+        self.n += len(batch)
+
+    def result(self, task, split: str) -> Evaluation:
+        n = self.n
+        if n == 0:
+            raise ValueError(f"split {split!r} has no examples to evaluate")
+        return Evaluation(split=split, n_examples=n, base_metric=self.base / n, circuit_metric=self.circuit / n,
+                          kl=self.kl / n, metric_name=getattr(task, "metric_name", "metric"),
+                          empty_metric=self.empty / n if self.with_empty else None)
+
+
 def summarize(task, split: str, passes) -> Evaluation:
     """Means over ``passes`` of the KL and of the task metric: full model, circuit and empty circuit.
 
@@ -208,18 +237,54 @@ def summarize(task, split: str, passes) -> Evaluation:
         passes: iterable of ``(batch, base_logits, circuit_logits, empty_logits)``, each [B, d_vocab]; the
             empty circuit's (every node ablated: the corrupted run) may be None.
     """
-    n, kl_sum, base_sum, circ_sum, empty_sum, with_empty = 0, 0.0, 0.0, 0.0, 0.0, True
+    sums = _Sums()
     for batch, base, circ, empty in passes:
-        kl_sum += float(FullModelTarget.from_logits(base).kl(circ).sum())
-        base_sum += float(task.metric(base, batch).sum())
-        circ_sum += float(task.metric(circ, batch).sum())
-        if empty is None:
-            with_empty = False
-        else:
-            empty_sum += float(task.metric(empty, batch).sum())
-        n += len(batch)
-    if n == 0:
-        raise ValueError(f"split {split!r} has no examples to evaluate")
-    return Evaluation(split=split, n_examples=n, base_metric=base_sum / n, circuit_metric=circ_sum / n,
-                      kl=kl_sum / n, metric_name=getattr(task, "metric_name", "metric"),
-                      empty_metric=empty_sum / n if with_empty else None)
+        sums.add(task, batch, base, circ, empty)
+    return sums.result(task, split)
+
+
+@torch.inference_mode()
+def evaluate_many(model, task, circuits: Sequence[Circuit], split: str = "test", batch_size: int = 32,
+                  max_examples: int | None = None, ablation: str | None = None,
+                  constants: dict[str, torch.Tensor] | None = None) -> list[Evaluation]:
+    """:func:`evaluate` for several circuits of one model on the same pairs, at the cost of one masked pass
+    per circuit and batch: the full model and the empty circuit run once per batch for all of them.
+
+    Args:
+        circuits: circuits of ``model``'s shape, all with one ablation (or pass ``ablation``).
+        split, batch_size, max_examples, ablation, constants: as in :func:`evaluate`.
+
+    Returns:
+        one :class:`Evaluation` per circuit, in order; each equals what :func:`evaluate` gives it.
+
+    Raises:
+        ValueError: no circuits, circuits of another model, or circuits recorded with different ablations.
+    """
+    if not circuits:
+        raise ValueError("evaluate_many needs at least one circuit")
+    for c in circuits:
+        check_circuit_fits(model, c)
+    kinds = {ablation_of(c) for c in circuits}
+    if ablation is None and len(kinds) > 1:
+        raise ValueError(f"the circuits were found with different ablations ({', '.join(sorted(kinds))}); pass "
+                         "ablation= to evaluate them all under one")
+    ablation = ablation or kinds.pop()
+    dims = circuits[0].dims
+    pairs = task.split(split)
+    if max_examples is not None:
+        pairs = pairs.head(max_examples)
+    if constants is None and ablation != "corrupted":
+        constants = ablation_values(model, dims, ablation, task.split("train"), batch_size)
+    empty_interp = _interpolator(dims, None, constants)
+    interps = [_interpolator(dims, c.masks, constants) for c in circuits]
+    sums = [_Sums() for _ in circuits]
+    device = _resolve_device(model)
+    for batch in pairs.batches(batch_size):
+        batch = batch.to(device)
+        base = logits_at(model, batch.clean, batch.answer_pos, len(batch))
+        target, base_metric = FullModelTarget.from_logits(base), float(task.metric(base, batch).sum())
+        empty = _empty_logits(model, empty_interp, batch)
+        for interp, s in zip(interps, sums):
+            circ = masked_answer_logits(model, interp, batch.clean, batch.corrupted, batch.answer_pos)
+            s.add(task, batch, base, circ, empty, target, base_metric)
+    return [s.result(task, split) for s in sums]

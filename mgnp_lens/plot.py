@@ -241,6 +241,52 @@ def size_vs_faithfulness(runs: pd.DataFrame | Iterable, size: str = "n_params", 
     return fig
 
 
+def faithfulness_curves(table: pd.DataFrame, split: str | None = None, size: str = "param_fraction",
+                        faithfulness: str = "recovered", title: str | None = None) -> go.Figure:
+    """Faithfulness against circuit size, one line per method (:func:`mgnp_lens.faithfulness.curve`'s table).
+
+    Args:
+        table: columns ``method``, ``split``, ``size`` and ``faithfulness``.
+        split: which split to draw (default the table's first).
+        size: ``param_fraction`` or ``node_fraction`` (a log axis: circuits span orders of magnitude).
+        faithfulness: ``recovered`` (MIB's f; 1 = the full model, 0 = the empty circuit) or ``kl``.
+
+    Returns:
+        a figure with one line per method, its CPR/CMD in the legend when ``faithfulness`` is ``recovered``.
+    """
+    from .faithfulness import integrate
+
+    for col in ("method", "split", size, faithfulness):
+        if col not in table.columns:
+            raise ValueError(f"the table has no column {col!r} (columns: {', '.join(map(str, table.columns))})")
+    split = split if split is not None else table["split"].iloc[0]
+    part = table[table["split"] == split]
+    if part.empty:
+        raise ValueError(f"the table has no rows for split {split!r} (splits: {', '.join(table['split'].unique())})")
+    fig = go.Figure()
+    for i, (method, rows) in enumerate(part.groupby("method", sort=False)):
+        rows = rows.sort_values(size)
+        name = str(method)
+        if faithfulness == "recovered" and rows[faithfulness].notna().any():
+            cpr, cmd = integrate(rows[size], rows[faithfulness])
+            name = f"{method} (CPR {cpr:.3f}, CMD {cmd:.3f})"
+        heads = rows["attn_head"] if "attn_head" in rows else [None] * len(rows)
+        fig.add_trace(go.Scatter(
+            x=rows[size], y=rows[faithfulness], mode="lines+markers", name=name, customdata=np.c_[heads, rows["kl"]]
+            if "kl" in rows else None, line={"color": OKABE_ITO[i % len(OKABE_ITO)]},
+            marker={"size": 9, "symbol": ["circle", "square", "diamond", "triangle-up", "x"][i % 5]},
+            hovertemplate=f"{method}<br>{size} %{{x:.4f}}<br>{faithfulness} %{{y:.3f}}"
+                          + ("<br>heads %{customdata[0]}<br>KL %{customdata[1]:.3f}" if "kl" in rows else "")
+                          + "<extra></extra>"))
+    if faithfulness == "recovered":
+        fig.add_hline(y=1.0, line={"color": "#555555", "dash": "dot"}, annotation_text="full model")
+    fig.update_layout(title=title or f"Faithfulness against circuit size ({split} pairs)", template="plotly_white",
+                      xaxis={"title": f"{size.replace('_', ' ')} of the model (log)", "type": "log"},
+                      yaxis_title="recovered = (m(C) − m(∅)) / (m(N) − m(∅))" if faithfulness == "recovered"
+                      else f"{faithfulness} (nats, lower is better)" if faithfulness == "kl" else faithfulness)
+    return fig
+
+
 def pareto_frontier(runs: pd.DataFrame, size: str = "n_params", faithfulness: str = "kl") -> pd.DataFrame:
     """Rows not dominated by a smaller-or-equal and at-least-as-faithful run, sorted by size."""
     ordered = runs.dropna(subset=[size, faithfulness]).sort_values([size, faithfulness], kind="stable")

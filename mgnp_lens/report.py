@@ -143,6 +143,11 @@ def _header(run: dict, task: str | None) -> list[str]:
              f'<p class="sub">model {html.escape(str(model_name))} · {dims.n_layers} layers × {dims.n_heads} heads'
              f' · {ev.get("steps_completed", "?")} steps · built '
              f'{datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}</p>']
+    selection = ev.get("selection")
+    if selection:
+        parts.append(f'<p class="sub">The circuit shown is step {selection["step"]} of {selection["of_steps"]}\'s, '
+                     f'chosen over {selection["validation_checks"]} validation checks: '
+                     f'{html.escape(selection["rule"])}.</p>')
     if ev.get("interrupted"):
         parts.append('<p class="warn">This run was interrupted: the circuit is the one of the last finished '
                      'step, and it was not evaluated.</p>')
@@ -230,12 +235,54 @@ def build_report(directory: str | Path, out: str | Path | None = None, reference
     parts = [*_header(run, task), *_tables(run, task, ref), *_figures(run, ref),
              "<h2>Per-layer table (Appendix D)</h2>", _table(circuit.per_layer()),
              "<h2>Run configuration</h2>", f"<pre>{html.escape(json.dumps(run['config'], indent=2, default=str))}</pre>"]
-    body = "\n".join(parts)
+    return _write_page(Path(out) if out else run["dir"] / "report.html", f"mgnp-lens report: {task or 'custom'}",
+                       parts)
+
+
+#: The file that marks a method-comparison directory (:func:`mgnp_lens.faithfulness.compare_methods`).
+CURVE_FILE = "curve.csv"
+
+
+def _write_page(path: Path, title: str, parts: list[str]) -> Path:
     page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>mgnp-lens report: {html.escape(task or 'custom')}</title><style>{_CSS}</style></head>"
-            f"<body>\n{body}\n</body></html>\n")
-    path = Path(out) if out else run["dir"] / "report.html"
+            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>"
+            f"<body>\n{chr(10).join(parts)}\n</body></html>\n")
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+def build_comparison_report(directory: str | Path, out: str | Path | None = None) -> Path:
+    """``report.html`` of a method comparison (a directory with ``curve.csv``): per split, the CPR/CMD table
+    and the faithfulness curves against parameters and against nodes.
+
+    Raises:
+        FileNotFoundError: ``directory`` has no ``curve.csv``.
+        ValueError: ``curve.csv`` is damaged (named).
+    """
+    from . import plot
+    from .faithfulness import SIZE_AXES, areas
+
+    d = Path(directory)
+    table = _read_history(d / CURVE_FILE) if (d / CURVE_FILE).exists() else None
+    if table is None:
+        raise FileNotFoundError(f"{d} is not a method comparison: {CURVE_FILE} is missing or empty")
+    parts = ["<h1>mgnp-lens: faithfulness over circuit sizes</h1>",
+             '<p class="sub">Every circuit scored on the same pairs. <i>recovered</i> = (m(C) − m(∅)) / (m(N) − m(∅)); '
+             "CPR is the area under it, CMD the area between it and 1, over the size fraction from 0 (the empty "
+             "circuit) to 1 (the full model) by the trapezoid rule (MIB). coarse = heads and MLP blocks only; "
+             "attribution and random are built at the counts of each mgnp circuit.</p>"]
+    first = True
+    for split in table["split"].unique():
+        part = table[table["split"] == split]
+        parts.append(f"<h2>{html.escape(SPLIT_DESCRIPTIONS.get(split, split))}</h2>")
+        parts.append(_table(pd.concat([areas(part, s) for s in SIZE_AXES], ignore_index=True), "{:,.4f}"))
+        for size in SIZE_AXES:
+            fig = plot.faithfulness_curves(part, split=split, size=size)
+            parts.append(fig.to_html(full_html=False, include_plotlyjs=first, config={"displaylogo": False}))
+            first = False
+        cols = ["method", "point", "attn_head", "n_nodes", "node_fraction", "n_params", "param_fraction", "kl",
+                "circuit_metric", "recovered"]
+        parts.append(_table(part.reindex(columns=cols)))
+    return _write_page(Path(out) if out else d / "report.html", "mgnp-lens: faithfulness curves", parts)

@@ -3,6 +3,7 @@
     res = sweep(model, task, scales=[0.25, 0.5, 1, 2, 4], steps=120)
     res.table                      # one row per λ scale: counts, n_nodes, n_params, KL, metric
     res.pareto()                   # the non-dominated rows
+    res.areas()                    # MIB's CPR and CMD of its faithfulness curve
     plot.size_vs_faithfulness(res.table)
     stability(model, task, seeds=[0, 1, 2])   # Jaccard overlap of heads and neurons between seeds
 """
@@ -23,14 +24,17 @@ NEURON_GRANULARITIES = ("attn_neuron", "mlp_hidden", "mlp_output")
 
 
 def circuit_row(circuit: Circuit, evaluation=None, **extra) -> dict:
-    """One table row: counts per granularity, total nodes, parameters, and the evaluation's KL/metric."""
+    """One table row: counts per granularity, the sizes of :func:`mgnp_lens.faithfulness.size_of`, and the
+    evaluation's KL, metrics and ``recovered`` (MIB's faithfulness)."""
+    from .faithfulness import size_of
+
     row = dict(extra)
     row.update(circuit.counts())
-    row["n_nodes"] = sum(row[g] for g in GRANULARITIES)
-    row["n_params"] = circuit.n_params()
+    row.update(size_of(circuit))
     if evaluation is not None:
         row.update({"kl": evaluation.kl, "circuit_metric": evaluation.circuit_metric,
-                    "base_metric": evaluation.base_metric, "split": evaluation.split,
+                    "base_metric": evaluation.base_metric, "empty_metric": evaluation.empty_metric,
+                    "recovered": evaluation.recovered, "split": evaluation.split,
                     "n_examples": evaluation.n_examples})
     return row
 
@@ -49,6 +53,17 @@ class SweepResult:
 
     def circuits(self) -> list[Circuit]:
         return [r.circuit for r in self.results]
+
+    def areas(self, size: str = "param_fraction") -> dict[str, float]:
+        """CPR and CMD (:func:`mgnp_lens.faithfulness.integrate`) of the sweep's faithfulness curve on the split
+        its runs were evaluated on (``recovered`` against ``size``)."""
+        from .faithfulness import integrate
+
+        if "recovered" not in self.table or self.table["recovered"].isna().all():
+            raise ValueError("the sweep's runs have no faithfulness to integrate (the task has no empty-circuit "
+                             "metric, or the runs were not evaluated)")
+        cpr, cmd = integrate(self.table[size], self.table["recovered"])
+        return {"cpr": cpr, "cmd": cmd, "size": size, "split": str(self.table["split"].iloc[0])}
 
 
 def _run(model, task, config, overrides: dict, run_dir: Path | None):
