@@ -23,6 +23,8 @@ AUTOCAST_CHOICES = ("auto", "bfloat16", "float16", "float32")
 L0_PENALTIES = ("gate", "path")
 COMPILE_CHOICES = ("auto", True, False)
 PRECOMPUTE_CHOICES = ("auto", "all", "per_batch")
+#: What a run with validation checks returns (``PruningConfig.select``).
+SELECT_CHOICES = ("validation", "last")
 #: ``precompute="auto"`` precomputes everything when it fits in this fraction of the free memory.
 PRECOMPUTE_MEMORY_FRACTION = 0.5
 EVAL_SPLITS = ("train", "validation", "test", "test_templates", "test_corruption", "test_ood")
@@ -94,6 +96,10 @@ class PruningConfig:
         validate_every: every this many steps (and after the last), the hard circuit's float32 KL and
             metric on ``validate_max_examples`` validation pairs go into the history (None: off).
         validate_max_examples: validation pairs per check (128).
+        select: which circuit a run with validation checks returns: ``"validation"`` (default) the best
+            check's by :func:`mgnp_lens.targets.selection_key` (the training objective, KL + Σ λ·kept
+            fraction, on the validation pairs; with ``target_kl`` the smallest circuit that meets it), or
+            ``"last"`` the last step's. Without validation checks it is always the last step's.
         eval_split: split evaluated at the end (``"test"``; ``None``: skip).
         eval_heldout: also evaluate the task's held-out splits (templates never trained or validated on,
             the other corruption, and both; see :mod:`mgnp_lens.tasks.task`) at the end (True).
@@ -140,6 +146,7 @@ class PruningConfig:
     compile: bool | str = "auto"
     validate_every: int | None = None
     validate_max_examples: int = 128
+    select: str = "validation"
     eval_split: str | None = "test"
     eval_heldout: bool = True
     eval_max_examples: int | None = 1024
@@ -163,6 +170,11 @@ class PruningConfig:
         if self.validate_every is None and self.target_kl is not None:
             return DEFAULT_TARGET_VALIDATE_EVERY
         return self.validate_every
+
+    @property
+    def warmup_end(self) -> int:
+        """The step after which no warm-up (learning rate, λ, Hard-Concrete noise) is still ramping."""
+        return max(self.lr_warmup_steps, self.lambda_warmup_steps, self.noise_warmup_length)
 
     @property
     def noise_warmup_length(self) -> int:
@@ -351,6 +363,7 @@ FIELD_RULES: dict[str, Rule] = {
     "autocast": _choice(AUTOCAST_CHOICES, "autocast"), "precast_weights": _boolean, "skip_dead_sites": _boolean,
     "compile": _either(_choice(("auto",)), _boolean, "'auto', True or False"),
     "validate_every": _optional(_integer(1)), "validate_max_examples": _integer(1),
+    "select": _choice(SELECT_CHOICES, "select"),
     "eval_split": _optional(_choice(EVAL_SPLITS, "eval_split")), "eval_max_examples": _optional(_integer(1)),
     "eval_heldout": _boolean, "eval_batch_size": _integer(1), "checkpoint_dir": _optional(_path), "checkpoint_every": _integer(1),
     "progress": _boolean,

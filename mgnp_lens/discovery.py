@@ -72,10 +72,10 @@ def discover(model, task, config: PruningConfig | None = None, *, resume_from=No
                 row = _train_step(model, interp, run, data, step)  # sample gates; KL + s·λ·L0; AdamW
                 if run.validation_due(step + 1):
                     with run.fast.suspended():  # float32 and eager, like every evaluation
-                        row.update(_validate(model, run, data))
+                        row.update(_validate(model, run, data, step + 1))
                 run.record(row)  # history, resumable state, periodic checkpoint
-                if run.config.target_kl is not None and "val_kl" in row and targets.converged(run.rows,
-                                                                                              run.config.target_kl):
+                if run.config.target_kl is not None and "val_kl" in row and targets.converged(
+                        run.rows, run.config.target_kl, after_step=run.config.warmup_end):
                     run.meta["stopped_early_at_step"] = run.step  # the hard circuit is stable and meets the target
                     break
     except KeyboardInterrupt:
@@ -145,6 +145,7 @@ class _Run:
     interrupted: bool = False
     t0: float = field(default_factory=time.perf_counter)
     last: dict | None = None
+    selected: dict | None = None  # the best validation check so far: step, key, val_kl, masks
 
     @classmethod
     def start(cls, model, task, config: PruningConfig | None, resume_from, overrides: dict) -> "_Run":
@@ -181,6 +182,7 @@ class _Run:
         if state is not None:
             checkpoint.restore(state, gates, optimizer, generators)
             run.rows, run.step, run.seconds_before = list(state["history"]), int(state["step"]), float(state["seconds"])
+            run.selected = state.get("selected")
             meta["resumed_at_steps"] = [*state.get("resumed_at_steps", []), run.step]
         identity.update(config=config.to_dict(), resumed_at_steps=meta.get("resumed_at_steps", []))
         run.t0 = time.perf_counter()
@@ -197,8 +199,10 @@ class _Run:
 
     def capture(self) -> dict:
         """The resumable state now (``rows`` holds exactly the history of ``step`` finished steps)."""
-        return checkpoint.capture(self.step, self.gates, self.optimizer, self.generators, self.rows, self.seconds(),
-                                  self.identity)
+        state = checkpoint.capture(self.step, self.gates, self.optimizer, self.generators, self.rows, self.seconds(),
+                                   self.identity)
+        state["selected"] = self.selected  # never changed in place: a new check replaces it whole
+        return state
 
     def validation_due(self, steps_done: int) -> bool:
         every = self.config.validation_interval
@@ -218,12 +222,42 @@ class _Run:
         self.interrupted = True
         checkpoint.restore(self.last, self.gates, self.optimizer, self.generators)
         self.rows, self.step = list(self.last["history"]), self.last["step"]
+        self.selected = self.last.get("selected")
 
     def result(self, seconds: float) -> DiscoveryResult:
-        """The binarised, hierarchy-consistent circuit of the gates now, with the history and state."""
-        circuit = Circuit(self.dims, self.gates.binarize(), task=self.task.describe(), config=self.config.to_dict())
+        """The returned circuit (the best validation check's with ``select="validation"``, else the binarised,
+        hierarchy-consistent circuit of the gates now), with the history and state."""
+        chosen = self.selected if self.config.select == "validation" else None
+        masks = chosen["masks"] if chosen else self.gates.binarize()
+        circuit = Circuit(self.dims, masks, task=self.task.describe(), config=self.config.to_dict())
         return DiscoveryResult(circuit, pd.DataFrame(self.rows), None, None, self.config, self.gates, self.step,
-                               self.interrupted, seconds, self.meta, self.last)
+                               self.interrupted, seconds, self.meta, self.last, selection=self.selection())
+
+    def selection(self) -> dict | None:
+        """Which step's circuit the run returns and why (None without validation checks)."""
+        if self.selected is None:
+            return None
+        chosen = self.config.select == "validation"
+        return {"select": self.config.select, "rule": targets.selection_rule(self.config),
+                "step": self.selected["step"] if chosen else self.step, "of_steps": self.step,
+                "validation_checks": sum(1 for r in self.rows if "val_kl" in r),
+                "validation_kl": self.selected["val_kl"] if chosen else _last_val_kl(self.rows)}
+
+    def consider(self, step: int, circuit: Circuit, val_kl: float) -> float:
+        """Keep ``circuit`` as the one to return if it ranks before the best check so far; returns its
+        λ-weighted size (:func:`mgnp_lens.targets.hard_penalty`, with the configured λ: a target's multipliers
+        steer the training, they do not change what counts as small)."""
+        penalty = targets.hard_penalty(circuit, self.lambdas)
+        key = targets.selection_key(self.config, step, val_kl, penalty)
+        if self.selected is None or key < self.selected["key"]:
+            self.selected = {"step": step, "key": key, "val_kl": val_kl,
+                             "masks": {g: m.clone() for g, m in circuit.masks.items()}}
+        return penalty
+
+
+def _last_val_kl(rows: list[dict]) -> float | None:
+    checked = [r["val_kl"] for r in rows if "val_kl" in r and not math.isnan(r["val_kl"])]
+    return checked[-1] if checked else None
 
 
 def _gates_and_optimizer(dims: ModelDims, config: PruningConfig, device):
@@ -404,13 +438,14 @@ def _kl_backward(model, interp: Interpolator, masks: dict[str, torch.Tensor], ba
     return kl_sum
 
 
-def _validate(model, run: _Run, data: _Data) -> dict:
-    """The current hard circuit's KL and metric on the validation pairs (``val_kl``, ``val_metric``; with
-    ``target_kl``, ``circuit_key`` too, a checksum that tells whether the hard circuit changed)."""
+def _validate(model, run: _Run, data: _Data, step: int) -> dict:
+    """The current hard circuit's KL, metric and λ-weighted size on the validation pairs (``val_kl``,
+    ``val_metric``, ``val_penalty``; with ``target_kl``, ``circuit_key`` too, a checksum that tells whether the
+    hard circuit changed); the run keeps it if it ranks first so far (:meth:`_Run.consider`)."""
     circuit = Circuit(run.dims, run.gates.binarize(), task=run.task.describe())
     ev = evaluate_cached(model, run.task, circuit, run.validation, data.validation, data.batch_size, "validation",
                          with_empty=False, constants=data.constants)
-    row = {"val_kl": ev.kl, "val_metric": ev.circuit_metric}
+    row = {"val_kl": ev.kl, "val_metric": ev.circuit_metric, "val_penalty": run.consider(step, circuit, ev.kl)}
     if run.config.target_kl is not None:
         row["circuit_key"] = targets.circuit_key(circuit.masks)
     return row
@@ -441,8 +476,7 @@ def _target_outcome(run: _Run) -> dict | None:
     """Whether the final hard circuit meets ``target_kl`` on the validation pairs (a warning when not)."""
     if run.config.target_kl is None:
         return None
-    last = run.rows[-1] if run.rows else {}
-    outcome = targets.target_report(run.config, last.get("val_kl"))
+    outcome = targets.target_report(run.config, (run.selection() or {}).get("validation_kl"))
     outcome["stopped_early_at_step"] = run.meta.get("stopped_early_at_step")
     if not outcome["met"]:
         warnings.warn(f"target_kl={run.config.target_kl} was not met: the final circuit's validation KL is "

@@ -41,6 +41,8 @@ class DiscoveryResult:
         heldout_evaluations: the same on each of the task's held-out splits (``test_templates``,
             ``test_corruption``, ``test_ood``: templates and a corruption the run never saw), by split.
         target: with ``target_kl``, ``{"target_kl", "validation_kl", "met", "stopped_early_at_step"}``.
+        selection: with validation checks, which step's circuit is returned and by what rule: ``{"select",
+            "rule", "step", "of_steps", "validation_checks", "validation_kl"}`` (None without checks).
         config: the run's configuration.
         gates: the trained gates.
         steps_completed: optimizer steps that finished.
@@ -65,6 +67,7 @@ class DiscoveryResult:
     state: dict | None = field(default=None, repr=False)
     heldout_evaluations: dict[str, Evaluation] = field(default_factory=dict)
     target: dict | None = None
+    selection: dict | None = None
 
     def evaluations(self) -> pd.DataFrame:
         """Every evaluation side by side, one row per split: training pairs, ``eval_split``, then the
@@ -144,7 +147,7 @@ def _staged_files(result: DiscoveryResult) -> dict[str, Callable[[Path], None]]:
             "seconds": result.seconds, "evaluation": ev.to_dict() if ev else None,
             "train_evaluation": train_ev.to_dict() if train_ev else None,
             "heldout_evaluations": {k: e.to_dict() for k, e in result.heldout_evaluations.items()},
-            "target": result.target},
+            "target": result.target, "selection": result.selection},
             indent=2, default=str)),
     }
     if result.state is not None:

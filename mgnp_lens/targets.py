@@ -81,9 +81,12 @@ def circuit_key(masks: dict[str, torch.Tensor]) -> int:
     return key
 
 
-def converged(rows: list[dict], target_kl: float) -> bool:
-    """Whether the last :data:`STABLE_CHECKS` validation checks saw one hard circuit, each within the target."""
-    checks = [r for r in rows if r.get("circuit_key") is not None and not _isnan(r.get("circuit_key"))]
+def converged(rows: list[dict], target_kl: float, after_step: int = 0) -> bool:
+    """Whether the last :data:`STABLE_CHECKS` validation checks after step ``after_step`` saw one hard circuit,
+    each within the target. Checks during the warm-ups do not count: before the gates move, the untouched
+    circuit is stable and meets any target that the full model meets."""
+    checks = [r for r in rows if r.get("circuit_key") is not None and not _isnan(r.get("circuit_key"))
+              and r["step"] > after_step]
     last = checks[-STABLE_CHECKS:]
     return len(last) == STABLE_CHECKS and len({int(r["circuit_key"]) for r in last}) == 1 and \
         all(r["val_kl"] <= target_kl for r in last)
@@ -99,3 +102,34 @@ def target_report(config, validation_kl: float | None) -> dict | None:
         return None
     met = validation_kl is not None and validation_kl <= config.target_kl
     return {"target_kl": config.target_kl, "validation_kl": validation_kl, "met": met}
+
+
+# ------------------------------------------------------------------ choosing the returned circuit on validation
+def hard_penalty(circuit, lambdas: dict[str, float]) -> float:
+    """``Σ_g λ_g · kept_g / total_g``: the loss's sparsity term for a binarised circuit (``lambdas`` by
+    granularity)."""
+    return float(sum(lam * circuit.count(g) / circuit.dims.count(g) for g, lam in lambdas.items()))
+
+
+def selection_key(config, step: int, val_kl: float, penalty: float) -> list[float]:
+    """How a validation check ranks among a run's checks (smaller is better; ``select="validation"``).
+
+    Without ``target_kl``: the training objective measured on the validation pairs with the hard circuit,
+    ``val_kl + penalty`` (:func:`hard_penalty`). With ``target_kl``: first the checks that meet it, the
+    smallest ``penalty`` among them; if none does, the lowest ``val_kl``. Ties go to the later step.
+    """
+    if config.target_kl is not None:
+        met = val_kl <= config.target_kl
+        return [0.0 if met else 1.0, penalty if met else val_kl, -float(step)]
+    return [0.0, val_kl + penalty, -float(step)]
+
+
+def selection_rule(config) -> str:
+    """The returned circuit's rule in words (for ``evaluation.json`` and the report)."""
+    if config.select == "last":
+        return "the last step's circuit (select='last')"
+    if config.target_kl is not None:
+        return (f"of the validation checks whose hard circuit meets KL <= {config.target_kl:g} on the validation "
+                "pairs, the one with the smallest λ-weighted size (the lowest validation KL if none meets it)")
+    return ("the validation check with the lowest training objective measured on the validation pairs: the hard "
+            "circuit's KL plus Σ_g λ_g · (kept fraction of g)")
