@@ -370,7 +370,7 @@ def _train_step(model, interp: Interpolator, run: _Run, data: _Data, step: int) 
     # per-gate P(z > 0) (times its ancestors' with l0_penalty="path"), shared by the loss and the history
     expected_l0 = gates.expected_l0(path=config.l0_penalty == "path")
     l0 = {g: v.mean() for g, v in expected_l0.items()}
-    scales = targets.scales_from_history(run.rows, gates.trainable)  # 1 unless the run has a target
+    scales = targets.scales_from_history(run.rows, gates.trainable, targets.initial_scale(config))
     sparsity = sum(run.lambdas[g] * scales[g] * l0[g] for g in gates.trainable)
     (factor * sparsity).backward()
     lr_now = config.lr * _lr_factor(config, step)

@@ -1,9 +1,10 @@
 """Faithfulness and size targets: the sparsity weights adjusted during training instead of fixed.
 
 With ``target_kl=ε`` the run asks for the smallest circuit whose KL to the full model stays within ε
-(the paper's problem statement, Eq. 2): one multiplier ``s`` on every λ_g follows dual ascent in log
-space, ``log s += rate · clip((ε − KL) / ε, −1, 1)`` after each step, so the penalty grows while the
-step's sampled-circuit KL is under ε and shrinks while it is over. λ then means the same on a 4-layer
+(the paper's problem statement, Eq. 2): one multiplier ``s`` on every λ_g, starting at
+:data:`TARGET_KL_START_SCALE`, follows dual ascent in log space, ``log s += rate · clip((ε − KL) / ε, −1, 1)``
+after each step, so the penalty grows while the step's sampled-circuit KL is under ε and shrinks while it
+is over. λ then means the same on a 4-layer
 toy and a 30-layer model: it is only where the search starts. The hard circuit's KL on validation
 pairs is what the run reports as met or not met.
 
@@ -31,16 +32,22 @@ STABLE_CHECKS = 3
 DEFAULT_TARGET_VALIDATE_EVERY = 20
 #: The fewest validation pairs a ``target_kl`` run measures its hard circuit on.
 MIN_VALIDATION_PAIRS = 16
+#: Where a ``target_kl`` run's multiplier starts: from a nearly dense circuit, so that dual ascent raises the
+#: penalty until the KL reaches the target. Closed gates hardly reopen (a gate far below zero gets almost no
+#: gradient), so a run that starts at the configured λ and prunes past the target cannot come back; see
+#: docs/calibration.md, "target_kl".
+TARGET_KL_START_SCALE = 0.05
 
 
-def initial_scales(granularities) -> dict[str, float]:
-    return {g: 1.0 for g in granularities}
+def initial_scale(config) -> float:
+    """The multiplier before the first step: :data:`TARGET_KL_START_SCALE` with ``target_kl``, else 1."""
+    return TARGET_KL_START_SCALE if config.target_kl is not None else 1.0
 
 
-def scales_from_history(rows: list[dict], granularities) -> dict[str, float]:
-    """The multipliers after the last finished step (1 before the first, or without targets)."""
+def scales_from_history(rows: list[dict], granularities, start: float = 1.0) -> dict[str, float]:
+    """The multipliers after the last finished step (``start`` before the first; 1 without targets)."""
     last = rows[-1] if rows else {}
-    return {g: float(last.get(f"scale_{g}", 1.0)) for g in granularities}
+    return {g: float(last.get(f"scale_{g}", start)) for g in granularities}
 
 
 def _step(log_scale: float, delta: float) -> float:

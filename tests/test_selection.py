@@ -117,7 +117,9 @@ def test_selection_key_with_a_target():
 def test_a_target_returns_the_smallest_circuit_that_met_it(runs):
     model, task, *_ = runs
     eps = 0.005  # met by the early checks only: the later, smaller circuits miss it
-    r = mg.discover(model, task, **{**KW, "target_kl": eps})
+    # a multiplier held at its start (target_rate ~ 0), times 6, trains like the plain runs at λ×0.3
+    r = mg.discover(model, task, **{**KW, "target_kl": eps, "target_rate": 1e-6,
+                                    "lambda_scale": 0.3 / targets.TARGET_KL_START_SCALE})
     checks = r.history.dropna(subset=["val_kl"])
     met = checks[checks.val_kl <= eps]
     smallest = met[met.val_penalty == met.val_penalty.min()]
