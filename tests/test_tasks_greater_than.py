@@ -49,7 +49,7 @@ def test_greater_than_metric_two_digit(tok):
 # ----------------------------------------------------------------------------- the embedded SmolLM2 model
 def test_digit_level_greater_than_end_to_end(default_model):
     model = default_model
-    task = GreaterThan(model, n_train=16, n_validation=8, n_test=48)
+    task = GreaterThan(model, n_train=16, n_validation=8, n_test=48, n_heldout=48)
     assert task.family == "digit"
     df = task.to_dataframe()
     row = df.iloc[0]
