@@ -248,6 +248,10 @@ def _print_result(result) -> None:
         verdict = "met" if t["met"] else "NOT met"
         early = f", stopped early at step {t['stopped_early_at_step']}" if t.get("stopped_early_at_step") else ""
         print(f"target KL {t['target_kl']}: {verdict} (validation KL {t['validation_kl']:.4f}{early})")
+    sel = result.selection
+    if sel is not None and sel["select"] == "validation":
+        print(f"returned: step {sel['step']} of {sel['of_steps']}'s circuit, chosen over {sel['validation_checks']} "
+              f"validation checks ({sel['rule']})")
 
 
 # --------------------------------------------------------------------------- commands

@@ -130,3 +130,16 @@ def test_a_target_returns_the_smallest_circuit_that_met_it(runs):
     assert again.kl == pytest.approx(r.selection["validation_kl"], rel=1e-5)
     # the untouched circuit of the first checks meets the target and does not change, but does not stop the run
     assert r.target["stopped_early_at_step"] is None and r.steps_completed == 40
+
+
+def test_the_cli_says_which_step_it_returns(tiny_gpt2_checkpoint, tmp_path, capsys):
+    from mgnp_lens.cli import main
+
+    path, _, _ = tiny_gpt2_checkpoint
+    out = tmp_path / "run"
+    assert main(["discover", "--task", "ioi", "--model", str(path), "--steps", "4", "--batch-size", "4", "--n-test", "8",
+                 "--autocast", "float32", "--out", str(out), "--set", "validate_every=2", "--set",
+                 "validate_max_examples=8"]) == 0
+    said = capsys.readouterr().out
+    saved = json.loads((out / "evaluation.json").read_text())["selection"]
+    assert f"returned: step {saved['step']} of 4's circuit, chosen over 2 validation checks" in said
