@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import torch
 
 from .circuit import Circuit
 from .granularity import APPENDIX_D_COLUMNS
@@ -243,4 +244,96 @@ def paper_comparison(circuit: Circuit, task: str) -> pd.DataFrame:
                      "sparsity_pct": float(ours.loc[g, "sparsity_pct"]),
                      "paper_active_gpt2": int(paper.loc[g, "active"]),
                      "paper_sparsity_pct_gpt2": float(paper.loc[g, "sparsity_pct"])})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------- an independent reference: activation patching
+def _replace_all(activation, index, other):
+    """TransformerLens patch setter: the whole activation of one layer replaced by the other run's."""
+    activation[...] = other
+    return activation
+
+
+def patching_effects(model, task, split: str = "train", max_examples: int | None = 64,
+                     batch_size: int = 16) -> pd.DataFrame:
+    """Each head's and each MLP's activation-patching effect on the task metric, by TransformerLens's own
+    ``transformer_lens.patching`` (no mgnp-lens hooks involved): the clean run with one component's output
+    (``hook_z`` of one head, or one layer's ``hook_mlp_out``) replaced at every position by its value on the
+    paired corrupted prompt, the way a pruned node is ablated.
+
+    Args:
+        model: a ``HookedTransformer``.
+        task: a :class:`mgnp_lens.tasks.Task`; its metric is averaged over each batch.
+        split, max_examples: the pairs (the first ``max_examples`` of ``split``).
+        batch_size: pairs per patched forward pass (one pass per component and batch).
+
+    Returns:
+        one row per component: ``kind`` (``head`` or ``mlp``), ``layer``, ``head`` (−1 for MLPs), ``name``
+        (``L3 H2``, ``L3 MLP``), ``effect`` = mean over pairs of metric(clean) − metric(patched) (how much of
+        the metric the component carries), sorted by ``|effect|``, largest first.
+    """
+    from transformer_lens import patching
+
+    pairs = task.split(split)
+    pairs = pairs.head(max_examples) if max_examples is not None else pairs
+    device = next(model.parameters()).device
+    cfg = model.cfg
+    heads = torch.zeros(cfg.n_layers, cfg.n_heads)
+    mlps = torch.zeros(cfg.n_layers)
+    n = 0
+    with torch.inference_mode():
+        for batch in pairs.batches(batch_size):
+            batch = batch.to(device)
+            rows = torch.arange(len(batch), device=device)
+
+            def metric(logits, batch=batch, rows=rows):
+                return task.metric(logits[rows, batch.answer_pos], batch).sum()
+
+            clean = float(metric(model(batch.clean)))
+            _, corrupted_cache = model.run_with_cache(batch.corrupted, names_filter=lambda name: name.endswith(
+                ("hook_z", "hook_mlp_out")))
+            heads += clean - patching.get_act_patch_attn_head_out_all_pos(model, batch.clean, corrupted_cache,
+                                                                          metric).cpu()
+            mlps += clean - patching.generic_activation_patch(model, batch.clean, corrupted_cache, metric,
+                                                              _replace_all, "mlp_out", ("layer",)).cpu()
+            n += len(batch)
+    if n == 0:
+        raise ValueError(f"split {split!r} has no pairs to patch")
+    rows = [{"kind": "head", "layer": l, "head": h, "name": f"L{l} H{h}", "effect": float(heads[l, h]) / n}
+            for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
+    rows += [{"kind": "mlp", "layer": l, "head": -1, "name": f"L{l} MLP", "effect": float(mlps[l]) / n}
+             for l in range(cfg.n_layers)]
+    table = pd.DataFrame(rows)
+    return table.reindex(table["effect"].abs().sort_values(ascending=False).index).reset_index(drop=True)
+
+
+def _auc(kept_scores: np.ndarray, other_scores: np.ndarray) -> float | None:
+    """P(a kept component's score > a pruned one's), ties counting half (the Mann-Whitney AUC)."""
+    if len(kept_scores) == 0 or len(other_scores) == 0:
+        return None
+    diff = kept_scores[:, None] - other_scores[None, :]
+    return float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size)
+
+
+def rank_against_patching(circuit: Circuit, effects: pd.DataFrame) -> pd.DataFrame:
+    """How a circuit's kept heads and MLP blocks rank by :func:`patching_effects`' ``|effect|``.
+
+    Returns:
+        one row per kind (``head``, ``mlp``): ``kept``, ``auc`` (P(kept |effect| > pruned |effect|)),
+        ``precision_at_k`` (the share of the kept among the k strongest, k = number kept) and the
+        strongest component the circuit does not keep.
+    """
+    kept = {"head": {f"L{l} H{h}" for l, h in circuit.active_heads()},
+            "mlp": {f"L{l} MLP" for l in circuit.active_mlps()}}
+    rows = []
+    for kind, part in effects.groupby("kind", sort=False):
+        strength = part["effect"].abs().to_numpy()
+        is_kept = part["name"].isin(kept[kind]).to_numpy()
+        k = int(is_kept.sum())
+        top = part.iloc[np.argsort(-strength, kind="stable")[:k]]
+        missed = part[~is_kept].iloc[np.argsort(-strength[~is_kept], kind="stable")[:1]]
+        rows.append({"kind": kind, "kept": k, "of": len(part), "auc": _auc(strength[is_kept], strength[~is_kept]),
+                     "precision_at_k": float(top["name"].isin(kept[kind]).mean()) if k else None,
+                     "strongest_not_kept": missed["name"].iloc[0] if len(missed) else None,
+                     "its_effect": float(missed["effect"].iloc[0]) if len(missed) else None})
     return pd.DataFrame(rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 import mgnp_lens as mg
@@ -81,3 +82,52 @@ def test_paper_tables_are_keyed_by_our_names():
     assert cmp.loc["attn_head", "active"] == 144 and cmp.loc["attn_head", "paper_active_gpt2"] == 21
     with pytest.raises(ValueError, match="no tables for task 'docstring'"):
         reference.paper_summary("docstring")
+
+
+# ------------------------------------------------------------------ activation patching with TransformerLens's own
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_patching_effects_agree_with_mgnp_ablation_of_one_node(kind):
+    """TransformerLens's patching and mgnp-lens's hooks, two independent implementations, give the same effect."""
+    from conftest import micro_model, random_pairs
+
+    from mgnp_lens.reference import patching_effects
+
+    model = micro_model(kind)
+    clean, corrupted = random_pairs(model, n=16)
+    task = mg.PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
+    effects = patching_effects(model, task, "train", batch_size=4)
+    assert len(effects) == 2 * 4 + 2 and effects["effect"].abs().is_monotonic_decreasing
+    full = mg.Circuit.full(model)
+    for _, row in effects.iterrows():
+        masks = {g: m.clone() for g, m in full.masks.items()}
+        if row["kind"] == "head":
+            masks["attn_head"][row["layer"], row["head"]] = False
+            masks["attn_neuron"][row["layer"], row["head"]] = False
+        else:
+            masks["mlp_block"][row.layer] = False
+            masks["mlp_hidden"][row.layer] = False
+            masks["mlp_output"][row.layer] = False
+        ev = mg.evaluate(model, task, mg.Circuit(full.dims, masks), "train")
+        assert row["effect"] == pytest.approx(ev.base_metric - ev.circuit_metric, abs=1e-4), row["name"]
+    assert effects["effect"].abs().max() > 1e-3  # the components matter on this model
+
+
+def test_rank_against_patching():
+    from mgnp_lens.reference import rank_against_patching
+
+    dims = mg.ModelDims(n_layers=2, n_heads=2, d_head=4, d_mlp=8, d_model=8)
+    effects = pd.DataFrame({"kind": ["head"] * 4 + ["mlp"] * 2, "layer": [0, 0, 1, 1, 0, 1], "head": [0, 1, 0, 1, -1, -1],
+                            "name": ["L0 H0", "L0 H1", "L1 H0", "L1 H1", "L0 MLP", "L1 MLP"],
+                            "effect": [0.9, -0.5, 0.1, 0.0, 0.2, 0.7]})
+    c = mg.Circuit.empty(dims)
+    m = c.masks
+    m["attn_block"][:] = True
+    m["attn_head"][0, 0] = m["attn_head"][1, 0] = True
+    m["attn_neuron"][0, 0] = m["attn_neuron"][1, 0] = True
+    m["mlp_block"][1] = True
+    m["mlp_hidden"][1] = m["mlp_output"][1] = True
+    r = rank_against_patching(mg.Circuit(dims, m), effects).set_index("kind")
+    # heads kept: |0.9|, |0.1|; pruned: |0.5|, |0.0| -> pairs won 3 of 4
+    assert r.loc["head", "auc"] == pytest.approx(0.75) and r.loc["head", "precision_at_k"] == pytest.approx(0.5)
+    assert r.loc["head", "strongest_not_kept"] == "L0 H1" and r.loc["head", "its_effect"] == -0.5
+    assert r.loc["mlp", "auc"] == 1.0 and r.loc["mlp", "precision_at_k"] == 1.0

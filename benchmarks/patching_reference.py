@@ -1,0 +1,49 @@
+"""The default circuits against an independent reference: TransformerLens's own activation patching.
+
+    python benchmarks/patching_reference.py [--tasks ioi gt gp] [--pairs 64]
+
+For each task, ``reference.patching_effects`` patches every head's ``hook_z`` and every layer's ``hook_mlp_out``
+from the corrupted prompt into the clean run (``transformer_lens.patching``, none of mgnp-lens's hooks) on the
+first training pairs, and ``reference.rank_against_patching`` ranks the committed default circuit
+(``results/TASK_default/circuit.json``) against those effects: AUC of kept vs pruned |effect|, precision at k,
+and the strongest component it does not keep. Writes ``results/patching_reference.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, write  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", nargs="+", default=["ioi", "gt", "gp"], choices=["ioi", "gt", "gp"])
+    ap.add_argument("--pairs", type=int, default=64)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+
+    import mgnp_lens as mg
+    from mgnp_lens.reference import patching_effects, rank_against_patching
+
+    model = mg.load_model(device=args.device)
+    out = {}
+    for name in args.tasks:
+        task = mg.tasks.get_task(name, model, n_test=16, n_heldout=16)
+        t0 = time.perf_counter()
+        effects = patching_effects(model, task, "train", max_examples=args.pairs)
+        circuit = mg.Circuit.load(RESULTS / f"{name}_default" / "circuit.json")
+        ranks = rank_against_patching(circuit, effects)
+        print(name, ranks.to_string(index=False), effects.head(10).to_string(index=False), sep="\n")
+        out[name] = {"pairs": args.pairs, "seconds": time.perf_counter() - t0,
+                     "ranking": ranks.to_dict(orient="records"), "top_effects": effects.head(20).to_dict(orient="records"),
+                     "effects": effects.to_dict(orient="records")}
+    write("patching_reference", {"model": "smollm2-135m", "split": "train", "tasks": out})
+
+
+if __name__ == "__main__":
+    main()
