@@ -31,6 +31,7 @@ h1 { font-size: 1.6rem; margin-bottom: 0.2rem; } h2 { margin-top: 2.2rem; border
 table.tbl { border-collapse: collapse; font-size: 0.88rem; margin: 0.6rem 0; }
 table.tbl th, table.tbl td { border: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: right; }
 table.tbl th { background: #f3f5f8; }
+table.sortable th { cursor: pointer; }
 .grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(180px, 1fr)); gap: 0.8rem; }
 .card { border: 1px solid #ddd; border-radius: 6px; padding: 0.6rem 0.8rem; background: #fafbfc; }
 .card b { display: block; font-size: 1.3rem; } .card span { color: #555; font-size: 0.85rem; }
@@ -192,6 +193,31 @@ def _tables(run: dict, task: str | None, ref) -> list[str]:
     return parts
 
 
+#: Click a column header of a ``sortable`` table to sort by it (numbers as numbers); no library needed.
+_SORT_JS = """<script>
+document.querySelectorAll("table.sortable th").forEach((th, col) => th.addEventListener("click", () => {
+  const body = th.closest("table").tBodies[0], rows = Array.from(body.rows);
+  const key = r => { const t = r.cells[col].innerText.replace(/,/g, ""); return isNaN(t) ? t : parseFloat(t); };
+  const dir = th.dataset.dir = th.dataset.dir === "asc" ? "desc" : "asc";
+  rows.sort((a, b) => (key(a) > key(b) ? 1 : key(a) < key(b) ? -1 : 0) * (dir === "asc" ? 1 : -1));
+  rows.forEach(r => body.appendChild(r));
+}));
+</script>"""
+
+
+def _kept_heads(circuit: Circuit) -> list[str]:
+    """The kept heads by name with the attention neurons each keeps, as a table sortable by any column."""
+    heads = circuit.active_heads()
+    if not heads:
+        return ["<h2>Kept attention heads</h2>", "<p>The circuit keeps no attention head.</p>"]
+    neurons = circuit.masks["attn_neuron"].sum(-1)
+    frame = pd.DataFrame([{"head": f"L{l} H{h}", "layer": l, "index": h, "attention neurons kept": int(neurons[l, h]),
+                           "of": circuit.dims.d_head, "MLP of its layer kept": "yes" if l in circuit.active_mlps()
+                           else "no"} for l, h in heads])
+    table = frame.to_html(index=False, border=0, classes="tbl sortable", escape=True)
+    return [f"<h2>Kept attention heads ({len(heads)})</h2>", "<p>Click a column to sort.</p>", table, _SORT_JS]
+
+
 def _figures(run: dict, ref) -> list[str]:
     """The plotly figures, the first carrying plotly.js (so the page works offline)."""
     from . import plot
@@ -232,7 +258,7 @@ def build_report(directory: str | Path, out: str | Path | None = None, reference
     if reference is None and gpt2_shaped and task in ("ioi", "gt"):
         reference = task
     ref = get_reference(reference) if reference else None
-    parts = [*_header(run, task), *_tables(run, task, ref), *_figures(run, ref),
+    parts = [*_header(run, task), *_tables(run, task, ref), *_kept_heads(circuit), *_figures(run, ref),
              "<h2>Per-layer table (Appendix D)</h2>", _table(circuit.per_layer()),
              "<h2>Run configuration</h2>", f"<pre>{html.escape(json.dumps(run['config'], indent=2, default=str))}</pre>"]
     return _write_page(Path(out) if out else run["dir"] / "report.html", f"mgnp-lens report: {task or 'custom'}",

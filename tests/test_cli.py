@@ -75,6 +75,19 @@ def test_report_is_self_contained(cli_run):
         assert needle in page, needle
 
 
+def test_report_lists_the_kept_heads_in_a_sortable_table(cli_run):
+    _, out, _ = cli_run
+    page = (out / "report.html").read_text()
+    circuit = mg.Circuit.load(out / "circuit.json")
+    heads = circuit.active_heads()
+    if heads:
+        assert f"Kept attention heads ({len(heads)})" in page and 'class="dataframe tbl sortable"' in page
+        for l, h in heads:
+            assert f"<td>L{l} H{h}</td>" in page
+    else:
+        assert "The circuit keeps no attention head." in page
+
+
 def test_report_command_rebuilds(cli_run, capsys):
     _, out, _ = cli_run
     (out / "report.html").unlink()
