@@ -473,13 +473,13 @@ def _final_evaluations(model, task, circuit: Circuit, run: _Run, data: _Data
 
 
 def _target_outcome(run: _Run) -> dict | None:
-    """Whether the final hard circuit meets ``target_kl`` on the validation pairs (a warning when not)."""
+    """Whether the returned circuit meets ``target_kl`` on the validation pairs (a warning when not)."""
     if run.config.target_kl is None:
         return None
     outcome = targets.target_report(run.config, (run.selection() or {}).get("validation_kl"))
     outcome["stopped_early_at_step"] = run.meta.get("stopped_early_at_step")
     if not outcome["met"]:
-        warnings.warn(f"target_kl={run.config.target_kl} was not met: the final circuit's validation KL is "
+        warnings.warn(f"target_kl={run.config.target_kl} was not met: the returned circuit's validation KL is "
                       f"{outcome['validation_kl']:.4f}; train longer (--steps), or ask for a looser target",
                       stacklevel=3)
     return outcome
