@@ -387,9 +387,9 @@ def _train_step(model, interp: Interpolator, run: _Run, data: _Data, step: int) 
     with torch.no_grad():
         row.update({f"l0_{g}": float(l0[g]) for g in gates.trainable})
         row.update({f"active_{g}": float(expected_l0[g].sum()) for g in gates.trainable})
-    if config.target_kl is not None or config.target_sparsity:
+    if config.target_kl is not None or config.target_sparsity:  # target_kl's move at checks (_validate)
         density = {g: row[f"l0_{g}"] for g in gates.trainable}
-        row.update({f"scale_{g}": s for g, s in targets.update_scales(config, scales, kl, density).items()})
+        row.update({f"scale_{g}": s for g, s in targets.update_scales(config, scales, density).items()})
     return row
 
 
@@ -446,8 +446,13 @@ def _validate(model, run: _Run, data: _Data, step: int) -> dict:
     ev = evaluate_cached(model, run.task, circuit, run.validation, data.validation, data.batch_size, "validation",
                          with_empty=False, constants=data.constants)
     row = {"val_kl": ev.kl, "val_metric": ev.circuit_metric, "val_penalty": run.consider(step, circuit, ev.kl)}
-    if run.config.target_kl is not None:
+    config = run.config
+    if config.target_kl is not None:
         row["circuit_key"] = targets.circuit_key(circuit.masks)
+    if config.target_kl is not None and step % config.validation_interval == 0:  # not the extra check at the end:
+        # a run lengthened with ``steps`` then trains as the uninterrupted longer run does
+        scales = targets.scales_from_history(run.rows, run.gates.trainable, targets.initial_scale(config))
+        row.update({f"scale_{g}": s for g, s in targets.rescale_on_check(config, scales, ev.kl).items()})
     return row
 
 

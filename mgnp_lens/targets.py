@@ -2,9 +2,11 @@
 
 With ``target_kl=ε`` the run asks for the smallest circuit whose KL to the full model stays within ε
 (the paper's problem statement, Eq. 2): one multiplier ``s`` on every λ_g, starting at
-:data:`TARGET_KL_START_SCALE`, follows dual ascent in log space, ``log s += rate · clip((ε − KL) / ε, −1, 1)``
-after each step, so the penalty grows while the step's sampled-circuit KL is under ε and shrinks while it
-is over. λ then means the same on a 4-layer
+:data:`TARGET_KL_START_SCALE`, follows dual ascent in log space on the hard circuit's KL on the validation
+pairs, ``log s += rate · interval · clip((ε − val_KL) / ε, −1, 1)`` at each validation check, so the penalty
+grows while the circuit the run would return is within ε and shrinks while it is over. (The sampled
+circuit's training KL is no signal for this: the Hard-Concrete noise alone keeps it above 1 nat in the first
+steps of a SmolLM2 run, whatever the circuit's size.) λ then means the same on a 4-layer
 toy and a 30-layer model: it is only where the search starts. The hard circuit's KL on validation
 pairs is what the run reports as met or not met.
 
@@ -55,20 +57,16 @@ def _step(log_scale: float, delta: float) -> float:
     return math.exp(min(high, max(low, log_scale + delta)))
 
 
-def update_scales(config, scales: dict[str, float], kl: float, density: dict[str, float]) -> dict[str, float]:
-    """The multipliers for the next step, from this step's sampled KL and per-granularity densities.
+def update_scales(config, scales: dict[str, float], density: dict[str, float]) -> dict[str, float]:
+    """The multipliers for the next step, from this step's per-granularity densities (``target_sparsity``;
+    a ``target_kl`` run moves its multiplier only at validation checks, :func:`rescale_on_check`).
 
     Args:
-        config: the run's :class:`~mgnp_lens.config.PruningConfig` (``target_kl``, ``target_sparsity``,
-            ``target_rate``).
+        config: the run's :class:`~mgnp_lens.config.PruningConfig` (``target_sparsity``, ``target_rate``).
         scales: ``{granularity: multiplier}`` used in this step.
-        kl: this step's mean KL(full ‖ sampled circuit).
         density: ``{granularity: mean expected L0}`` of this step.
     """
     rate = config.target_rate
-    if config.target_kl is not None:
-        delta = rate * max(-1.0, min(1.0, (config.target_kl - kl) / config.target_kl))
-        return {g: _step(math.log(s), delta) for g, s in scales.items()}
     if config.target_sparsity:
         out = dict(scales)
         for g, pruned in config.target_sparsity.items():
@@ -78,6 +76,15 @@ def update_scales(config, scales: dict[str, float], kl: float, density: dict[str
                 out[g] = _step(math.log(out[g]), rate * max(-1.0, min(1.0, err)))
         return out
     return scales
+
+
+def rescale_on_check(config, scales: dict[str, float], val_kl: float) -> dict[str, float]:
+    """A ``target_kl`` run's multipliers after a validation check: one dual-ascent step on the hard circuit's
+    validation KL, ``log s += rate · interval · clip((ε − val_kl) / ε, −1, 1)`` (as fast per step as the
+    size target; between checks the multiplier holds)."""
+    delta = config.target_rate * config.validation_interval * max(-1.0, min(1.0, (config.target_kl - val_kl) /
+                                                                           config.target_kl))
+    return {g: _step(math.log(s), delta) for g, s in scales.items()}
 
 
 def circuit_key(masks: dict[str, torch.Tensor]) -> int:

