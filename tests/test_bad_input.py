@@ -185,8 +185,13 @@ def test_5_ctrl_c_during_the_final_save_leaves_a_consistent_run_labelled_interru
         return real(self, *a, **k)
 
     monkeypatch.setattr(mg.Circuit, "per_layer", ctrl_c_while_saving)
-    r = mg.discover(model, task, steps=4, batch_size=8, autocast="float32", progress=False,
-                    checkpoint_dir=str(tmp_path), checkpoint_every=100)
+    # Python keeps SIGINT ignored when it was started ignoring it (a background job: nohup, &): make it Ctrl-C
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        r = mg.discover(model, task, steps=4, batch_size=8, autocast="float32", progress=False,
+                        checkpoint_dir=str(tmp_path), checkpoint_every=100)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert r.interrupted and r.steps_completed == 4 and r.evaluation is None
     status = json.loads((tmp_path / "evaluation.json").read_text())
     assert status["interrupted"] is True and status["steps_completed"] == 4
