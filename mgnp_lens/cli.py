@@ -47,16 +47,22 @@ def _number(text: str, cast, minimum, context: str = ""):
     return value
 
 
-def _lambda_spec(text: str) -> tuple[str, float]:
-    from .granularity import GRANULARITIES
+def _granularity_spec(what: str, example: str):
+    """An argparse type for ``GRANULARITY=VALUE`` (a non-negative number), named ``what`` in its errors."""
+    def parse(text: str) -> tuple[str, float]:
+        from .granularity import GRANULARITIES
 
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"bad λ spec {text!r}: expected GRANULARITY=VALUE, e.g. attn_head=3.0")
-    g, v = text.split("=", 1)
-    if g not in GRANULARITIES:
-        raise argparse.ArgumentTypeError(f"bad λ spec {text!r}: unknown granularity {g!r} "
-                                         f"(expected one of {', '.join(GRANULARITIES)})")
-    return g, _number(v, float, 0.0, f"bad λ spec {text!r}: ")
+        if "=" not in text:
+            raise argparse.ArgumentTypeError(f"bad {what} spec {text!r}: expected GRANULARITY=VALUE, e.g. {example}")
+        g, v = text.split("=", 1)
+        if g not in GRANULARITIES:
+            raise argparse.ArgumentTypeError(f"bad {what} spec {text!r}: unknown granularity {g!r} "
+                                             f"(expected one of {', '.join(GRANULARITIES)})")
+        return g, _number(v, float, 0.0, f"bad {what} spec {text!r}: ")
+    return parse
+
+
+_lambda_spec = _granularity_spec("λ", "attn_head=3.0")
 
 
 def _positive_int(text: str) -> int:
@@ -107,6 +113,10 @@ def _add_discover(sub, tasks) -> None:
     d.add_argument("--target-kl", type=_positive_float, default=None, metavar="EPS",
                    help="ask for the smallest circuit whose KL stays within EPS nats: λ is adjusted during training, "
                         "the hard circuit is checked on validation pairs, and the run says whether it met EPS")
+    d.add_argument("--target-sparsity", dest="target_sparsity", type=_granularity_spec("size target", "attn_head=0.9"),
+                   action="append", default=[], metavar="GRAN=FRACTION",
+                   help="ask for a size instead: prune this fraction of a granularity's nodes (repeatable; its λ is "
+                        "adjusted during training, the run says whether it got there)")
     d.add_argument("--ablation", choices=ABLATIONS, default=None,
                    help="what a pruned node outputs: its activation on the corrupted prompt (default), zero, or its "
                         "mean over the training pairs' corrupted prompts")
@@ -241,13 +251,13 @@ def _print_result(result) -> None:
     for e in (result.train_evaluation, result.evaluation, *result.heldout_evaluations.values()):
         if e is not None:
             recovered = "" if e.recovered is None else f" ({e.recovered:.0%} of the full model's, from the empty circuit's)"
+            loss = "" if e.loss is None else f", {e.loss_name} loss {e.loss:.3f}"
             print(f"{e.split} ({e.n_examples} pairs): {e.metric_name} full {e.base_metric:.3f} -> circuit "
-                  f"{e.circuit_metric:.3f}{recovered}, KL {e.kl:.3f}")
-    t = result.target
-    if t is not None:
-        verdict = "met" if t["met"] else "NOT met"
-        early = f", stopped early at step {t['stopped_early_at_step']}" if t.get("stopped_early_at_step") else ""
-        print(f"target KL {t['target_kl']}: {verdict} (validation KL {t['validation_kl']:.4f}{early})")
+                  f"{e.circuit_metric:.3f}{recovered}, KL {e.kl:.3f}{loss}")
+    if result.target is not None:
+        from .targets import outcome_text
+
+        print("{}: {}".format(*outcome_text(result.target)))
     sel = result.selection
     if sel is not None and sel["select"] == "validation":
         print(f"returned: step {sel['step']} of {sel['of_steps']}'s circuit, chosen over {sel['validation_checks']} "
@@ -265,6 +275,8 @@ def _discover_config(args, out: Path):
                  if v is not None}
     if args.lambdas:
         overrides["lambdas"] = dict(args.lambdas)
+    if args.target_sparsity:
+        overrides["target_sparsity"] = dict(args.target_sparsity)
     given = {k: v for k, v in (("seed", args.seed), ("eval_max_examples", args.n_test)) if v is not None}
     settings = {"seed": 0, "eval_max_examples": DEFAULT_N_TEST, **_config_file(args.config), **given, **overrides,
                 **parse_overrides(args.settings)}
@@ -352,6 +364,7 @@ def _resume(args) -> int:
                                       ("--lambda-scale", args.lambda_scale), ("--lambda", args.lambdas or None),
                                       ("--corruption-mode", args.corruption_mode), ("--ablation", args.ablation),
                                       ("--target-kl", args.target_kl),
+                                      ("--target-sparsity", args.target_sparsity or None),
                                       ("--autocast", args.autocast),
                                       ("--set", args.settings or None), ("--seed", args.seed),
                                       ("--n-test", args.n_test), ("--max-train", args.max_train),

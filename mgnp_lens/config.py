@@ -164,10 +164,11 @@ class PruningConfig:
 
     @property
     def validation_interval(self) -> int | None:
-        """Steps between validation checks: ``validate_every``, or 20 for a ``target_kl`` run."""
+        """Steps between validation checks: ``validate_every``, or 20 for a ``target_kl`` or ``target_sparsity``
+        run."""
         from .targets import DEFAULT_TARGET_VALIDATE_EVERY
 
-        if self.validate_every is None and self.target_kl is not None:
+        if self.validate_every is None and (self.target_kl is not None or self.target_sparsity):
             return DEFAULT_TARGET_VALIDATE_EVERY
         return self.validate_every
 

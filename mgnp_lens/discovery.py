@@ -24,10 +24,11 @@ from . import checkpoint, targets
 from .ablation import ablation_values
 from .circuit import Circuit
 from .config import PRECOMPUTE_MEMORY_FRACTION, PruningConfig
-from .evaluate import Evaluation, FullModelTarget, evaluate, evaluate_cached
+from .evaluate import Evaluation, evaluate, evaluate_cached, task_loss
 from .gates import HardConcreteGates
 from .granularity import ModelDims
 from .hooks import Interpolator, check_hook_points, masked_answer_logits
+from .losses import FullModelTarget
 from .precompute import Precomputed, available_bytes, precompute, precompute_bytes
 from .result import DiscoveryError, DiscoveryResult, run_meta, write_run
 from .speedups import TrainingSpeedups
@@ -101,10 +102,10 @@ class _Data:
 
 @dataclass
 class _BatchTargets:
-    """One batch's KL targets and corrupted activations (cache mode), by row of the batch.
+    """One batch's loss targets and corrupted activations (cache mode), by row of the batch.
 
     Attributes:
-        target: the full model's answer distributions of ``rows``' bucket (or of the batch alone).
+        target: the full model's answers of ``rows``' bucket (or of the batch alone).
         cache: ``{hook_name: [n, pos, ...]}`` corrupted activations, likewise (None in batch mode).
         rows: [B] the batch's rows in ``target`` and ``cache``.
     """
@@ -113,8 +114,10 @@ class _BatchTargets:
     cache: dict[str, torch.Tensor] | None
     rows: torch.Tensor
 
-    def kl(self, sl: slice, logits: torch.Tensor) -> torch.Tensor:
-        return self.target.rows(self.rows[sl]).kl(logits)
+    def loss(self, sl: slice, logits: torch.Tensor, batch) -> torch.Tensor:
+        """[b] per-example loss of the circuit's logits for rows ``sl`` of ``batch``."""
+        part = batch if self.target.loss == "kl" else batch.select(torch.arange(len(batch))[sl])
+        return self.target.rows(self.rows[sl]).loss_of(logits, part)
 
     def corrupted(self, sl: slice) -> dict[str, torch.Tensor]:
         idx = self.rows[sl]
@@ -248,7 +251,7 @@ class _Run:
         λ-weighted size (:func:`mgnp_lens.targets.hard_penalty`, with the configured λ: a target's multipliers
         steer the training, they do not change what counts as small)."""
         penalty = targets.hard_penalty(circuit, self.lambdas)
-        key = targets.selection_key(self.config, step, val_kl, penalty)
+        key = targets.selection_key(self.config, step, val_kl, penalty, targets.sparsity_gap(self.config, circuit))
         if self.selected is None or key < self.selected["key"]:
             self.selected = {"step": step, "key": key, "val_kl": val_kl,
                              "masks": {g: m.clone() for g, m in circuit.masks.items()}}
@@ -310,7 +313,7 @@ def _precompute_run(model, run: _Run) -> _Data:
     constants = ablation_values(model, run.dims, config.ablation, run.train, size)
     if not run.streaming:
         train = precompute(model, run.dims, run.train, size, config.caches_corrupted)
-        targets = [FullModelTarget.from_logits(b) for b in train.base]  # once, not per step
+        targets = [FullModelTarget.from_logits(b, task_loss(run.task)) for b in train.base]  # once, not per step
     validation = None if run.validation is None else \
         precompute(model, run.dims, run.validation, size, config.ablation == "corrupted")
     return _Data(train, targets, validation, size, constants)
@@ -402,13 +405,14 @@ def _batch_targets(model, run: _Run, data: _Data, batch) -> _BatchTargets:
                              batch.rows)
     with run.fast.suspended():
         pre = precompute(model, run.dims, PairSet([batch]), data.batch_size, with_cache)
-    return _BatchTargets(FullModelTarget.from_logits(pre.base[0]), pre.cache[0] if with_cache else None,
+    return _BatchTargets(FullModelTarget.from_logits(pre.base[0], task_loss(run.task)), pre.cache[0] if with_cache else None,
                          torch.arange(len(batch)))
 
 
 def _kl_backward(model, interp: Interpolator, masks: dict[str, torch.Tensor], batch, inputs: _BatchTargets,
                  config: PruningConfig, fast: TrainingSpeedups) -> float:
-    """Mean KL(full ‖ masked model) over ``batch``, back-propagated into the gates behind ``masks``.
+    """Mean KL(full ‖ masked model) (or the task's other loss, :mod:`mgnp_lens.losses`) over ``batch``,
+    back-propagated into the gates behind ``masks``.
 
     The batch runs in micro-batches of ``config.micro_batch_size`` (all of it when None). The masks
     enter each pass as detached leaves; their gradients are summed over the micro-batches and pushed
@@ -427,7 +431,7 @@ def _kl_backward(model, interp: Interpolator, masks: dict[str, torch.Tensor], ba
             interp.set_corrupted(inputs.corrupted(sl))
         with fast.autocast():
             logits = masked_answer_logits(model, interp, batch.clean[sl], batch.corrupted[sl], batch.answer_pos[sl])
-        kl = inputs.kl(sl, logits).sum() / n
+        kl = inputs.loss(sl, logits, batch).sum() / n
         kl.backward()
         kl_sum += float(kl.detach())
         interp.set_corrupted(None)
@@ -439,20 +443,21 @@ def _kl_backward(model, interp: Interpolator, masks: dict[str, torch.Tensor], ba
 
 
 def _validate(model, run: _Run, data: _Data, step: int) -> dict:
-    """The current hard circuit's KL, metric and λ-weighted size on the validation pairs (``val_kl``,
-    ``val_metric``, ``val_penalty``; with ``target_kl``, ``circuit_key`` too, a checksum that tells whether the
+    """The current hard circuit's KL (the task's loss, if not KL), metric and λ-weighted size on the validation
+    pairs (``val_kl``, ``val_metric``, ``val_penalty``; with ``target_kl``, ``circuit_key`` too, a checksum that tells whether the
     hard circuit changed); the run keeps it if it ranks first so far (:meth:`_Run.consider`)."""
     circuit = Circuit(run.dims, run.gates.binarize(), task=run.task.describe())
     ev = evaluate_cached(model, run.task, circuit, run.validation, data.validation, data.batch_size, "validation",
                          with_empty=False, constants=data.constants)
-    row = {"val_kl": ev.kl, "val_metric": ev.circuit_metric, "val_penalty": run.consider(step, circuit, ev.kl)}
+    row = {"val_kl": ev.objective, "val_metric": ev.circuit_metric,
+           "val_penalty": run.consider(step, circuit, ev.objective)}
     config = run.config
     if config.target_kl is not None:
         row["circuit_key"] = targets.circuit_key(circuit.masks)
     if config.target_kl is not None and step % config.validation_interval == 0:  # not the extra check at the end:
         # a run lengthened with ``steps`` then trains as the uninterrupted longer run does
         scales = targets.scales_from_history(run.rows, run.gates.trainable, targets.initial_scale(config))
-        row.update({f"scale_{g}": s for g, s in targets.rescale_on_check(config, scales, ev.kl).items()})
+        row.update({f"scale_{g}": s for g, s in targets.rescale_on_check(config, scales, ev.objective).items()})
     return row
 
 
@@ -477,16 +482,23 @@ def _final_evaluations(model, task, circuit: Circuit, run: _Run, data: _Data
                              for s in extra if s != config.eval_split}
 
 
-def _target_outcome(run: _Run) -> dict | None:
-    """Whether the returned circuit meets ``target_kl`` on the validation pairs (a warning when not)."""
-    if run.config.target_kl is None:
+def _target_outcome(run: _Run, circuit: Circuit) -> dict | None:
+    """Whether the returned ``circuit`` meets ``target_kl`` on the validation pairs or ``target_sparsity``'s
+    size (a warning when not)."""
+    outcome = targets.target_report(run.config, (run.selection() or {}).get("validation_kl"), circuit)
+    if outcome is None:
         return None
-    outcome = targets.target_report(run.config, (run.selection() or {}).get("validation_kl"))
-    outcome["stopped_early_at_step"] = run.meta.get("stopped_early_at_step")
-    if not outcome["met"]:
+    if run.config.target_kl is not None:
+        outcome["stopped_early_at_step"] = run.meta.get("stopped_early_at_step")
+    if not outcome["met"] and run.config.target_kl is not None:
         warnings.warn(f"target_kl={run.config.target_kl} was not met: the returned circuit's validation KL is "
                       f"{outcome['validation_kl']:.4f}; train longer (--steps), or ask for a looser target",
-                      stacklevel=3)
+                      stacklevel=4)
+    elif not outcome["met"]:
+        reached = ", ".join(f"{g} {outcome['reached'][g]:.3f} (asked {p:g})" for g, p in
+                            run.config.target_sparsity.items())
+        warnings.warn(f"target_sparsity was not met: the returned circuit prunes {reached}; train longer "
+                      "(--steps) or raise target_rate", stacklevel=4)
     return outcome
 
 
@@ -515,7 +527,7 @@ def _finish(model, task, run: _Run, data: _Data | None, error: Exception | None)
         if error is None and problem is None and not run.interrupted:
             result.train_evaluation, result.evaluation, result.heldout_evaluations = _final_evaluations(
                 model, task, result.circuit, run, data)
-            result.target = _target_outcome(run)
+            result.target = _target_outcome(run, result.circuit)
             problem = _save(result, ckpt)
     except KeyboardInterrupt:  # the trained circuit is kept, labelled as not finished (resuming evaluates it)
         result.interrupted = True

@@ -12,59 +12,8 @@ from .ablation import ablation_of, ablation_values
 from .circuit import Circuit
 from .hooks import Interpolator, check_hook_points, logits_at, masked_answer_logits
 from .granularity import ModelDims
+from .losses import FullModelTarget, kl_full_circuit  # noqa: F401  (re-exported)
 from .precompute import Precomputed, chunks
-
-
-@dataclass
-class FullModelTarget:
-    """The full model's answer distributions, prepared once for many KL(full ‖ circuit) evaluations.
-
-    ``KL = Σ_v p·log p − Σ_v p·log q``: the first sum is fixed per example, so a training step only
-    takes one log-softmax, one product and one sum over the vocabulary (no ``exp`` or difference of
-    the full model's log-probs in every step). :func:`kl_full_circuit` is its one-off form.
-
-    Attributes:
-        probs: [n, d_vocab] float32 probabilities of the full model.
-        neg_entropy: [n] ``Σ_v p·log p`` of each example.
-    """
-
-    probs: torch.Tensor
-    neg_entropy: torch.Tensor
-
-    @classmethod
-    def from_logits(cls, logits: torch.Tensor) -> "FullModelTarget":
-        """From the full model's answer logits [n, d_vocab]."""
-        return cls.from_log_probs(torch.log_softmax(logits.float(), dim=-1))
-
-    @classmethod
-    def from_log_probs(cls, logp: torch.Tensor) -> "FullModelTarget":
-        """From the full model's answer log-probabilities [n, d_vocab]."""
-        logp = logp.float()
-        probs = logp.exp()
-        return cls(probs, (probs * logp).sum(-1))
-
-    def rows(self, idx: torch.Tensor) -> "FullModelTarget":
-        """The targets of rows ``idx`` [b]."""
-        idx = idx.to(self.probs.device)
-        return FullModelTarget(self.probs[idx], self.neg_entropy[idx])
-
-    def kl(self, circuit_logits: torch.Tensor) -> torch.Tensor:
-        """Per-example KL(full ‖ circuit) [n] for circuit logits [n, d_vocab] (taken in float32)."""
-        circ_logp = torch.log_softmax(circuit_logits.float(), dim=-1)
-        return self.neg_entropy - (self.probs * circ_logp).sum(-1)
-
-
-def kl_full_circuit(base_logp: torch.Tensor, circuit_logits: torch.Tensor) -> torch.Tensor:
-    """Per-example KL(full ‖ circuit) = Σ_v p_full(v)·(log p_full(v) − log p_circuit(v)).
-
-    Args:
-        base_logp: [B, d_vocab] log-probabilities of the full model.
-        circuit_logits: [B, d_vocab] logits of the circuit.
-
-    Returns:
-        [B] KL divergences in nats.
-    """
-    return FullModelTarget.from_log_probs(base_logp).kl(circuit_logits)
 
 
 @dataclass
@@ -73,7 +22,8 @@ class Evaluation:
     the KL(full ‖ circuit).
 
     ``recovered`` is the MIB normalisation of faithfulness, ``(m(C) − m(∅)) / (m(N) − m(∅))``: 1 when the
-    circuit's metric is the full model's, 0 when it is the empty circuit's (the corrupted run).
+    circuit's metric is the full model's, 0 when it is the empty circuit's (the corrupted run). A task trained
+    on another loss than KL (:mod:`mgnp_lens.losses`) has it in ``loss`` (``loss_name``) beside the KL.
     """
 
     split: str
@@ -83,6 +33,13 @@ class Evaluation:
     kl: float
     metric_name: str = "logit diff"
     empty_metric: float | None = None
+    loss_name: str = "kl"
+    loss: float | None = None
+
+    @property
+    def objective(self) -> float:
+        """The task's training loss on these pairs: ``loss``, or the KL for the KL loss."""
+        return self.kl if self.loss is None else self.loss
 
     @property
     def recovered(self) -> float | None:
@@ -205,12 +162,16 @@ class _Sums:
 
     def __init__(self):
         self.n, self.kl, self.base, self.circuit, self.empty, self.with_empty = 0, 0.0, 0.0, 0.0, 0.0, True
+        self.loss = 0.0
 
     def add(self, task, batch, base: torch.Tensor, circ: torch.Tensor, empty: torch.Tensor | None,
             target: FullModelTarget | None = None, base_metric: float | None = None) -> None:
-        """One batch's [B, d_vocab] logits (``target`` and ``base_metric``: the full model's, if already made)."""
-        target = target or FullModelTarget.from_logits(base)
+        """One batch's [B, (P,) d_vocab] logits (``target`` and ``base_metric``: the full model's, if already
+        made)."""
+        target = target or FullModelTarget.from_logits(base, task_loss(task))
         self.kl += float(target.kl(circ).sum())
+        if target.loss != "kl":
+            self.loss += float(target.loss_of(circ, batch).sum())
         self.base += float(task.metric(base, batch).sum()) if base_metric is None else base_metric
         self.circuit += float(task.metric(circ, batch).sum())
         if empty is None:
@@ -223,9 +184,16 @@ class _Sums:
         n = self.n
         if n == 0:
             raise ValueError(f"split {split!r} has no examples to evaluate")
+        loss = task_loss(task)
         return Evaluation(split=split, n_examples=n, base_metric=self.base / n, circuit_metric=self.circuit / n,
                           kl=self.kl / n, metric_name=getattr(task, "metric_name", "metric"),
-                          empty_metric=self.empty / n if self.with_empty else None)
+                          empty_metric=self.empty / n if self.with_empty else None, loss_name=loss,
+                          loss=None if loss == "kl" else self.loss / n)
+
+
+def task_loss(task) -> str:
+    """The loss ``task`` trains on (:data:`mgnp_lens.losses.LOSSES`; ``"kl"`` for tasks that do not say)."""
+    return getattr(task, "loss", "kl")
 
 
 def summarize(task, split: str, passes) -> Evaluation:
@@ -282,7 +250,8 @@ def evaluate_many(model, task, circuits: Sequence[Circuit], split: str = "test",
     for batch in pairs.batches(batch_size):
         batch = batch.to(device)
         base = logits_at(model, batch.clean, batch.answer_pos, len(batch))
-        target, base_metric = FullModelTarget.from_logits(base), float(task.metric(base, batch).sum())
+        target = FullModelTarget.from_logits(base, task_loss(task))
+        base_metric = float(task.metric(base, batch).sum())
         empty = _empty_logits(model, empty_interp, batch)
         for interp, s in zip(interps, sums):
             circ = masked_answer_logits(model, interp, batch.clean, batch.corrupted, batch.answer_pos)

@@ -318,26 +318,35 @@ def logits_at(model, tokens: torch.Tensor, positions: torch.Tensor, rows: int) -
     """Run ``model`` on ``tokens`` and return logits of the first ``rows`` rows at ``positions``.
 
     On a ``HookedTransformer`` the pass stops after the last block and only the answer
-    position is normalised and unembedded (a [rows, d_vocab] unembed instead of
+    positions are normalised and unembedded (a [rows, d_vocab] unembed instead of
     [batch, pos, d_vocab]). Other models (``TransformerBridge``) run in full.
 
     Args:
         tokens: [batch, pos] token ids.
-        positions: [rows] position of the answer prediction in each of the first ``rows`` rows.
+        positions: [rows] position of the answer prediction in each of the first ``rows`` rows, or
+            [rows, P] for ``P`` answer positions each.
 
     Returns:
-        [rows, d_vocab] logits.
+        [rows, d_vocab] (or [rows, P, d_vocab]) logits.
     """
-    idx = torch.arange(rows, device=tokens.device)
     positions = positions.to(tokens.device)
     if _has_split_unembed(model):
         resid = model(tokens, stop_at_layer=model.cfg.n_layers)  # [batch, pos, d_model]
-        picked = resid[idx, positions][:, None, :]  # [rows, 1, d_model]
+        picked = at_positions(resid, positions)  # [rows, (P,) d_model]
+        single = picked.dim() == 2
+        picked = picked[:, None, :] if single else picked
         if model.cfg.normalization_type is not None:
             picked = model.ln_final(picked)
-        return model.unembed(picked)[:, 0, :]
-    logits = model(tokens, return_type="logits")
-    return logits[idx, positions]
+        out = model.unembed(picked)
+        return out[:, 0, :] if single else out
+    return at_positions(model(tokens, return_type="logits"), positions)
+
+
+def at_positions(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """``values[i, positions[i]]`` for the first ``len(positions)`` rows of [batch, pos, ...] ``values``:
+    [rows, ...] for [rows] positions, [rows, P, ...] for [rows, P]."""
+    idx = torch.arange(positions.shape[0], device=values.device).view(-1, *([1] * (positions.dim() - 1)))
+    return values[idx, positions.to(values.device)]
 
 
 @torch.inference_mode()
@@ -365,7 +374,7 @@ def masked_answer_logits(
     corrupted: torch.Tensor,
     positions: torch.Tensor,
 ) -> torch.Tensor:
-    """Logits [B, d_vocab] at the answer positions of the masked model on the clean prompts.
+    """Logits [B, (P,) d_vocab] at the answer positions of the masked model on the clean prompts.
 
     In batch mode ``clean`` and ``corrupted`` ([B, pos] each) run as one [2B, pos] pass; in cache
     mode only ``clean`` runs and the interpolator must already hold the corrupted activations.

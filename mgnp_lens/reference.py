@@ -22,6 +22,7 @@ import torch
 
 from .circuit import Circuit
 from .granularity import APPENDIX_D_COLUMNS
+from .hooks import at_positions
 from .tasks import _data
 
 #: Our names for the reference circuits, and the key of each in reference_circuits.json.
@@ -284,10 +285,8 @@ def patching_effects(model, task, split: str = "train", max_examples: int | None
     with torch.inference_mode():
         for batch in pairs.batches(batch_size):
             batch = batch.to(device)
-            rows = torch.arange(len(batch), device=device)
-
-            def metric(logits, batch=batch, rows=rows):
-                return task.metric(logits[rows, batch.answer_pos], batch).sum()
+            def metric(logits, batch=batch):
+                return task.metric(at_positions(logits, batch.answer_pos), batch).sum()
 
             clean = float(metric(model(batch.clean)))
             _, corrupted_cache = model.run_with_cache(batch.corrupted, names_filter=lambda name: name.endswith(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import targets
 from .circuit import Circuit
 
 REQUIRED = ("circuit.json",)
@@ -135,8 +136,7 @@ def _header(run: dict, task: str | None) -> list[str]:
         cards.append(("KL on train (hard circuit)", f"{train['kl']:.3f}"))
     target = ev.get("target")
     if target:
-        cards.append((f"target KL {target['target_kl']:g} on validation",
-                      f"{'met' if target['met'] else 'not met'} ({target['validation_kl']:.3f})"))
+        cards.append(targets.outcome_text(target))
     ood = (ev.get("heldout_evaluations") or {}).get("test_ood")
     if ood:
         cards.append(("KL on unseen templates + other corruption", f"{ood['kl']:.3f}"))

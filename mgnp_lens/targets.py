@@ -30,7 +30,8 @@ SCALE_RANGE = (1e-4, 1e4)
 #: Consecutive validation checks with the same hard circuit, meeting the target, after which a
 #: ``target_kl`` run stops early.
 STABLE_CHECKS = 3
-#: Validation checks of a ``target_kl`` run when ``validate_every`` is not set: every this many steps.
+#: Validation checks of a ``target_kl`` or ``target_sparsity`` run when ``validate_every`` is not set: every
+#: this many steps.
 DEFAULT_TARGET_VALIDATE_EVERY = 20
 #: The fewest validation pairs a ``target_kl`` run measures its hard circuit on.
 MIN_VALIDATION_PAIRS = 16
@@ -39,6 +40,9 @@ MIN_VALIDATION_PAIRS = 16
 #: gradient), so a run that starts at the configured λ and prunes past the target cannot come back; see
 #: docs/calibration.md, "target_kl".
 TARGET_KL_START_SCALE = 0.05
+#: How far (in fraction of a granularity's nodes pruned, either way) a ``target_sparsity`` run's returned
+#: circuit may land from the asked fraction and still count as meeting it.
+SPARSITY_TOLERANCE = 0.05
 
 
 def initial_scale(config) -> float:
@@ -110,12 +114,47 @@ def _isnan(x) -> bool:
     return isinstance(x, float) and math.isnan(x)
 
 
-def target_report(config, validation_kl: float | None) -> dict | None:
-    """``{"target_kl", "validation_kl", "met"}`` for ``evaluation.json`` (None without a KL target)."""
-    if config.target_kl is None:
-        return None
-    met = validation_kl is not None and validation_kl <= config.target_kl
-    return {"target_kl": config.target_kl, "validation_kl": validation_kl, "met": met}
+def pruned_fractions(config, circuit) -> dict[str, float]:
+    """``{g: fraction of g's nodes pruned}`` in ``circuit`` for the granularities ``target_sparsity`` names."""
+    return {g: 1.0 - circuit.count(g) / circuit.dims.count(g) for g in (config.target_sparsity or {})}
+
+
+def sparsity_gap(config, circuit) -> float:
+    """The largest ``|pruned fraction − asked fraction|`` over ``target_sparsity``'s granularities (0 without)."""
+    reached = pruned_fractions(config, circuit)
+    return max((abs(reached[g] - p) for g, p in config.target_sparsity.items()), default=0.0) \
+        if config.target_sparsity else 0.0
+
+
+def target_report(config, validation_kl: float | None, circuit=None) -> dict | None:
+    """Whether the returned circuit meets the run's target, for ``evaluation.json`` (None without a target).
+
+    ``target_kl``: ``{"target_kl", "validation_kl", "met"}``. ``target_sparsity`` (needs ``circuit``):
+    ``{"target_sparsity", "reached", "tolerance", "validation_kl", "met"}``, met when every named
+    granularity's pruned fraction is within :data:`SPARSITY_TOLERANCE` of the asked one.
+    """
+    if config.target_kl is not None:
+        met = validation_kl is not None and validation_kl <= config.target_kl
+        return {"target_kl": config.target_kl, "validation_kl": validation_kl, "met": met}
+    if config.target_sparsity and circuit is not None:
+        return {"target_sparsity": dict(config.target_sparsity), "reached": pruned_fractions(config, circuit),
+                "tolerance": SPARSITY_TOLERANCE, "validation_kl": validation_kl,
+                "met": sparsity_gap(config, circuit) <= SPARSITY_TOLERANCE}
+    return None
+
+
+def outcome_text(outcome: dict) -> tuple[str, str]:
+    """A :func:`target_report` in words: (what was asked, whether the returned circuit meets it, with figures)."""
+    verdict = "met" if outcome["met"] else "not met"
+    kl = outcome.get("validation_kl")
+    kl_text = "no validation check" if kl is None else f"validation KL {kl:.3f}"
+    if "target_kl" in outcome:
+        early = outcome.get("stopped_early_at_step")
+        return (f"target KL {outcome['target_kl']:g} on validation",
+                f"{verdict} ({kl_text}{f', stopped early at step {early}' if early else ''})")
+    reached = ", ".join(f"{g} {outcome['reached'][g]:.1%} pruned (asked {p:.1%})"
+                        for g, p in outcome["target_sparsity"].items())
+    return "target sparsity", f"{verdict}: {reached}; {kl_text}"
 
 
 # ------------------------------------------------------------------ choosing the returned circuit on validation
@@ -125,16 +164,21 @@ def hard_penalty(circuit, lambdas: dict[str, float]) -> float:
     return float(sum(lam * circuit.count(g) / circuit.dims.count(g) for g, lam in lambdas.items()))
 
 
-def selection_key(config, step: int, val_kl: float, penalty: float) -> list[float]:
+def selection_key(config, step: int, val_kl: float, penalty: float, gap: float = 0.0) -> list[float]:
     """How a validation check ranks among a run's checks (smaller is better; ``select="validation"``).
 
-    Without ``target_kl``: the training objective measured on the validation pairs with the hard circuit,
+    Without a target: the training objective measured on the validation pairs with the hard circuit,
     ``val_kl + penalty`` (:func:`hard_penalty`). With ``target_kl``: first the checks that meet it, the
-    smallest ``penalty`` among them; if none does, the lowest ``val_kl``. Ties go to the later step.
+    smallest ``penalty`` among them; if none does, the lowest ``val_kl``. With ``target_sparsity``: first the
+    checks whose size is within :data:`SPARSITY_TOLERANCE` of it (``gap``, :func:`sparsity_gap`), the lowest
+    ``val_kl`` among them; if none is, the smallest ``gap``. Ties go to the later step.
     """
     if config.target_kl is not None:
         met = val_kl <= config.target_kl
         return [0.0 if met else 1.0, penalty if met else val_kl, -float(step)]
+    if config.target_sparsity:
+        met = gap <= SPARSITY_TOLERANCE
+        return [0.0 if met else 1.0, val_kl if met else gap, -float(step)]
     return [0.0, val_kl + penalty, -float(step)]
 
 
@@ -145,5 +189,8 @@ def selection_rule(config) -> str:
     if config.target_kl is not None:
         return (f"of the validation checks whose hard circuit meets KL <= {config.target_kl:g} on the validation "
                 "pairs, the one with the smallest λ-weighted size (the lowest validation KL if none meets it)")
+    if config.target_sparsity:
+        return (f"of the validation checks whose hard circuit prunes within {SPARSITY_TOLERANCE:g} of the "
+                "target_sparsity fractions, the one with the lowest validation KL (the closest in size if none does)")
     return ("the validation check with the lowest training objective measured on the validation pairs: the hard "
             "circuit's KL plus Σ_g λ_g · (kept fraction of g)")

@@ -233,7 +233,9 @@ def test_6_7_bad_settings_exit_2_before_the_model_loads(setting, names, tmp_path
 
 
 @pytest.mark.parametrize("flags, names", [(["--lr", "inf"], "lr must be a finite number"),
-                                          (["--lambda-scale", "nan"], "lambda_scale must be a finite number")])
+                                          (["--lambda-scale", "nan"], "lambda_scale must be a finite number"),
+                                          (["--target-sparsity", "attn_head=1"],
+                                           "target_sparsity['attn_head'] must be a finite number in [0, 1)")])
 def test_7_non_finite_flags_exit_2(flags, names, tmp_path, no_model, capsys):
     assert main(["discover", *COMMON, *flags, "--out", str(tmp_path / "run")]) == 2
     assert names in capsys.readouterr().err

@@ -143,6 +143,7 @@ def test_compare_rejects_a_non_gpt2_circuit(cli_run, capsys):
     (["discover", "--task", "docstring"], "invalid choice"),
     (["discover", "--lambda", "heads=1"], "unknown granularity 'heads'"),
     (["discover", "--lambda", "attn_head"], "expected GRANULARITY=VALUE"),
+    (["discover", "--target-sparsity", "heads=0.5"], "bad size target spec 'heads=0.5': unknown granularity 'heads'"),
     (["discover", "--steps", "0"], "out of range"),
     (["discover", "--lr", "-1"], "out of range"),
     (["discover", "--task", "ioi", "--data", "x.csv"], "not allowed with argument"),
@@ -274,3 +275,17 @@ def test_discover_with_mean_ablation_records_it(tiny_gpt2_checkpoint, tmp_path):
     assert json.loads((out / "config.json").read_text())["config"]["ablation"] == "mean"
     assert mg.Circuit.load(out / "circuit.json").config["ablation"] == "mean"
     assert main(["discover", "--resume", str(out), "--ablation", "zero"]) == 2  # not with --resume
+
+
+def test_discover_with_a_size_target_says_whether_it_got_there(tiny_gpt2_checkpoint, tmp_path, capsys):
+    path, _, _ = tiny_gpt2_checkpoint
+    out = tmp_path / "size"
+    assert main(["discover", "--task", "ioi", "--model", str(path), "--steps", "4", "--batch-size", "4", "--n-test", "8",
+                 "--target-sparsity", "attn_head=0.5", "--set", "validate_every=2", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["config"]["target_sparsity"] == {"attn_head": 0.5}
+    target = json.loads((out / "evaluation.json").read_text())["target"]
+    assert target["target_sparsity"] == {"attn_head": 0.5} and set(target["reached"]) == {"attn_head"}
+    verdict = "met" if target["met"] else "not met"
+    assert f"target sparsity: {verdict}: attn_head {target['reached']['attn_head']:.1%} pruned (asked 50.0%)" in printed
+    assert main(["discover", "--resume", str(out), "--target-sparsity", "attn_head=0.2"]) == 2  # not with --resume

@@ -65,6 +65,23 @@ def test_target_sparsity_reaches_the_asked_density(setup):
     r = mg.discover(model, task, steps=150, target_sparsity={"mlp_hidden": 0.5}, lambda_scale=0.01, **KW)
     assert abs(r.history["l0_mlp_hidden"].iloc[-10:].mean() - 0.5) < 0.1
     assert r.history["scale_mlp_hidden"].iloc[-1] > 10  # pushed up from a penalty too weak to prune
+    # the returned circuit (chosen on validation among the checks of the right size) has the asked size
+    reached = 1 - r.circuit.counts()["mlp_hidden"] / r.circuit.dims.count("mlp_hidden")
+    assert r.target["met"] and r.target["reached"]["mlp_hidden"] == pytest.approx(reached)
+    assert abs(reached - 0.5) <= targets.SPARSITY_TOLERANCE
+    assert "target_sparsity" in r.selection["rule"]
+    checks = r.history.dropna(subset=["val_kl"])
+    assert r.selection["validation_kl"] == pytest.approx(checks.set_index("step").loc[r.selection["step"], "val_kl"])
+
+
+def test_an_unmet_size_target_is_reported(setup, tmp_path):
+    model, task, _ = setup
+    with pytest.warns(UserWarning, match=r"target_sparsity was not met: .*mlp_hidden 0\.0\d+ \(asked 0\.9\)"):
+        r = mg.discover(model, task, steps=4, target_sparsity={"mlp_hidden": 0.9}, checkpoint_dir=str(tmp_path), **KW)
+    assert r.target["met"] is False and r.target["reached"]["mlp_hidden"] < 0.1
+    from mgnp_lens.report import build_report
+
+    assert "target sparsity</" in build_report(tmp_path).read_text()
 
 
 def test_a_target_run_resumes_exactly(setup, tmp_path):

@@ -20,9 +20,10 @@ class PairBatch:
     Attributes:
         clean: [B, pos] clean token ids.
         corrupted: [B, pos] corrupted token ids.
-        correct: [B] id of the correct answer token.
-        incorrect: [B] id of the incorrect (contrast) answer token.
-        answer_pos: [B] position whose next-token prediction is the answer.
+        correct: [B] id of the correct answer token ([B, P] with ``P`` answer positions per prompt).
+        incorrect: [B] id of the incorrect (contrast) answer token ([B, P]).
+        answer_pos: [B] position whose next-token prediction is the answer ([B, P]: several, each with its
+            own correct and incorrect token).
         meta: per-example extras for task metrics, each a tensor with leading dim B.
         bucket: index of the bucket inside its :class:`PairSet`.
         rows: [B] row indices inside that bucket (used to look up cached activations).
@@ -54,6 +55,27 @@ class PairBatch:
                        meta={k: v.to(device) for k, v in self.meta.items()})
 
 
+def _answers(i: int, label: str, length: int, pos, correct, incorrect):
+    """Row ``i``'s (positions, correct ids, incorrect ids): ints for one answer, equal-length lists for several;
+    positions default to the last token and are taken modulo ``length``."""
+    several = isinstance(pos, (list, tuple)) or (isinstance(pos, torch.Tensor) and pos.dim() == 1)
+    positions = [length - 1] if pos is None else [int(p) for p in pos] if several else [int(pos)]
+    try:
+        good = [int(c) for c in correct] if several else [int(correct)]
+        bad = [int(c) for c in incorrect] if several else [int(incorrect)]
+    except TypeError:
+        raise ValueError(f"row {i}{label}: {len(positions)} answer position(s) need {'lists of ' if several else ''}"
+                         f"token ids as its correct and incorrect answers") from None
+    if not positions or len(good) != len(positions) or len(bad) != len(positions):
+        raise ValueError(f"row {i}{label}: {len(positions)} answer positions but {len(good)} correct and {len(bad)} "
+                         "incorrect answers; give one of each per position")
+    for p in positions:
+        if not -length <= p < length:
+            raise ValueError(f"row {i}{label}: answer position {p} is outside a {length}-token prompt")
+    positions = [p % length for p in positions]
+    return (positions, good, bad) if several else (positions[0], good[0], bad[0])
+
+
 class PairSet:
     """The examples of one split, grouped by token length into buckets.
 
@@ -80,9 +102,13 @@ class PairSet:
     ) -> "PairSet":
         """Group token-id lists into equal-length buckets, validating every pair.
 
+        ``answer_pos[i]`` may be a list of positions, one answer each; ``correct[i]`` and ``incorrect[i]`` are
+        then lists of as many token ids (prompts of one token length must have equally many answers).
+
         Raises:
             ValueError: if the lists disagree in length, a clean/corrupted pair differs in token
-                length (the row is named), or an answer position is out of range.
+                length (the row is named), an answer position is out of range, or a row's positions and
+                answers disagree in number.
         """
         n = len(clean)
         for name, seq in (("corrupted", corrupted), ("correct", correct), ("incorrect", incorrect)):
@@ -95,29 +121,31 @@ class PairSet:
         if n == 0:
             raise ValueError("no prompt pairs given")
         by_len: dict[int, list[int]] = {}
+        rows = {}
         for i in range(n):
+            label = f" ({labels[i]!r})" if labels is not None else ""
             lc, lx = len(clean[i]), len(corrupted[i])
             if lc != lx:
-                label = f" ({labels[i]!r})" if labels is not None else ""
                 raise ValueError(
                     f"row {i}{label}: clean prompt has {lc} tokens but corrupted prompt has {lx}; "
                     "clean and corrupted prompts must tokenize to the same length")
             if lc == 0:
                 raise ValueError(f"row {i}: empty prompt")
-            pos = lc - 1 if answer_pos is None else int(answer_pos[i])
-            if not -lc <= pos < lc:
-                raise ValueError(f"row {i}: answer position {pos} is outside a {lc}-token prompt")
+            rows[i] = _answers(i, label, lc, None if answer_pos is None else answer_pos[i], correct[i], incorrect[i])
             by_len.setdefault(lc, []).append(i)
         buckets = []
         for length in sorted(by_len):
             idx = by_len[length]
-            pos = [(length - 1 if answer_pos is None else int(answer_pos[i])) % length for i in idx]
+            shapes = {len(rows[i][0]) if isinstance(rows[i][0], list) else None for i in idx}
+            if len(shapes) > 1:
+                raise ValueError(f"the {length}-token prompts have different numbers of answer positions "
+                                 f"({sorted(shapes, key=str)}); give prompts of one length equally many")
             buckets.append(PairBatch(
                 clean=torch.tensor([list(clean[i]) for i in idx], dtype=torch.long),
                 corrupted=torch.tensor([list(corrupted[i]) for i in idx], dtype=torch.long),
-                correct=torch.tensor([int(correct[i]) for i in idx], dtype=torch.long),
-                incorrect=torch.tensor([int(incorrect[i]) for i in idx], dtype=torch.long),
-                answer_pos=torch.tensor(pos, dtype=torch.long),
+                correct=torch.tensor([rows[i][1] for i in idx], dtype=torch.long),
+                incorrect=torch.tensor([rows[i][2] for i in idx], dtype=torch.long),
+                answer_pos=torch.tensor([rows[i][0] for i in idx], dtype=torch.long),
                 meta={k: torch.as_tensor([v[i] for i in idx]) for k, v in meta.items()},
             ))
         return cls(buckets)

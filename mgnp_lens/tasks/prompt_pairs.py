@@ -13,7 +13,8 @@ import torch
 
 from .pairs import SPLITS, PairBatch, PairSet
 from .readers import COLUMNS, read_csv, read_jsonl
-from .task import HELDOUT_SPLITS, Task, logit_diff
+from ..losses import METRICS, check_loss
+from .task import HELDOUT_SPLITS, Task
 from .tokens import answer_token_id, default_prepend_bos, encode, tokenizer_of
 
 
@@ -23,19 +24,26 @@ class PromptPairTask(Task):
     Args:
         splits: ``{"train": PairSet, "validation": PairSet, "test": PairSet}`` (at least train).
         name: task name stored with circuits.
-        metric: optional ``f(logits [B, d_vocab], batch) -> [B]``; default correct − incorrect logit.
-        metric_name: label for the metric.
+        metric: the task metric: ``"logit_diff"`` (correct − incorrect logit, the default), ``"prob_diff"``
+            (:data:`mgnp_lens.losses.METRICS`), or ``f(logits [B, (P,) d_vocab], batch) -> [B]``.
+        metric_name: label for the metric (default: the named metric's).
+        loss: what discovery trains on: ``"kl"`` (default), ``"logit_diff"``, ``"prob_diff"`` or ``"mse"``
+            (:mod:`mgnp_lens.losses`).
     """
 
     def __init__(self, splits: dict[str, PairSet], name: str = "custom",
-                 metric: Callable[[torch.Tensor, PairBatch], torch.Tensor] | None = None,
-                 metric_name: str = "logit diff"):
+                 metric: str | Callable[[torch.Tensor, PairBatch], torch.Tensor] | None = None,
+                 metric_name: str | None = None, loss: str = "kl"):
         if "train" not in splits:
             raise ValueError("a task needs at least a 'train' split")
+        if isinstance(metric, str) and metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)} or a function")
+        named = METRICS[metric or "logit_diff"] if not callable(metric) else (metric, "metric")
         self.splits = dict(splits)
         self.name = name
-        self.metric_name = metric_name
-        self._metric = metric
+        self.metric_name = metric_name or named[1]
+        self._metric = named[0]
+        self.loss = check_loss(loss)
 
     def split(self, name: str) -> PairSet:
         if name not in self.splits:
@@ -46,11 +54,10 @@ class PromptPairTask(Task):
         return [s for s in HELDOUT_SPLITS if s in self.splits]
 
     def metric(self, logits, batch):
-        return self._metric(logits, batch) if self._metric is not None else logit_diff(logits, batch)
+        return self._metric(logits, batch)
 
     def describe(self) -> dict:
-        return {"name": self.name, "metric": self.metric_name,
-                "sizes": {k: len(v) for k, v in self.splits.items()}}
+        return {**super().describe(), "sizes": {k: len(v) for k, v in self.splits.items()}}
 
     def to_dataframe(self):
         """One row per pair: split, clean/corrupted text, answers and generator fields."""
@@ -61,8 +68,8 @@ class PromptPairTask(Task):
                 for b in pairs.buckets:
                     for i in range(len(b)):
                         rows.append({"split": split, "clean_ids": b.clean[i].tolist(),
-                                     "corrupted_ids": b.corrupted[i].tolist(), "correct_id": int(b.correct[i]),
-                                     "incorrect_id": int(b.incorrect[i])})
+                                     "corrupted_ids": b.corrupted[i].tolist(), "correct_id": b.correct[i].tolist(),
+                                     "incorrect_id": b.incorrect[i].tolist(), "answer_pos": b.answer_pos[i].tolist()})
             return pd.DataFrame(rows)
         return pd.DataFrame(records)
 
@@ -127,17 +134,20 @@ class PromptPairTask(Task):
         seed: int = 0,
         name: str = "custom",
         metric=None,
-        metric_name: str = "logit diff",
+        metric_name: str | None = None,
+        loss: str = "kl",
     ) -> "PromptPairTask":
         """Build a task from token ids (for models without a tokenizer).
 
         Args:
             clean_tokens: [N, pos] tensor or N lists of ids.
             corrupted_tokens: same shape as ``clean_tokens`` row by row.
-            correct_ids: [N] correct answer token ids.
-            incorrect_ids: [N] incorrect answer token ids.
-            answer_pos: optional [N] answer positions (default: each prompt's last token).
+            correct_ids: [N] correct answer token ids ([N, P] or N lists, with several answer positions).
+            incorrect_ids: [N] incorrect answer token ids (likewise).
+            answer_pos: optional [N] answer positions (default: each prompt's last token), or [N, P] (N lists)
+                for several answer positions per prompt, e.g. every position of a sequence-to-sequence task.
             split_fractions: e.g. ``{"train": 0.6, "validation": 0.2, "test": 0.2}`` (the default).
+            metric, metric_name, loss: as in :class:`PromptPairTask`.
         """
         to_list = lambda x: x.tolist() if isinstance(x, torch.Tensor) else list(x)  # noqa: E731
         clean, corrupted = to_list(clean_tokens), to_list(corrupted_tokens)
@@ -150,7 +160,7 @@ class PromptPairTask(Task):
         pick = lambda seq, idx: None if seq is None else [seq[i] for i in idx]  # noqa: E731
         splits = {k: PairSet.from_examples(pick(clean, idx), pick(corrupted, idx), pick(correct, idx),
                                            pick(incorrect, idx), pick(pos, idx)) for k, idx in parts.items()}
-        return cls(splits, name=name, metric=metric, metric_name=metric_name)
+        return cls(splits, name=name, metric=metric, metric_name=metric_name, loss=loss)
 
     @classmethod
     def from_strings(
@@ -263,7 +273,7 @@ def _warn_answer_mistakes(clean, correct, incorrect, good, bad, labels) -> None:
 
 def _warn_duplicates(parts: dict[str, list[int]], clean, corrupted, correct, incorrect) -> None:
     """A warning when held-out pairs are copies of training pairs (duplicate rows in the data)."""
-    key = lambda i: (tuple(clean[i]), tuple(corrupted[i]), correct[i], incorrect[i])  # noqa: E731
+    key = lambda i: (tuple(clean[i]), tuple(corrupted[i]), repr(correct[i]), repr(incorrect[i]))  # noqa: E731
     train = set(parts["train"])
     seen = {key(i) for i in train}
     for split in ("validation", "test"):

@@ -6,36 +6,26 @@ import random
 
 import torch
 
+from ..losses import logit_diff
 from .pairs import PairBatch, PairSet
-
-
-def logit_diff(logits: torch.Tensor, batch: PairBatch) -> torch.Tensor:
-    """Logit of the correct answer minus logit of the incorrect one.
-
-    Args:
-        logits: [B, d_vocab] logits at the answer position.
-
-    Returns:
-        [B] logit differences.
-    """
-    idx = torch.arange(len(batch), device=logits.device)
-    return logits[idx, batch.correct.to(logits.device)] - logits[idx, batch.incorrect.to(logits.device)]
 
 
 class Task:
     """What :func:`mgnp_lens.discover` needs from a task.
 
-    Subclasses provide ``name``, ``metric_name``, :meth:`split` and :meth:`metric`.
+    Subclasses provide ``name``, ``metric_name``, :meth:`split` and :meth:`metric`; ``loss`` is what the
+    discovery trains on (:data:`mgnp_lens.losses.LOSSES`, default KL at the answer positions).
     """
 
     name: str = "task"
     metric_name: str = "logit diff"
+    loss: str = "kl"
 
     def split(self, name: str) -> PairSet:  # pragma: no cover - interface
         raise NotImplementedError
 
     def metric(self, logits: torch.Tensor, batch: PairBatch) -> torch.Tensor:
-        """Per-example task metric from [B, d_vocab] answer-position logits; default logit diff."""
+        """Per-example task metric [B] from [B, (P,) d_vocab] answer-position logits; default logit diff."""
         return logit_diff(logits, batch)
 
     def heldout_splits(self) -> list[str]:
@@ -44,7 +34,7 @@ class Task:
 
     def describe(self) -> dict:
         """JSON-able description stored with circuits."""
-        return {"name": self.name, "metric": self.metric_name}
+        return {"name": self.name, "metric": self.metric_name, **({"loss": self.loss} if self.loss != "kl" else {})}
 
 
 def split_sizes(n_train, n_validation, n_test) -> dict[str, int]:
