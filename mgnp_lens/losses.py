@@ -45,8 +45,14 @@ def prob_diff(logits: torch.Tensor, batch) -> torch.Tensor:
     return _per_example(answer_values(probs, batch.correct) - answer_values(probs, batch.incorrect))
 
 
+def answer_logit(logits: torch.Tensor, batch) -> torch.Tensor:
+    """The correct answer's logit (for a numerical output, the output itself), [B] (mean over positions)."""
+    return _per_example(answer_values(logits, batch.correct))
+
+
 #: The task metrics a :class:`~mgnp_lens.tasks.PromptPairTask` can name: ``{name: (function, label)}``.
-METRICS = {"logit_diff": (logit_diff, "logit diff"), "prob_diff": (prob_diff, "prob diff")}
+METRICS = {"logit_diff": (logit_diff, "logit diff"), "prob_diff": (prob_diff, "prob diff"),
+           "answer_logit": (answer_logit, "answer logit")}
 
 
 def check_loss(loss: str) -> str:

@@ -67,13 +67,31 @@ class ReferenceCircuit:
     def mlps(self) -> set[int]:
         return {m for ms in self.mlps_by_class.values() for m in ms}
 
+    @property
+    def model(self) -> str:
+        """The model the circuit belongs to, in words."""
+        return "GPT-2 small" if self.name in REFERENCES else self.name
+
     def head_class(self) -> dict[tuple[int, int], str]:
         """``{(layer, head): class}`` for every reference head."""
         return {h: c for c, hs in self.heads_by_class.items() for h in hs}
 
 
+#: tracr's compiled models' circuits (:mod:`mgnp_lens.tasks.tracr`), known by construction, for the default
+#: (corrupted-input) ablation: every pair has the same length, so only what reads the tokens differs between a
+#: clean and a corrupted run. tracr-reverse: the head that moves each token to its mirrored position (layer 3)
+#: reading the token embedding; tracr-xproportion: MLP 0 (is the token "x"?) and the head of layer 1 that
+#: averages it over the prefix. The same node sets as auto-circuit's official tracr circuits.
+TRACR_TRUTH = {
+    "tracr-reverse": ReferenceCircuit("tracr-reverse", "tracr RASP program make_reverse (by construction)",
+                                      {"reverse": [(3, 0)]}, {}, n_layers=4, n_heads=1),
+    "tracr-xproportion": ReferenceCircuit("tracr-xproportion", "tracr RASP program make_frac_prevs (by construction)",
+                                          {"mean": [(1, 0)]}, {"is_x": [0]}, n_layers=2, n_heads=1),
+}
+
+
 def reference_names() -> list[str]:
-    return sorted(REFERENCES)
+    return sorted([*REFERENCES, *TRACR_TRUTH])
 
 
 def get_reference(name: str) -> ReferenceCircuit:
@@ -82,6 +100,8 @@ def get_reference(name: str) -> ReferenceCircuit:
     Raises:
         ValueError: unknown name, or a task without a published circuit (``gp``).
     """
+    if name in TRACR_TRUTH:
+        return TRACR_TRUTH[name]
     data = _data.load("reference_circuits")
     if name in ("gp", "gendered_pronouns"):
         raise ValueError(f"no reference circuit for {name!r}: {data['gendered_pronouns']['note']}")
@@ -97,7 +117,7 @@ def _check_shape(circuit: Circuit, ref: ReferenceCircuit) -> None:
     d = circuit.dims
     if (d.n_layers, d.n_heads) != (ref.n_layers, ref.n_heads):
         raise ValueError(
-            f"reference circuit {ref.name!r} is for GPT-2 small ({ref.n_layers} layers × {ref.n_heads} heads); "
+            f"reference circuit {ref.name!r} is for {ref.model} ({ref.n_layers} layers × {ref.n_heads} heads); "
             f"this circuit has {d.n_layers} layers × {d.n_heads} heads, so heads cannot be matched")
 
 
@@ -151,51 +171,53 @@ class RocCurve:
     auc: float
 
 
+#: How :func:`roc` integrates: ``trapezoid`` (straight lines between points) or ``staircase`` (ACDC's published
+#: AUCs: each point's TPR held until the next point's FPR, a lower bound).
+ROC_RULES = ("trapezoid", "staircase")
+
+
 def roc(circuits: list[Circuit], reference: str | ReferenceCircuit, level: str = "node",
-        labels: list | None = None) -> RocCurve:
+        labels: list | None = None, mlps: bool | None = None, rule: str = "trapezoid") -> RocCurve:
     """ACDC-style ROC over a set of circuits (e.g. a λ sweep).
 
     Each circuit gives one point: TPR = |found ∩ ref| / |ref| and FPR = |found \\ ref| / |non-ref|
-    over the nodes of ``level`` (``head``; ``mlp``; ``node`` = heads plus MLP layers when the
-    reference has MLP classes, else heads). (0, 0) and (1, 1) are added and the points sorted by
-    FPR (then TPR). As in ACDC, the curve keeps only points that no point of lower-or-equal FPR
-    beats on TPR (a sweep's circuits need not be nested), and the area is the trapezoid sum
-    under those points.
+    over the nodes of ``level`` (``head``; ``mlp``; ``node`` = heads plus MLP layers). (0, 0) and (1, 1) are
+    added and the points sorted by FPR (then TPR). As in ACDC, the curve keeps only points that no point of
+    lower-or-equal FPR beats on TPR (a sweep's circuits need not be nested).
+
+    Args:
+        mlps: whether ``level="node"`` counts MLP layers (default: when the reference has MLP nodes). With
+            ``True`` and a reference without MLPs every kept MLP is a false positive.
+        rule: :data:`ROC_RULES`: the area by the trapezoid rule, or ACDC's staircase.
 
     Returns:
         :class:`RocCurve` with columns ``label, fpr, tpr, on_curve``.
     """
     if level not in ("head", "mlp", "node"):
         raise ValueError(f"unknown ROC level {level!r}; expected 'head', 'mlp' or 'node'")
+    if rule not in ROC_RULES:
+        raise ValueError(f"unknown ROC rule {rule!r}; expected one of {', '.join(ROC_RULES)}")
     ref = get_reference(reference) if isinstance(reference, str) else reference
     if not circuits:
         raise ValueError("roc needs at least one circuit")
     if level == "mlp" and not ref.mlps_by_class:
-        raise ValueError(f"reference {ref.name!r} has no MLP nodes; use level='head'")
+        raise ValueError(f"reference {ref.name!r} has no MLP nodes; use level='head', or level='node' with mlps=True")
     labels = list(labels) if labels is not None else list(range(len(circuits)))
     if len(labels) != len(circuits):
         raise ValueError(f"{len(labels)} labels for {len(circuits)} circuits")
+    with_heads = level in ("head", "node")
+    with_mlps = level == "mlp" or (level == "node" and (bool(ref.mlps_by_class) if mlps is None else mlps))
 
-    def nodes_of(c: Circuit) -> set:
-        out = set()
-        if level in ("head", "node"):
-            out |= {("head", *h) for h in c.active_heads()}
-        if level == "mlp" or (level == "node" and ref.mlps_by_class):
-            out |= {("mlp", m) for m in c.active_mlps()}
-        return out
+    def nodes_of(heads, mlp_layers) -> set:
+        return ({("head", *h) for h in heads} if with_heads else set()) | \
+            ({("mlp", m) for m in mlp_layers} if with_mlps else set())
 
-    truth = set()
-    universe = 0
-    if level in ("head", "node"):
-        truth |= {("head", *h) for h in ref.heads}
-        universe += ref.n_layers * ref.n_heads
-    if level == "mlp" or (level == "node" and ref.mlps_by_class):
-        truth |= {("mlp", m) for m in ref.mlps}
-        universe += ref.n_layers
+    truth = nodes_of(ref.heads, ref.mlps)
+    universe = with_heads * ref.n_layers * ref.n_heads + with_mlps * ref.n_layers
     rows = [{"label": "endpoint", "fpr": 0.0, "tpr": 0.0}]
     for c, lab in zip(circuits, labels):
         _check_shape(c, ref)
-        s = _scores(nodes_of(c), truth, universe)
+        s = _scores(nodes_of(c.active_heads(), c.active_mlps()), truth, universe)
         rows.append({"label": lab, "fpr": s["fpr"], "tpr": s["tpr"]})
     rows.append({"label": "endpoint", "fpr": 1.0, "tpr": 1.0})
     pts = pd.DataFrame(rows).sort_values(["fpr", "tpr"], kind="stable").reset_index(drop=True)
@@ -205,7 +227,8 @@ def roc(circuits: list[Circuit], reference: str | ReferenceCircuit, level: str =
         best = max(best, tpr)
     pts["on_curve"] = on_curve
     curve = pts[pts["on_curve"]]
-    auc = float(np.trapezoid(curve["tpr"].to_numpy(), curve["fpr"].to_numpy()))
+    x, y = curve["fpr"].to_numpy(), curve["tpr"].to_numpy()
+    auc = float(np.trapezoid(y, x)) if rule == "trapezoid" else float(np.sum(np.diff(x) * y[:-1]))
     return RocCurve(pts, auc)
 
 
