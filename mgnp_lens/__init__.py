@@ -7,23 +7,44 @@ Typical use::
     task = mg.tasks.IOI(model)
     result = mg.discover(model, task)
     result.circuit.per_layer()              # the paper's Appendix D table
+
+Names are imported on first use, so ``import mgnp_lens`` (and ``mgnp --help``) does not import torch.
 """
 
-from . import tasks
-from .circuit import Circuit
-from .config import PruningConfig
-from .discovery import discover
-from .evaluate import Evaluation, evaluate
-from .gates import HardConcreteGates, HardConcreteParams
-from .granularity import GRANULARITIES, PAPER_LAMBDAS, ModelDims
-from .models import ModelLoadError, load_model
-from .result import DiscoveryError, DiscoveryResult
-from .tasks import PromptPairTask
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Circuit", "DiscoveryError", "DiscoveryResult", "Evaluation", "GRANULARITIES", "HardConcreteGates",
-    "HardConcreteParams", "ModelDims", "ModelLoadError", "PAPER_LAMBDAS", "PromptPairTask", "PruningConfig", "discover",
-    "evaluate", "load_model", "tasks",
-]
+#: Public name → the module that defines it.
+_EXPORTS = {
+    "Circuit": "circuit", "PruningConfig": "config", "discover": "discovery", "Evaluation": "evaluate",
+    "evaluate": "evaluate", "HardConcreteGates": "gates", "HardConcreteParams": "gates",
+    "GRANULARITIES": "granularity", "PAPER_LAMBDAS": "granularity", "ModelDims": "granularity",
+    "ModelLoadError": "models", "load_model": "models", "DiscoveryError": "result", "DiscoveryResult": "result",
+    "PromptPairTask": "tasks",
+}
+
+__all__ = [*sorted(_EXPORTS), "tasks"]
+
+
+def __getattr__(name: str):
+    """The public names and the submodules (``mg.tasks``, ``mg.reference``, ...), imported when first used."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    elif not name.startswith("_"):
+        try:
+            value = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS, "tasks"])

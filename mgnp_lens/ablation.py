@@ -15,10 +15,10 @@ from __future__ import annotations
 import torch
 
 from .granularity import ModelDims
+from .names import ABLATIONS  # noqa: F401  (defined with the other choices)
 from .hooks import corrupted_activations, expected_site_shape, hook_names
 from .tasks.task import check_choice
 
-ABLATIONS = ("corrupted", "zero", "mean")
 
 #: Corrupted prompts the mean ablation averages over (the first ones of the training split).
 MEAN_MAX_PAIRS = 1024

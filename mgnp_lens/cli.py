@@ -20,8 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from .ablation import ABLATIONS
-from .config import EVAL_SPLITS
+from .names import ABLATIONS, EVAL_SPLITS, REFERENCE_NAMES, TASK_NAMES
 
 EXIT_BAD_INPUT = 2
 EXIT_MODEL = 3
@@ -147,19 +146,16 @@ def _add_discover(sub, tasks) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .reference import reference_names
-    from .tasks import TASKS
-
     p = argparse.ArgumentParser(prog="mgnp", description="Multi-Granular Node Pruning circuit discovery",
                                 epilog="Run 'mgnp COMMAND --help' for a command's options.")
     p.add_argument("--version", action="version", version=f"mgnp-lens {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    _add_discover(sub, TASKS)
+    _add_discover(sub, TASK_NAMES)
 
     r = sub.add_parser("report", help="(re)build DIR/report.html from a run directory")
     r.add_argument("dir", help="a run directory, or a method comparison's (faithfulness curves, curve.csv)")
-    r.add_argument("--reference", choices=reference_names(), default=None,
+    r.add_argument("--reference", choices=REFERENCE_NAMES, default=None,
                    help="reference circuit to compare with (GPT-2-small-shaped circuits only)")
     r.add_argument("--out", default=None, help="report path (default DIR/report.html)")
 
@@ -181,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(a published GPT-2 small circuit); writes DIR/compare_<other>.csv.")
     c.add_argument("dir", help="a run directory")
     c.add_argument("other", nargs="?", default=None, help="another run directory")
-    c.add_argument("--reference", default=None, choices=reference_names(), help="a published GPT-2 small circuit")
+    c.add_argument("--reference", default=None, choices=REFERENCE_NAMES, help="a published GPT-2 small circuit")
 
     x = sub.add_parser("export", help="write a saved circuit in another tool's format",
                        description="Write DIR's circuit as a unit table (nodes-csv), EAP-IG graph JSON, GraphML, DOT, "
@@ -505,11 +501,10 @@ COMMANDS = {"discover": cmd_discover, "report": cmd_report, "evaluate": cmd_eval
 
 
 def main(argv=None) -> int:
-    from .result import DiscoveryError
+    args = build_parser().parse_args(argv)  # --help and --version exit here, before torch is imported
     from .models import ModelLoadError
+    from .result import DiscoveryError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in config.json
     try:
         return COMMANDS[args.command](args)

@@ -15,8 +15,7 @@ from typing import Any, Callable
 
 from .gates import HardConcreteParams
 from .granularity import ATTENTION_GRANULARITIES, GRANULARITIES, PAPER_LAMBDAS, check_granularity
-from .ablation import ABLATIONS
-from .hooks import CORRUPTION_MODES
+from .names import ABLATIONS, CORRUPTION_MODES, EVAL_SPLITS
 
 LR_SCHEDULES = ("constant", "cosine")
 AUTOCAST_CHOICES = ("auto", "bfloat16", "float16", "float32")
@@ -27,7 +26,6 @@ PRECOMPUTE_CHOICES = ("auto", "all", "per_batch")
 SELECT_CHOICES = ("validation", "last")
 #: ``precompute="auto"`` precomputes everything when it fits in this fraction of the free memory.
 PRECOMPUTE_MEMORY_FRACTION = 0.5
-EVAL_SPLITS = ("train", "validation", "test", "test_templates", "test_corruption", "test_ood")
 #: ``noise_warmup_steps="auto"`` warms the noise up over this fraction of the run (100 of the default 240 steps).
 NOISE_WARMUP_FRACTION = 5 / 12
 #: The behaviour of runs whose saved config predates a field (see :meth:`PruningConfig.from_dict`).

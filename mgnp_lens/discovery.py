@@ -502,6 +502,19 @@ def _target_outcome(run: _Run, circuit: Circuit) -> dict | None:
     return outcome
 
 
+def _warn_if_empty(run: _Run, result: DiscoveryResult) -> None:
+    """A warning when fixed λ pruned every head and MLP: on a small model the loss at stake is below the
+    penalty of keeping a single node (each granularity's λ is spread over its node count)."""
+    c, config = result.circuit, run.config
+    if config.target_kl is not None or config.target_sparsity or c.active_heads() or c.active_mlps():
+        return
+    one_head = config.lambdas.get("attn_head", 0) * config.lambda_scale / c.dims.count("attn_head")
+    warnings.warn(f"the circuit is empty: at these λ keeping one head costs {one_head:.3g} in the loss, more than "
+                  f"this task's loss can gain (the empty circuit's {result.train_evaluation.objective:.3g} on the "
+                  "training pairs); ask for a faithfulness instead (target_kl=..., --target-kl) or lower "
+                  "lambda_scale", stacklevel=4)
+
+
 def _save(result: DiscoveryResult, ckpt: Path | None) -> str | None:
     """Write the run directory; on an I/O error (a full disk, a lost mount) say what happened instead."""
     if ckpt is None:
@@ -528,6 +541,7 @@ def _finish(model, task, run: _Run, data: _Data | None, error: Exception | None)
             result.train_evaluation, result.evaluation, result.heldout_evaluations = _final_evaluations(
                 model, task, result.circuit, run, data)
             result.target = _target_outcome(run, result.circuit)
+            _warn_if_empty(run, result)
             problem = _save(result, ckpt)
     except KeyboardInterrupt:  # the trained circuit is kept, labelled as not finished (resuming evaluates it)
         result.interrupted = True

@@ -35,9 +35,9 @@ from typing import Literal
 import torch
 
 from .granularity import HOOK_TEMPLATES, ModelDims
+from .names import CORRUPTION_MODES
 
 CorruptionMode = Literal["batch", "cache"]
-CORRUPTION_MODES = ("batch", "cache")
 
 
 def check_mode(mode: str) -> CorruptionMode:

@@ -289,3 +289,21 @@ def test_discover_with_a_size_target_says_whether_it_got_there(tiny_gpt2_checkpo
     verdict = "met" if target["met"] else "not met"
     assert f"target sparsity: {verdict}: attn_head {target['reached']['attn_head']:.1%} pruned (asked 50.0%)" in printed
     assert main(["discover", "--resume", str(out), "--target-sparsity", "attn_head=0.2"]) == 2  # not with --resume
+
+
+def test_help_and_version_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom mgnp_lens.cli import main\nfor argv in (['--help'], ['discover', '--help'], "
+            "['--version']):\n    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print('TORCH', 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "--target-sparsity" in out and "TORCH False" in out
+
+
+def test_the_cli_vocabulary_is_the_librarys():
+    from mgnp_lens import names, reference, tasks
+
+    assert set(names.TASK_NAMES) == set(tasks.TASKS)
+    assert tuple(reference.reference_names()) == names.REFERENCE_NAMES

@@ -90,3 +90,11 @@ def test_staircase_is_acdcs_pessimistic_area():
     trap = reference.roc([half, most], truth).auc
     assert stair == pytest.approx(float(np.sum(np.diff(xs) * ys[:-1]))) == pytest.approx(0.75)
     assert trap == pytest.approx(float(np.trapezoid(ys, xs))) and stair < trap
+
+
+def test_the_paper_lambda_empties_a_tracr_circuit_and_says_what_to_do():
+    c = tracr.compile_program("xproportion")
+    task = tracr.task(c)
+    with pytest.warns(UserWarning, match=r"the circuit is empty: at these λ keeping one head costs 1\.5 .*target_kl"):
+        r = mg.discover(c.model, task, steps=60, eval_heldout=False, progress=False)
+    assert not r.circuit.active_heads() and not r.circuit.active_mlps()
