@@ -103,12 +103,31 @@ def _tl_source_dir(hf_model, directory: str) -> str:
     return directory
 
 
+#: Words TransformerLens 3.9 reads in a model directory's *path* to choose the architecture (before its config).
+_TL_ROUTING_WORDS = ("llama", "gemma")
+
+
+def _neutral_tempdir() -> tempfile.TemporaryDirectory:
+    """A temporary directory whose path TransformerLens cannot mistake for a Llama or Gemma model's name
+    (the system's, else /tmp, /var/tmp, the model cache or the working directory)."""
+    for parent in (None, "/tmp", "/var/tmp", str(cache_root()), os.getcwd()):
+        try:
+            d = tempfile.TemporaryDirectory(dir=parent)
+        except OSError:
+            continue
+        if not any(w in d.name.lower() for w in _TL_ROUTING_WORDS):
+            return d
+        d.cleanup()
+    raise ModelLoadError(f"every temporary directory tried has {' or '.join(map(repr, _TL_ROUTING_WORDS))} in its path, "
+                         "which TransformerLens reads as the model's family; set TMPDIR to a directory without them")
+
+
 def _from_hf(hf_model, tokenizer, backend: str, device, dtype, prepend_bos: bool | None = None):
     """Wrap a loaded HF causal LM as a HookedTransformer (weights converted) or a TransformerBridge."""
     from transformer_lens import HookedTransformer
     from transformer_lens import loading_from_pretrained as loading
 
-    with tempfile.TemporaryDirectory() as d:
+    with _neutral_tempdir() as d:
         source = _tl_source_dir(hf_model, d)
         if backend == "bridge":
             from transformer_lens.model_bridge import TransformerBridge

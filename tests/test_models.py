@@ -102,6 +102,21 @@ def test_local_gpt2_checkpoint_matches_transformers(tiny_gpt2_checkpoint):
     assert model.mgnp_load_info["source"] == str(path)
 
 
+def test_a_temporary_directory_named_like_a_model_family_does_not_change_the_model(tiny_gpt2_checkpoint, tmp_path,
+                                                                                     monkeypatch):
+    """TransformerLens picks Llama or Gemma from those words anywhere in the path it is given."""
+    import tempfile
+
+    path, hf, tok = tiny_gpt2_checkpoint
+    for name in ("llama_tmp", "Gemma-scratch"):
+        (tmp_path / name).mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / name))
+        model = mg.load_model(path)
+        tokens = torch.tensor([tok.encode(IOI_PROMPT)])
+        with torch.no_grad():
+            assert (model(tokens) - hf(tokens).logits).abs().max() <= 1e-4
+
+
 def test_bridge_and_hooked_give_the_same_circuit_results(tiny_gpt2_checkpoint):
     """Tolerance: 1e-4 on logits and on every step's KL."""
     path, hf, tok = tiny_gpt2_checkpoint
