@@ -122,6 +122,22 @@ def _neutral_tempdir() -> tempfile.TemporaryDirectory:
                          "which TransformerLens reads as the model's family; set TMPDIR to a directory without them")
 
 
+#: The config field that gives the MLP width of families whose TransformerLens 3.9 config assumes 4·d_model.
+_MLP_WIDTH_FIELDS = {"GPT2LMHeadModel": "n_inner", "GPTJForCausalLM": "n_inner", "GPTNeoForCausalLM": "intermediate_size"}
+
+
+def _with_checkpoint_mlp_width(cfg, hf_config):
+    """``cfg`` with the checkpoint's own MLP width where TransformerLens assumed 4·d_model (GPT-2, GPT-J and
+    GPT-Neo checkpoints with ``n_inner`` / ``intermediate_size`` set)."""
+    from transformer_lens import HookedTransformerConfig
+
+    field = _MLP_WIDTH_FIELDS.get((getattr(hf_config, "architectures", None) or [""])[0])
+    width = getattr(hf_config, field, None) if field else None
+    if width is None or width == cfg.d_mlp:
+        return cfg
+    return HookedTransformerConfig.from_dict({**cfg.to_dict(), "d_mlp": int(width)})
+
+
 def _from_hf(hf_model, tokenizer, backend: str, device, dtype, prepend_bos: bool | None = None):
     """Wrap a loaded HF causal LM as a HookedTransformer (weights converted) or a TransformerBridge."""
     from transformer_lens import HookedTransformer
@@ -140,7 +156,10 @@ def _from_hf(hf_model, tokenizer, backend: str, device, dtype, prepend_bos: bool
             cfg = loading.get_pretrained_model_config(source, device=device, dtype=dtype,
                                                       default_prepend_bos=prepend_bos)
         except NotImplementedError as e:
-            raise ModelLoadError(f"unsupported model architecture {type(hf_model).__name__}: {e}") from e
+            raise ModelLoadError(f"HookedTransformer cannot convert a {type(hf_model).__name__} ({e}); "
+                                 "load_model(path, backend=\"bridge\") runs it through TransformerBridge, which "
+                                 "covers more families") from e
+        cfg = _with_checkpoint_mlp_width(cfg, hf_model.config)
         state_dict = loading.get_pretrained_state_dict(source, cfg, hf_model, dtype=dtype)
     model = HookedTransformer(cfg, tokenizer, move_to_device=False)
     _no_processing(model, state_dict)

@@ -164,3 +164,37 @@ def test_bad_model_arguments(tmp_path):
         mg.load_model(tmp_path)
     with pytest.raises(mg.ModelLoadError, match="no GGUF file"):
         mg.load_model(tmp_path / "missing.gguf")
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neo", "gptj"])
+def test_checkpoints_whose_mlp_is_not_four_times_d_model_load_exactly(family, tmp_path):
+    """TransformerLens's GPT-2 / GPT-Neo / GPT-J configs assume d_mlp = 4·d_model; the checkpoint says otherwise."""
+    import transformers as tf
+
+    configs = {"gpt2": tf.GPT2Config(n_layer=2, n_embd=64, n_head=4, n_inner=96, vocab_size=100, n_positions=32),
+               "gpt_neo": tf.GPTNeoConfig(num_layers=2, hidden_size=64, num_heads=4, intermediate_size=96,
+                                          vocab_size=100, max_position_embeddings=32,
+                                          attention_types=[[["global", "local"], 1]], window_size=8),
+               "gptj": tf.GPTJConfig(n_layer=2, n_embd=64, n_head=4, n_inner=96, vocab_size=100, n_positions=32,
+                                     rotary_dim=8)}
+    torch.manual_seed(0)
+    hf = tf.AutoModelForCausalLM.from_config(configs[family]).eval()
+    hf.save_pretrained(tmp_path)
+    model = mg.load_model(tmp_path)
+    assert model.cfg.d_mlp == 96
+    tokens = torch.randint(0, 100, (2, 10))
+    with torch.no_grad():
+        assert (model(tokens) - hf(tokens).logits).abs().max() <= 1e-4
+    full = mg.Circuit.full(model)  # the gated sites have the checkpoint's shape
+    assert full.dims.d_mlp == 96
+
+
+def test_a_family_only_the_bridge_runs_is_refused_with_the_way_out(tmp_path):
+    import transformers as tf
+
+    cfg = tf.GemmaConfig(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                         num_key_value_heads=4, head_dim=16, vocab_size=100, max_position_embeddings=32)
+    tf.AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path)
+    with pytest.raises(mg.ModelLoadError, match=r"cannot convert a GemmaForCausalLM .*backend=\"bridge\""):
+        mg.load_model(tmp_path)
+    assert type(mg.load_model(tmp_path, backend="bridge")).__name__ == "TransformerBridge"
