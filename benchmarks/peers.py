@@ -1,7 +1,7 @@
 """mgnp-lens beside auto-circuit (EAP, Subnetwork Probing, ACDC) on the embedded SmolLM2-135M, on the same
 training pairs and scored on the same held-out pairs.
 
-    pip install -e ".[peers]"          # auto-circuit 1.0.1 and what it imports (a benchmark dependency only)
+    pip install -e ".[peers]" && pip install --no-deps auto-circuit==1.0.1   # benchmark dependencies only
     python benchmarks/peers.py [--tasks ioi gt gp] [--methods mgnp coarse eap sp acdc] [--n-train 192]
 
 Every method runs in its own process (one after the other, the order rotated from task to task), on the first
@@ -9,9 +9,11 @@ Every method runs in its own process (one after the other, the order rotated fro
 one length only and drops an incomplete last batch, so every method gets the same whole batches). Each worker
 reports its time to a circuit (or to node scores) after the model is loaded, and its peak RSS.
 
-EAP and Subnetwork Probing run on auto-circuit's edge graph (``factorized=True``, q/k/v inputs separate) and a
-node's score is the sum of its outgoing edges' |scores|; ACDC runs on the node graph (``factorized=False``: a head's
-or MLP's output patched into the residual stream), whose ~300 edges fit in a run. Their circuits keep the top heads and MLP layers at mgnp-lens's
+auto-circuit runs on its node graph (``factorized=False``: each head's and MLP's output patched where it enters
+the residual stream; ~300 edges). Its edge graph (~10^5 edges on this model) did not fit: its exact EAP loops over
+the edges in Python (more than 9 minutes and 14 GB for 64 prompts, stopped), so EAP here is auto-circuit's
+mask-gradient form (``mask_gradient_prune_scores``, logit difference, the variant its own benchmarks call EAP).
+A node's score is the |score| of its edge. Their circuits keep the top heads and MLP layers at mgnp-lens's
 counts of kept heads and MLP layers (all their neurons). Every circuit is then scored by ``mgnp_lens.evaluate``
 on the test split and on ``test_ood`` (held-out templates, other corruption), with the corrupted-prompt ablation.
 A cross-check evaluates mgnp-lens's node set with auto-circuit's own patching (``run_circuits``) on the training
@@ -130,18 +132,17 @@ def worker(method: str, name: str, args) -> dict:
         return {"seconds": seconds, "circuit": str(path), "peak_rss_mb": peak_rss_mb()}
     _shim_auto_circuit(model)
     from auto_circuit.prune_algos.ACDC import acdc_prune_scores
-    from auto_circuit.prune_algos.edge_attribution_patching import edge_attribution_patching_prune_scores
+    from auto_circuit.prune_algos.mask_gradient import mask_gradient_prune_scores
     from auto_circuit.prune_algos.subnetwork_probing import subnetwork_probing_prune_scores
     from auto_circuit.utils.graph_utils import patchable_model
 
     loader = _loader(bucket, args.batch_size)
     t0 = time.perf_counter()
-    # EAP and SP: auto-circuit's edge graph (their implementations need it), scores summed per source node;
-    # ACDC: the node graph (the edge graph's ~10^5 edges, one forward pass each, do not fit in a run here)
-    pm = patchable_model(model, factorized=method != "acdc", slice_output="last_seq", seq_len=None,
-                         separate_qkv=True, device=torch.device("cpu"))
-    if method == "eap":
-        scores = edge_attribution_patching_prune_scores(pm, loader, None)
+    pm = patchable_model(model, factorized=False, slice_output="last_seq", seq_len=None, separate_qkv=True,
+                         device=torch.device("cpu"))
+    if method == "eap":  # auto-circuit's EAP as its own benchmarks run it: the gradient of the patch masks
+        scores = mask_gradient_prune_scores(pm, loader, None, grad_function="logit", answer_function="avg_diff",
+                                            mask_val=0.0)
     elif method == "sp":
         scores = subnetwork_probing_prune_scores(pm, loader, None, epochs=args.sp_epochs)
     else:
@@ -197,10 +198,13 @@ def _run_worker(method: str, name: str, args) -> dict:
            "--n-test", str(args.n_test), "--sp-epochs", str(args.sp_epochs), "--batch-size", str(args.batch_size),
            "--steps", str(args.steps),
            *(["--crosscheck"] if args.crosscheck else [])]
+    if args.reuse and out.exists():  # a finished worker of an interrupted benchmark
+        return json.loads(out.read_text())
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
     result = json.loads(out.read_text())
     result["wall_seconds"] = time.perf_counter() - t0
+    out.write_text(json.dumps(result))
     return result
 
 
@@ -245,6 +249,7 @@ def main() -> None:
     ap.add_argument("--sp-epochs", type=int, default=20)
     ap.add_argument("--steps", type=int, default=240, help="mgnp-lens's and coarse's training steps (the CLI's 240)")
     ap.add_argument("--crosscheck", action="store_true", help="with eap: mgnp-lens's node set patched by both")
+    ap.add_argument("--reuse", action="store_true", help="keep the workers' results already in runs/peers/")
     ap.add_argument("--tag", default=None, help="write results/archive/peers_TAG.json (a variant) instead")
     ap.add_argument("--worker", choices=METHODS, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -14,6 +14,8 @@ Names are imported on first use, so ``import mgnp_lens`` (and ``mgnp --help``) d
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
@@ -48,3 +50,16 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS, "tasks"])
+
+
+class _Package(types.ModuleType):
+    """The package module: importing a submodule that shares a public function's name (``mgnp_lens.evaluate``)
+    does not replace the function (the submodule stays in ``sys.modules``)."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

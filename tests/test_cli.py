@@ -307,3 +307,13 @@ def test_the_cli_vocabulary_is_the_librarys():
 
     assert set(names.TASK_NAMES) == set(tasks.TASKS)
     assert tuple(reference.reference_names()) == names.REFERENCE_NAMES
+
+
+def test_the_package_names_stay_the_functions_after_their_modules_load():
+    import mgnp_lens.discovery  # noqa: F401  (imports the evaluate module)
+    import mgnp_lens.evaluate  # noqa: F401
+
+    assert callable(mg.evaluate) and mg.evaluate.__module__ == "mgnp_lens.evaluate"
+    assert mg.discover.__name__ == "discover" and mg.tasks.IOI.__name__ == "IOI"
+    with pytest.raises(AttributeError, match="has no attribute 'nonsense'"):
+        mg.nonsense  # noqa: B018
