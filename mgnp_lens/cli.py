@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from .names import ABLATIONS, EVAL_SPLITS, REFERENCE_NAMES, TASK_NAMES
+from .names import ABLATIONS, BACKENDS, EVAL_SPLITS, REFERENCE_NAMES, TASK_NAMES
 
 EXIT_BAD_INPUT = 2
 EXIT_MODEL = 3
@@ -101,6 +101,9 @@ def _add_discover(sub, tasks) -> None:
     src.add_argument("--data", default=None, metavar="PAIRS.{csv,jsonl}",
                      help="your own prompt pairs: columns clean, corrupted, correct, incorrect")
     d.add_argument("--model", default=None, help="model name, checkpoint dir or .gguf (default: embedded SmolLM2)")
+    d.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="hooked: TransformerLens's HookedTransformer (default); bridge: TransformerBridge, for model "
+                        "families HookedTransformer cannot convert")
     d.add_argument("--steps", type=_positive_int, default=None, help="optimizer steps (default 240)")
     d.add_argument("--batch-size", type=_positive_int, default=None, help="pairs per step (default 32)")
     d.add_argument("--lr", type=_positive_float, default=None, help="AdamW learning rate on log α (default 0.2)")
@@ -211,13 +214,13 @@ def _resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _load_model(name, device):
+def _load_model(name, device, backend: str | None = None):
     """The model, or :class:`~mgnp_lens.models.ModelLoadError` (exit 3) for any reason it cannot be loaded."""
     from .models import ModelLoadError, load_model
 
     device = _resolve_device(device)
     try:
-        return load_model(name, device=device)
+        return load_model(name, device=device, backend=backend or "hooked")
     except (ValueError, OSError, RuntimeError) as e:
         raise ModelLoadError(str(e)) from e
 
@@ -327,11 +330,12 @@ def cmd_discover(args) -> int:
     data = str(_check_data_file(args.data)) if args.data else None
     check_writable(out)
     cli = {"task": None if data else (args.task or "ioi"), "data": data, "model": args.model,
-           "n_test": args.n_test, "max_train": args.max_train, "seed": args.seed, "device": args.device}
+           "n_test": args.n_test, "max_train": args.max_train, "seed": args.seed, "device": args.device,
+           "backend": args.backend}
     with run_lock(out):
         if holds_run(out) and not args.overwrite:
             raise CliError(f"{out} already holds a run; choose another --out or pass --overwrite")
-        model = _load_model(args.model, args.device)
+        model = _load_model(args.model, args.device, args.backend)
         task = _build_task(model, cli)
         with replacing(out, holds_run(out)):
             write_json(out / "config.json", {"config": config.to_dict(), "cli": cli, "command": ["mgnp", *args.argv]})
@@ -361,6 +365,7 @@ def _resume(args) -> int:
                                       ("--corruption-mode", args.corruption_mode), ("--ablation", args.ablation),
                                       ("--target-kl", args.target_kl),
                                       ("--target-sparsity", args.target_sparsity or None),
+                                      ("--backend", args.backend),
                                       ("--autocast", args.autocast),
                                       ("--set", args.settings or None), ("--seed", args.seed),
                                       ("--n-test", args.n_test), ("--max-train", args.max_train),
@@ -387,7 +392,7 @@ def _resume(args) -> int:
                        "pass a larger --steps to train it longer")
     load_state(out)  # a damaged state.pt is named now, before the model loads
     with run_lock(out):
-        model = _load_model(saved["cli"].get("model"), args.device)
+        model = _load_model(saved["cli"].get("model"), args.device, saved["cli"].get("backend"))
         task = _build_task(model, saved["cli"])
         saved["resumed"] = [*saved.get("resumed", []), ["mgnp", *args.argv]]
         write_json(out / "config.json", saved)
@@ -451,7 +456,7 @@ def cmd_evaluate(args) -> int:
 
     info = _run_cli_info(Path(args.dir))
     run, cli = info["run"], info["cli"]
-    model = _load_model(args.model if args.model is not None else cli.get("model"), args.device)
+    model = _load_model(args.model if args.model is not None else cli.get("model"), args.device, cli.get("backend"))
     task = _build_task(model, cli)
     ev = evaluate(model, task, run["circuit"], args.split, args.batch_size, args.max_examples)
     path = Path(args.dir) / f"evaluation_{args.split}.json"

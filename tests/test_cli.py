@@ -317,3 +317,14 @@ def test_the_package_names_stay_the_functions_after_their_modules_load():
     assert mg.discover.__name__ == "discover" and mg.tasks.IOI.__name__ == "IOI"
     with pytest.raises(AttributeError, match="has no attribute 'nonsense'"):
         mg.nonsense  # noqa: B018
+
+
+def test_discover_on_the_bridge_backend_records_it_and_resumes_on_it(tiny_gpt2_checkpoint, tmp_path):
+    path, _, _ = tiny_gpt2_checkpoint
+    out = tmp_path / "bridge"
+    assert main(["discover", "--task", "ioi", "--model", str(path), "--backend", "bridge", "--steps", "2",
+                 "--batch-size", "4", "--n-test", "4", "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "config.json").read_text())["cli"]["backend"] == "bridge"
+    assert main(["discover", "--resume", str(out), "--steps", "3", "--quiet"]) == 0
+    assert main(["evaluate", str(out)]) == 0
+    assert main(["discover", "--resume", str(out), "--backend", "hooked"]) == 2  # not with --resume
