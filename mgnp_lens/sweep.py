@@ -18,6 +18,7 @@ from typing import Sequence
 import pandas as pd
 
 from .circuit import Circuit
+from .executors import resolve
 from .granularity import GRANULARITIES
 
 NEURON_GRANULARITIES = ("attn_neuron", "mlp_hidden", "mlp_output")
@@ -79,7 +80,7 @@ def _run(model, task, config, overrides: dict, run_dir: Path | None):
 
 
 def sweep(model, task, scales: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0), config=None,
-          out_dir: str | Path | None = None, **overrides) -> SweepResult:
+          out_dir: str | Path | None = None, executor=None, **overrides) -> SweepResult:
     """Run discovery once per λ scale (every λ multiplied by the scale).
 
     Args:
@@ -89,6 +90,9 @@ def sweep(model, task, scales: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0), con
             finishes, so a long sweep never loses finished work: calling ``sweep`` again with the
             same ``out_dir`` resumes each run from its saved state (a finished run is only
             re-evaluated, a stopped one continues where it stopped).
+        executor: where the runs execute: None or ``"local"`` (one after another in this process),
+            ``"ray"`` (in parallel on a Ray instance on this machine) or a
+            :class:`~mgnp_lens.executors.RayExecutor` (a cluster, CPUs and GPUs per run).
 
     Returns:
         :class:`SweepResult`; ``table`` has one row per scale (``lambda_scale``, counts,
@@ -100,15 +104,11 @@ def sweep(model, task, scales: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0), con
     for s in scales:
         if not s >= 0:
             raise ValueError(f"λ scale must be >= 0, got {s}")
-    results, rows = [], []
-    for s in scales:
-        r = _run(model, task, config, {**overrides, "lambda_scale": float(s)},
-                 Path(out_dir) / f"scale_{s:g}" if out_dir is not None else None)
-        results.append(r)
-        rows.append(circuit_row(r.circuit, r.evaluation or r.train_evaluation, lambda_scale=float(s),
-                                label=f"λ×{s:g}", method="mgnp", interrupted=r.interrupted))
-        if r.interrupted:
-            break
+    jobs = [{"overrides": {**overrides, "lambda_scale": float(s)},
+             "run_dir": Path(out_dir) / f"scale_{s:g}" if out_dir is not None else None} for s in scales]
+    results = resolve(executor).map(_run, (model, task, config), jobs)
+    rows = [circuit_row(r.circuit, r.evaluation or r.train_evaluation, lambda_scale=float(s), label=f"λ×{s:g}",
+                        method="mgnp", interrupted=r.interrupted) for s, r in zip(scales, results)]
     return SweepResult(results, pd.DataFrame(rows))
 
 
@@ -150,11 +150,12 @@ def compare_circuits(a: Circuit, b: Circuit) -> pd.DataFrame:
 
 
 def stability(model, task, seeds: Sequence[int] = (0, 1, 2), config=None, out_dir: str | Path | None = None,
-              **overrides) -> tuple[pd.DataFrame, list]:
+              executor=None, **overrides) -> tuple[pd.DataFrame, list]:
     """The same task with several seeds: pairwise Jaccard overlap of the circuits.
 
     Args:
         out_dir: as in :func:`sweep`: runs checkpoint to ``out_dir/seed_<s>`` and a second call resumes them.
+        executor: as in :func:`sweep`.
 
     Returns:
         ``(table, results)``: one row per pair of seeds (columns ``a, b, attn_head, attn_neuron,
@@ -165,11 +166,10 @@ def stability(model, task, seeds: Sequence[int] = (0, 1, 2), config=None, out_di
     """
     if len(seeds) < 2:
         raise ValueError("stability needs at least two seeds")
-    results = []
-    for s in seeds:
-        r = _run(model, task, config, {**overrides, "seed": int(s)},
-                 Path(out_dir) / f"seed_{int(s)}" if out_dir is not None else None)
+    jobs = [{"overrides": {**overrides, "seed": int(s)},
+             "run_dir": Path(out_dir) / f"seed_{int(s)}" if out_dir is not None else None} for s in seeds]
+    results = resolve(executor).map(_run, (model, task, config), jobs)
+    for s, r in zip(seeds, results):
         if r.interrupted:  # an overlap with a half-trained circuit would mislead
             raise KeyboardInterrupt(f"stability run for seed {s} was interrupted after {r.steps_completed} steps")
-        results.append(r)
     return overlap([r.circuit for r in results], labels=list(seeds)), results

@@ -72,3 +72,42 @@ def test_stability_in_out_dir_resumes_its_runs(micro_task, tmp_path):
     again, rerun = stability(model, task, seeds=[0, 1], out_dir=tmp_path, **kw)
     assert [r.meta.get("resumed_at_steps") for r in rerun] == [[3], [3]]
     pd.testing.assert_frame_equal(first, again)
+
+
+# ------------------------------------------------------------------------------------ executors
+def test_a_sweep_through_ray_gives_the_local_circuits_in_their_own_directories_and_resumes(micro_task, tmp_path):
+    import ray
+
+    from mgnp_lens.executors import RayExecutor
+
+    model, task = micro_task
+    kw = dict(steps=4, batch_size=8, progress=False, eval_split=None, autocast="float32")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in each Ray run (num_cpus_per_run=1), so the float sums agree bit for bit
+    try:
+        local = sweep(model, task, scales=[0.5, 2.0], **kw)
+    finally:
+        torch.set_num_threads(threads)
+    executor = RayExecutor(init={"num_cpus": 2, "object_store_memory": 100 * 2**20})
+    try:
+        fanned = sweep(model, task, scales=[0.5, 2.0], out_dir=tmp_path, executor=executor, **kw)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["scale_0.5", "scale_2"]
+        assert all((tmp_path / d / "circuit.json").exists() for d in ("scale_0.5", "scale_2"))
+        assert fanned.circuits() == local.circuits()
+        assert [r.history.kl.tolist() for r in fanned.results] == [r.history.kl.tolist() for r in local.results]
+        again = sweep(model, task, scales=[0.5, 2.0], out_dir=tmp_path, executor=executor, **kw)
+        assert [r.meta["resumed_at_steps"] for r in again.results] == [[4], [4]]  # finished: only re-evaluated
+        pd.testing.assert_frame_equal(again.table, fanned.table)
+    finally:
+        ray.shutdown()
+
+
+def test_executors_are_checked_before_anything_runs(micro_task):
+    from mgnp_lens.executors import LocalExecutor, RayExecutor, resolve
+
+    model, task = micro_task
+    with pytest.raises(ValueError, match="unknown executor 'dask'"):
+        sweep(model, task, scales=[1.0], executor="dask", steps=1)
+    with pytest.raises(ValueError, match="num_cpus_per_run"):
+        RayExecutor(num_cpus_per_run=0)
+    assert isinstance(resolve(None), LocalExecutor) and isinstance(resolve("ray"), RayExecutor)
