@@ -71,8 +71,18 @@ def library_versions() -> dict[str, str]:
     import transformers
 
     return {"torch": torch.__version__, "transformers": transformers.__version__,
-            "transformer_lens": getattr(transformer_lens, "__version__", "unknown"),
+            "transformer_lens": _distribution_version("transformer-lens", transformer_lens),
             "cache_version": str(CACHE_VERSION)}
+
+
+def _distribution_version(name: str, module) -> str:
+    """The installed distribution's version (TransformerLens has no ``__version__``)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return getattr(module, "__version__", "unknown")
 
 
 def _sha256(path: Path) -> str:
@@ -180,9 +190,9 @@ def _load_gguf_hf(path: Path, dtype):
 
 # ----------------------------------------------------------------------------- GGUF + cache
 def _cache_key(path: Path, dtype) -> tuple[str, dict]:
-    st = path.stat()
-    meta = {"source": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "dtype": str(dtype),
-            **library_versions()}
+    """The cache entry's name and what it must match: the GGUF's content (sha256, not its path, so every
+    environment and copy of one file shares one entry), the dtype and the library versions."""
+    meta = {"gguf_sha256": _sha256(path), "dtype": str(dtype), **library_versions()}
     key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
     return f"{path.stem}-{key}", meta
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -43,6 +46,20 @@ def test_explicit_gguf_path_loads_through_the_cache(default_model_loads):
     model = mg.load_model(path)
     assert model.mgnp_load_info == {**default_model_loads[1].mgnp_load_info, "cache": "hit"}
     assert model.cfg.n_layers == 30
+
+
+def test_the_cache_is_keyed_by_content_so_a_copy_elsewhere_shares_the_entry(default_model_loads, tmp_path):
+    import shutil
+
+    copy = tmp_path / "another_env" / models.default_gguf_path().name
+    copy.parent.mkdir()
+    shutil.copy(models.default_gguf_path(), copy)
+    model = mg.load_model(copy)
+    info = default_model_loads[0].mgnp_load_info
+    assert model.mgnp_load_info["cache"] == "hit" and model.mgnp_load_info["cache_dir"] == info["cache_dir"]
+    meta = json.loads((Path(info["cache_dir"]) / "meta.json").read_text())
+    assert meta["gguf_sha256"] == models._sha256(copy) and "source" not in meta
+    assert meta["transformer_lens"] == importlib.metadata.version("transformer-lens") != "unknown"
 
 
 def test_digit_level_tokenizer(default_model):
