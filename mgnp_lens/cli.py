@@ -340,7 +340,7 @@ def cmd_discover(args) -> int:
         with replacing(out, holds_run(out)):
             write_json(out / "config.json", {"config": config.to_dict(), "cli": cli, "command": ["mgnp", *args.argv]})
             result = discover(model, task, config)
-        return _finish(result, out)
+        return _finish(result, out, model, task)
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -396,14 +396,36 @@ def _resume(args) -> int:
         task = _build_task(model, saved["cli"])
         saved["resumed"] = [*saved.get("resumed", []), ["mgnp", *args.argv]]
         write_json(out / "config.json", saved)
-        return _finish(discover(model, task, config, resume_from=out), out)
+        return _finish(discover(model, task, config, resume_from=out), out, model, task)
 
 
-def _finish(result, out: Path) -> int:
-    """Build the report, print the tables and where the outputs are; the exit code."""
+#: pairs of the evaluation split whose edge scores (mgnp_lens.interactions) go into DIR/edges.csv
+EDGE_EXAMPLES = 32
+
+
+def _write_edges(model, task, result, out: Path) -> None:
+    """Score the finished circuit's edges on the evaluation split into ``out/edges.csv`` for the report's graph
+    (HookedTransformer only; a run that stopped early, or a bridge model, gets a graph without edges)."""
+    from .interactions import interactions
+    from .report import EDGES_FILE
+
+    if result.interrupted or not hasattr(model, "set_use_attn_result"):
+        return
+    split = result.config.eval_split or "train"
+    if result.config.progress:
+        print(f"scoring the circuit's edges on {EDGE_EXAMPLES} {split} pairs for the report's graph ...",
+              file=sys.stderr)
+    edges = interactions(model, task, result.circuit, split=split, max_examples=EDGE_EXAMPLES)
+    edges.to_csv(out / EDGES_FILE, index=False)
+
+
+def _finish(result, out: Path, model=None, task=None) -> int:
+    """Score the circuit's edges, build the report, print the tables and where the outputs are; the exit code."""
     from .report import RUN_FILES, build_report
 
     try:
+        if model is not None:
+            _write_edges(model, task, result, out)
         report = build_report(out)
     except KeyboardInterrupt:
         print(f"mgnp: interrupted while building the report; the run's files are complete "

@@ -320,11 +320,64 @@ def interaction_graph(edges: pd.DataFrame, top: int = 40, title: str | None = No
     heads of a layer sit side by side with the layer's MLP half a row below, to their right. Line width ∝
     |score| (blue: helps the metric, vermillion: hurts it); the ``top`` strongest edges are drawn.
     """
+    e = _strongest(edges, top)
+    names = sorted(set(e["src"]) | set(e["dst"]), key=_node_sort_key)
+    return _graph(names, e, {n: n for n in names},
+                  title or "Interactions between kept nodes (blue: helps, vermillion: hurts)")
+
+
+def circuit_graph(circuit: Circuit, edges: pd.DataFrame | None = None, top: int = 60,
+                  title: str | None = None) -> go.Figure:
+    """The circuit as a graph: every kept node laid out by layer (embedding at the top, then each layer's kept
+    heads side by side with its MLP half a row below, the logits at the bottom), with the ``top`` strongest
+    edges of ``edges`` (from :func:`mgnp_lens.interactions.interactions`) as arrows, width ∝ |score|, blue where
+    the edge helps the metric and vermillion where it hurts. Hovering a node gives its kept neurons and its
+    summed edge scores.
+
+    Args:
+        circuit: the circuit.
+        edges: columns ``src``, ``dst``, ``score``; None draws the nodes alone.
+    """
+    names = (["embed"] if circuit.count("embedding") else []) + [f"L{l} H{h}" for l, h in circuit.active_heads()]
+    names += [f"L{l} MLP" for l in circuit.active_mlps()] + ["logits"]
+    names = sorted(names, key=_node_sort_key)
+    e = _strongest(edges, top, keep=set(names)) if edges is not None else pd.DataFrame(columns=["src", "dst", "score"])
+    hover = {n: _node_hover(circuit, n, edges) for n in names}
+    drawn = f", the {len(e)} strongest edges" if len(e) else ", no edge scores"
+    return _graph(names, e, hover, title or f"The circuit: {len(names) - 1} kept nodes{drawn} "
+                                           "(blue: helps the metric, vermillion: hurts it)")
+
+
+def _strongest(edges: pd.DataFrame, top: int, keep: set | None = None) -> pd.DataFrame:
+    """The ``top`` edges by |score| (only between ``keep`` nodes, if given)."""
     for col in ("src", "dst", "score"):
         if col not in edges.columns:
             raise ValueError(f"edges has no {col!r} column")
-    e = edges.reindex(edges["score"].abs().sort_values(ascending=False).index).head(top)
-    names = sorted(set(e["src"]) | set(e["dst"]), key=_node_sort_key)
+    if keep is not None:
+        edges = edges[edges["src"].isin(keep) & edges["dst"].isin(keep)]
+    return edges.reindex(edges["score"].abs().sort_values(ascending=False).index).head(top)
+
+
+def _node_hover(circuit: Circuit, name: str, edges: pd.DataFrame | None) -> str:
+    """A node's hover text: what it keeps, and the sums of its incoming and outgoing edge scores."""
+    d = circuit.dims
+    if name in ("embed", "logits"):
+        text = "the token embedding" if name == "embed" else "the unembedding's input (the readout)"
+    elif name.endswith("MLP"):
+        l = int(name.split()[0][1:])
+        text = (f"{name}: {int(circuit.masks['mlp_hidden'][l].sum())}/{d.d_mlp} hidden, "
+                f"{int(circuit.masks['mlp_output'][l].sum())}/{d.d_model} output neurons kept")
+    else:
+        l, h = int(name.split()[0][1:]), int(name.split()[1][1:])
+        text = f"{name}: {int(circuit.masks['attn_neuron'][l, h].sum())}/{d.d_head} attention neurons kept"
+    if edges is not None and len(edges):
+        text += (f"<br>edges in: {edges.loc[edges['dst'] == name, 'score'].sum():+.3g}, "
+                 f"out: {edges.loc[edges['src'] == name, 'score'].sum():+.3g}")
+    return text
+
+
+def _graph(names: list[str], e: pd.DataFrame, hover: dict[str, str], title: str) -> go.Figure:
+    """Nodes ``names`` at their layer positions, edges ``e`` as arrows (see :func:`interaction_graph`)."""
     last = max((_node_sort_key(n)[0] for n in names if n != "logits"), default=0.0)
     pos = _graph_positions(names, readout_row=float(int(last)) + 1.0)
     fig = go.Figure()
@@ -337,17 +390,19 @@ def interaction_graph(edges: pd.DataFrame, top: int = 40, title: str | None = No
                                  line={"width": 1 + 5 * abs(r["score"]) / (smax or 1.0), "color": color}))
         fig.add_annotation(x=x1, y=y1, ax=x0, ay=y0, xref="x", yref="y", axref="x", ayref="y", showarrow=True,
                            arrowhead=2, arrowsize=1.2, arrowwidth=1, arrowcolor=color, text="", standoff=7)
+    kinds = {"embed": 2, "logits": 2}
     fig.add_trace(go.Scatter(x=[pos[n][0] for n in names], y=[pos[n][1] for n in names], mode="markers+text",
                              text=names, textposition="top center", name="circuit node",
-                             marker={"size": 11, "color": [OKABE_ITO[2] if n in ("embed", "logits") else OKABE_ITO[1]
-                                                           for n in names]},
-                             hovertemplate="%{text}<extra></extra>"))
+                             customdata=[hover[n] for n in names],
+                             marker={"size": 11, "color": [OKABE_ITO[kinds.get(n, 3 if n.endswith("MLP") else 1)]
+                                                           for n in names],
+                                     "symbol": ["square" if n.endswith("MLP") else "circle" for n in names]},
+                             hovertemplate="%{customdata}<extra></extra>"))
     rows = sorted({y for _, y in pos.values()})
-    fig.update_layout(title=title or "Interactions between kept nodes (blue: helps, vermillion: hurts)",
-                      template="plotly_white", xaxis={"visible": False},
+    fig.update_layout(title=title, template="plotly_white", xaxis={"visible": False},
                       yaxis={"title": "layer", "autorange": "reversed", "tickvals": rows,
                              "ticktext": [_row_label(y, rows[-1] if "logits" in names else None) for y in rows]},
-                      height=max(400, 60 * len(rows) + 150))
+                      height=max(400, 40 * len(rows) + 150))
     return fig
 
 

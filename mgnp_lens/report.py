@@ -21,8 +21,10 @@ from . import targets
 from .circuit import Circuit
 
 REQUIRED = ("circuit.json",)
+#: the circuit's edge scores (:func:`mgnp_lens.interactions.interactions`), written by ``mgnp discover``
+EDGES_FILE = "edges.csv"
 RUN_FILES = ("circuit.json", "per_layer.csv", "summary.csv", "evaluation.json", "history.csv", "config.json",
-             "gates.pt", "state.pt", "report.html")
+             EDGES_FILE, "gates.pt", "state.pt", "report.html")
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1200px;
@@ -56,8 +58,9 @@ def _read_json(path: Path):
         raise _damaged(path, e) from None
 
 
-def _read_history(path: Path) -> pd.DataFrame | None:
-    """history.csv, or None where there is none or it holds no step yet (a run stopped before its first)."""
+def _read_csv(path: Path) -> pd.DataFrame | None:
+    """A run's CSV (history.csv, edges.csv, ...), or None where there is none or it is empty (e.g. a run stopped
+    before its first step)."""
     if not path.exists() or not path.read_text(encoding="utf-8", errors="replace").strip():
         return None
     try:
@@ -90,8 +93,9 @@ def load_run(directory: str | Path) -> dict:
     if isinstance(dims, dict) and dims != circuit.dims.to_dict():
         raise ValueError(f"{d}: circuit.json is for a model shaped {circuit.dims.to_dict()}, but config.json "
                          f"records the run's model as {dims}")
-    return {"circuit": circuit, "history": _read_history(d / "history.csv"),
-            "evaluation": _read_json(d / "evaluation.json") or {}, "config": config, "dir": d}
+    return {"circuit": circuit, "history": _read_csv(d / "history.csv"),
+            "evaluation": _read_json(d / "evaluation.json") or {}, "config": config, "dir": d,
+            "edges": _read_csv(d / EDGES_FILE)}
 
 
 def _table(frame: pd.DataFrame, float_format: str = "{:,.4g}") -> str:
@@ -223,7 +227,8 @@ def _figures(run: dict, ref) -> list[str]:
     from . import plot
 
     circuit: Circuit = run["circuit"]
-    figures = [("Retained fraction per layer (Appendix D as a picture)", plot.layer_heatmap(circuit)),
+    figures = [("The circuit as a graph", plot.circuit_graph(circuit, run.get("edges"))),
+               ("Retained fraction per layer (Appendix D as a picture)", plot.layer_heatmap(circuit)),
                ("Attention heads", plot.head_grid(circuit, reference=ref)),
                ("Surviving MLP neurons", plot.neuron_strips(circuit))]
     if run["history"] is not None and len(run["history"]):
@@ -291,7 +296,7 @@ def build_comparison_report(directory: str | Path, out: str | Path | None = None
     from .faithfulness import SIZE_AXES, areas
 
     d = Path(directory)
-    table = _read_history(d / CURVE_FILE) if (d / CURVE_FILE).exists() else None
+    table = _read_csv(d / CURVE_FILE) if (d / CURVE_FILE).exists() else None
     if table is None:
         raise FileNotFoundError(f"{d} is not a method comparison: {CURVE_FILE} is missing or empty")
     parts = ["<h1>mgnp-lens: faithfulness over circuit sizes</h1>",

@@ -50,6 +50,18 @@ def test_discover_writes_every_file(cli_run, capsys):
     assert list(pd.read_csv(out / "per_layer.csv").columns) == mg.granularity.APPENDIX_D_COLUMNS
 
 
+def test_discover_scores_the_circuits_edges_and_the_report_draws_the_graph(cli_run):
+    _, out, _ = cli_run
+    circuit = mg.Circuit.load(out / "circuit.json")
+    nodes = {"embed", "logits", *(f"L{l} H{h}" for l, h in circuit.active_heads()),
+             *(f"L{l} MLP" for l in circuit.active_mlps())}
+    edges = pd.read_csv(out / "edges.csv")
+    assert list(edges.columns[:2]) == ["src", "dst"] and len(edges) > 0 and edges.score.notna().all()
+    assert set(edges.src) | set(edges.dst) <= nodes and "logits" in set(edges.dst)
+    page = (out / "report.html").read_text()
+    assert "The circuit as a graph" in page and f"{len(nodes) - (0 if circuit.count('embedding') else 1) - 1} kept nodes" in page
+
+
 def test_circuit_json_reloads_into_the_run_circuit(cli_run):
     """The saved circuit equals the one the same configuration finds from Python."""
     _, out, path = cli_run

@@ -76,3 +76,26 @@ def test_the_graph_of_real_interactions_has_the_readout_arrows_and_separate_mlps
     assert pos["L1 MLP"][0] > max(x for n, (x, y) in pos.items() if n.startswith("L1 H"))  # right of its heads
     assert len(set(pos.values())) == len(pos)  # no two nodes on one spot
     assert "logits" in fig.layout.yaxis.ticktext and "L1 MLP" in fig.layout.yaxis.ticktext
+
+
+def test_the_circuit_graph_draws_every_kept_node_and_the_strongest_real_edges():
+    from mgnp_lens.plot import circuit_graph
+
+    model = micro_model("gpt2")
+    clean, corrupted = random_pairs(model, n=8)
+    task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
+    c = with_heads(mg.ModelDims.from_model(model), [(0, 1), (1, 3)], mlps=[0])
+    c.masks["embedding"].fill_(True)
+    edges = interactions(model, task, c, max_examples=8)
+    fig = circuit_graph(c, edges, top=5)
+    nodes = fig.data[-1]
+    assert list(nodes.text) == ["embed", "L0 H1", "L0 MLP", "L1 H3", "logits"]  # by layer, readout last
+    assert len(fig.layout.annotations) == 5 and len(fig.data) == 6  # the 5 strongest edges, with arrowheads
+    drawn = sorted(abs(float(t.text.rsplit(": ", 1)[1])) for t in fig.data[:-1])
+    assert drawn[0] >= edges.score.abs().sort_values().iloc[-5] - 1e-3  # ... and they are the strongest
+    hover = dict(zip(nodes.text, nodes.customdata))
+    assert hover["L0 H1"].startswith(f"L0 H1: {int(c.masks['attn_neuron'][0, 1].sum())}/8 attention neurons kept")
+    assert "hidden" in hover["L0 MLP"] and "edges in:" in hover["L1 H3"]
+    alone = circuit_graph(c)  # no edge scores: the nodes alone
+    assert len(alone.data) == 1 and list(alone.data[0].text) == list(nodes.text) and "no edge scores" in \
+        alone.layout.title.text
