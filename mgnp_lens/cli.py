@@ -27,6 +27,8 @@ EXIT_MODEL = 3
 EXIT_INTERRUPTED = 130
 
 DEFAULT_OUT = "runs/latest"
+#: pairs of the evaluation split whose edge scores (mgnp_lens.interactions) go into DIR/edges.csv
+EDGE_EXAMPLES = 32
 DEFAULT_N_TEST = 1024
 
 
@@ -66,6 +68,10 @@ _lambda_spec = _granularity_spec("λ", "attn_head=3.0")
 
 def _positive_int(text: str) -> int:
     return _number(text, int, 1)
+
+
+def _non_negative_int(text: str) -> int:
+    return _number(text, int, 0)
 
 
 def _positive_float(text: str) -> float:
@@ -146,6 +152,9 @@ def _add_discover(sub, tasks) -> None:
                         "exactly as if it had not stopped; with --steps, train a finished run longer. Only "
                         "--steps, --device and --quiet may be given with it")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.add_argument("--edge-examples", type=_non_negative_int, default=EDGE_EXAMPLES, metavar="N",
+                   help=f"score the circuit's edges on N evaluation pairs for the report's graph (edges.csv; "
+                        f"default {EDGE_EXAMPLES}, about a minute on the default model's CPU run; 0 skips it)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -340,7 +349,7 @@ def cmd_discover(args) -> int:
         with replacing(out, holds_run(out)):
             write_json(out / "config.json", {"config": config.to_dict(), "cli": cli, "command": ["mgnp", *args.argv]})
             result = discover(model, task, config)
-        return _finish(result, out, model, task)
+        return _finish(result, out, model, task, args.edge_examples)
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -396,36 +405,33 @@ def _resume(args) -> int:
         task = _build_task(model, saved["cli"])
         saved["resumed"] = [*saved.get("resumed", []), ["mgnp", *args.argv]]
         write_json(out / "config.json", saved)
-        return _finish(discover(model, task, config, resume_from=out), out, model, task)
+        return _finish(discover(model, task, config, resume_from=out), out, model, task, args.edge_examples)
 
 
-#: pairs of the evaluation split whose edge scores (mgnp_lens.interactions) go into DIR/edges.csv
-EDGE_EXAMPLES = 32
-
-
-def _write_edges(model, task, result, out: Path) -> None:
+def _write_edges(model, task, result, out: Path, n: int) -> None:
     """Score the finished circuit's edges on the evaluation split into ``out/edges.csv`` for the report's graph
-    (HookedTransformer only; a run that stopped early, or a bridge model, gets a graph without edges)."""
+    (HookedTransformer only, and only for the corrupted ablation, the one edge scores assume; otherwise, or
+    for a run that stopped early, the graph has no edges)."""
     from .interactions import interactions
     from .report import EDGES_FILE
 
-    if result.interrupted or not hasattr(model, "set_use_attn_result"):
+    if result.interrupted or not n or not hasattr(model, "set_use_attn_result") or \
+            result.config.ablation != "corrupted":
         return
     split = result.config.eval_split or "train"
     if result.config.progress:
-        print(f"scoring the circuit's edges on {EDGE_EXAMPLES} {split} pairs for the report's graph ...",
-              file=sys.stderr)
-    edges = interactions(model, task, result.circuit, split=split, max_examples=EDGE_EXAMPLES)
+        print(f"scoring the circuit's edges on {n} {split} pairs for the report's graph ...", file=sys.stderr)
+    edges = interactions(model, task, result.circuit, split=split, max_examples=n)
     edges.to_csv(out / EDGES_FILE, index=False)
 
 
-def _finish(result, out: Path, model=None, task=None) -> int:
+def _finish(result, out: Path, model=None, task=None, edge_examples: int = 0) -> int:
     """Score the circuit's edges, build the report, print the tables and where the outputs are; the exit code."""
     from .report import RUN_FILES, build_report
 
     try:
         if model is not None:
-            _write_edges(model, task, result, out)
+            _write_edges(model, task, result, out, edge_examples)
         report = build_report(out)
     except KeyboardInterrupt:
         print(f"mgnp: interrupted while building the report; the run's files are complete "

@@ -286,6 +286,7 @@ def test_discover_with_mean_ablation_records_it(tiny_gpt2_checkpoint, tmp_path):
                  "--ablation", "mean", "--out", str(out), "--quiet"]) == 0
     assert json.loads((out / "config.json").read_text())["config"]["ablation"] == "mean"
     assert mg.Circuit.load(out / "circuit.json").config["ablation"] == "mean"
+    assert not (out / "edges.csv").exists()  # edge scores assume the corrupted ablation: the graph has none
     assert main(["discover", "--resume", str(out), "--ablation", "zero"]) == 2  # not with --resume
 
 
@@ -293,8 +294,10 @@ def test_discover_with_a_size_target_says_whether_it_got_there(tiny_gpt2_checkpo
     path, _, _ = tiny_gpt2_checkpoint
     out = tmp_path / "size"
     assert main(["discover", "--task", "ioi", "--model", str(path), "--steps", "4", "--batch-size", "4", "--n-test", "8",
-                 "--target-sparsity", "attn_head=0.5", "--set", "validate_every=2", "--out", str(out), "--quiet"]) == 0
+                 "--target-sparsity", "attn_head=0.5", "--set", "validate_every=2", "--out", str(out), "--quiet",
+                 "--edge-examples", "0"]) == 0
     printed = capsys.readouterr().out
+    assert not (out / "edges.csv").exists() and (out / "report.html").exists()  # 0: no edge scores
     assert json.loads((out / "config.json").read_text())["config"]["target_sparsity"] == {"attn_head": 0.5}
     target = json.loads((out / "evaluation.json").read_text())["target"]
     assert target["target_sparsity"] == {"attn_head": 0.5} and set(target["reached"]) == {"attn_head"}
