@@ -1,7 +1,7 @@
 """End to end: IOI discovery on the embedded default model with the default protocol.
 
     python benchmarks/end_to_end.py [--templates mixed|guide] [--set KEY=VALUE ...] [--run-dir runs/e2e]
-                                    [--tag NAME] [--device cpu] [--out results.json]
+                                    [--tag NAME] [--device cpu] [--n-devices 1] [--out results.json]
 
 Wall time of the whole job (task build, precompute, the optimisation loop, evaluation on the
 training pairs and on 512 test pairs), steps, the hard circuit's KL, and the first step at which
@@ -44,13 +44,14 @@ def main() -> None:
     ap.add_argument("--templates", choices=["mixed", "guide"], default="mixed")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--run-dir", default="runs/end_to_end")
+    ap.add_argument("--n-devices", type=int, default=1, help="spread the model over N CUDA devices")
     ap.add_argument("--tag", default="", help="a variant: write results/archive/end_to_end_TEMPLATES_TAG.json")
     add_device_arg(ap)
     args = ap.parse_args()
     import mgnp_lens as mg
 
     t0 = time.perf_counter()
-    model = mg.load_model(device=args.device)
+    model = mg.load_model(device=args.device, n_devices=args.n_devices)
     t_model = time.perf_counter() - t0
     task = mg.tasks.IOI(model, n_test=512, templates="mixed" if args.templates == "mixed" else [GUIDE])
     t_task = time.perf_counter() - t0 - t_model
@@ -60,7 +61,7 @@ def main() -> None:
     report = result.report(args.run_dir)
     c, dims = result.circuit, result.circuit.dims
     sparsity = {g: 100 * (1 - c.count(g) / dims.count(g)) for g in mg.GRANULARITIES}
-    r = {"templates": args.templates, "overrides": overrides, "seconds_total": t_total, "seconds_model_load": t_model,
+    r = {"templates": args.templates, "overrides": overrides, "n_devices": args.n_devices, "seconds_total": t_total, "seconds_model_load": t_model,
          "seconds_loop": result.seconds, "s_per_step": float(result.history["seconds"].median()),
          # where the rest goes: task building, the precompute before the loop (with the little bookkeeping
          # between timed steps), the two evaluations after it

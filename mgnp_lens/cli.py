@@ -110,6 +110,8 @@ def _add_discover(sub, tasks) -> None:
     d.add_argument("--backend", choices=BACKENDS, default=None,
                    help="hooked: TransformerLens's HookedTransformer (default); bridge: TransformerBridge, for model "
                         "families HookedTransformer cannot convert")
+    d.add_argument("--n-devices", type=_positive_int, default=1, metavar="N",
+                   help="spread the model's layers over N CUDA devices (hooked backend; default 1)")
     d.add_argument("--steps", type=_positive_int, default=None, help="optimizer steps (default 240)")
     d.add_argument("--batch-size", type=_positive_int, default=None, help="pairs per step (default 32)")
     d.add_argument("--lr", type=_positive_float, default=None, help="AdamW learning rate on log α (default 0.2)")
@@ -150,7 +152,7 @@ def _add_discover(sub, tasks) -> None:
     d.add_argument("--resume", default=None, metavar="DIR",
                    help="continue the run in DIR from its last checkpoint (state.pt) with its saved settings, "
                         "exactly as if it had not stopped; with --steps, train a finished run longer. Only "
-                        "--steps, --device and --quiet may be given with it")
+                        "--steps, --device, --n-devices and --quiet may be given with it")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.add_argument("--edge-examples", type=_non_negative_int, default=EDGE_EXAMPLES, metavar="N",
                    help=f"score the circuit's edges on N evaluation pairs for the report's graph (edges.csv; "
@@ -223,13 +225,19 @@ def _resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _load_model(name, device, backend: str | None = None):
-    """The model, or :class:`~mgnp_lens.models.ModelLoadError` (exit 3) for any reason it cannot be loaded."""
-    from .models import ModelLoadError, load_model
+def _load_model(name, device, backend: str | None = None, n_devices: int = 1):
+    """The model, or :class:`~mgnp_lens.models.ModelLoadError` (exit 3) for any reason it cannot be loaded
+    (too few GPUs for ``n_devices``: a ``CliError``, exit 2, before anything loads)."""
+    from .models import ModelLoadError, check_cuda_devices, load_model
 
     device = _resolve_device(device)
+    if n_devices > 1:
+        try:
+            check_cuda_devices(n_devices)
+        except ValueError as e:
+            raise CliError(f"--n-devices {n_devices}: {e}") from None
     try:
-        return load_model(name, device=device, backend=backend or "hooked")
+        return load_model(name, device=device, backend=backend or "hooked", n_devices=n_devices)
     except (ValueError, OSError, RuntimeError) as e:
         raise ModelLoadError(str(e)) from e
 
@@ -340,11 +348,11 @@ def cmd_discover(args) -> int:
     check_writable(out)
     cli = {"task": None if data else (args.task or "ioi"), "data": data, "model": args.model,
            "n_test": args.n_test, "max_train": args.max_train, "seed": args.seed, "device": args.device,
-           "backend": args.backend}
+           "backend": args.backend, "n_devices": args.n_devices}
     with run_lock(out):
         if holds_run(out) and not args.overwrite:
             raise CliError(f"{out} already holds a run; choose another --out or pass --overwrite")
-        model = _load_model(args.model, args.device, args.backend)
+        model = _load_model(args.model, args.device, args.backend, args.n_devices)
         task = _build_task(model, cli)
         with replacing(out, holds_run(out)):
             write_json(out / "config.json", {"config": config.to_dict(), "cli": cli, "command": ["mgnp", *args.argv]})
@@ -383,7 +391,7 @@ def _resume(args) -> int:
              if value is not None]
     if given:
         raise CliError(f"--resume continues the run with its saved settings; {', '.join(given)} cannot be given "
-                       "with it (only --steps, --device and --quiet)")
+                       "with it (only --steps, --device, --n-devices and --quiet)")
     out = Path(args.resume)
     if not (out / STATE_FILE).exists():
         raise CliError(f"--resume {out}: no {STATE_FILE} there (a run writes it at each checkpoint, on Ctrl-C or "
@@ -401,7 +409,7 @@ def _resume(args) -> int:
                        "pass a larger --steps to train it longer")
     load_state(out)  # a damaged state.pt is named now, before the model loads
     with run_lock(out):
-        model = _load_model(saved["cli"].get("model"), args.device, saved["cli"].get("backend"))
+        model = _load_model(saved["cli"].get("model"), args.device, saved["cli"].get("backend"), args.n_devices)
         task = _build_task(model, saved["cli"])
         saved["resumed"] = [*saved.get("resumed", []), ["mgnp", *args.argv]]
         write_json(out / "config.json", saved)

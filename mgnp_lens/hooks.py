@@ -267,12 +267,16 @@ class Interpolator:
         return corrupted
 
     def _interpolate_site(self, site: str, act: torch.Tensor) -> torch.Tensor:
+        # the mask and the corrupted source go to the activation's device (a no-op on one device; on a
+        # model spread over GPUs, the block's), differentiably, so the gates may live on the first device
         m = self._masks[site].to(act.device)
+        corrupted = self._site_corrupted(site, act)
+        corrupted = corrupted.to(act.device) if corrupted is not None else None
         # A site whose mask is exactly zero everywhere passes the corrupted activation on and is cut
         # out of the autograd graph, so backward skips the clean computation below it. Exact: a
         # Hard-Concrete gate is exactly 0 only where it is clamped, and there its gradient is 0.
         dead = self.skip_dead_sites and not bool(m.any())
-        return _mix(act, self.mode, m, self._site_corrupted(site, act), dead)
+        return _mix(act, self.mode, m, corrupted, dead)
 
     def fwd_hooks(self) -> list[tuple[str, object]]:
         """``[(hook_name, fn)]`` for ``model.hooks``; each fn knows its site by our name, since
@@ -289,17 +293,28 @@ class Interpolator:
         points = []
         try:
             if self.shared_hooks:
-                device = next(model.parameters()).device
+                first = next(model.parameters()).device
                 for name in hook_names(self.dims):
-                    point = model.hook_dict[name]
-                    mask = self._masks[name].to(device)
-                    setattr(point, _INPUTS_ATTR, _SiteInputs(self.mode, mask, self._site_corrupted(name, None)))
+                    point, device = model.hook_dict[name], site_device(model, name, first)
+                    corrupted = self._site_corrupted(name, None)
+                    setattr(point, _INPUTS_ATTR, _SiteInputs(self.mode, self._masks[name].to(device),
+                                                             None if corrupted is None else corrupted.to(device)))
                     points.append(point)
             with model.hooks(fwd_hooks=self.fwd_hooks()):
                 yield
         finally:
             for point in points:
                 delattr(point, _INPUTS_ATTR)
+
+
+def site_device(model, hook_name: str, default: torch.device) -> torch.device:
+    """The device of the block holding ``hook_name`` (``blocks.{l}.…``; on a model spread over several GPUs,
+    that block's), else ``default``."""
+    if hook_name.startswith("blocks.") and hasattr(model, "blocks"):
+        param = next(model.blocks[int(hook_name.split(".")[1])].parameters(), None)
+        if param is not None:
+            return param.device
+    return default
 
 
 def _site_hook(fn, site: str):

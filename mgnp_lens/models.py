@@ -308,6 +308,63 @@ def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
     return getattr(torch, name)
 
 
+def device_plan(cfg, n_devices: int) -> dict[str, torch.device]:
+    """Where each part of a HookedTransformer goes when spread over CUDA devices 0..n_devices-1.
+
+    Block ``l`` goes where TransformerLens's forward pass moves the residual stream before it
+    (``get_device_for_block_index``: contiguous runs of layers), the embeddings with block 0, the final norm
+    and the unembedding with the last block.
+
+    Returns:
+        ``{submodule name: device}``.
+    """
+    from types import SimpleNamespace
+
+    from transformer_lens.utilities.multi_gpu import get_device_for_block_index
+
+    split = SimpleNamespace(device="cuda", n_devices=n_devices, n_layers=cfg.n_layers)
+    plan = {f"blocks.{l}": get_device_for_block_index(l, split) for l in range(cfg.n_layers)}
+    first, last = plan["blocks.0"], plan[f"blocks.{cfg.n_layers - 1}"]
+    plan.update({"embed": first, "hook_embed": first, "pos_embed": first, "hook_pos_embed": first,
+                 "ln_final": last, "unembed": last})
+    return plan
+
+
+_BRIDGE_SPLIT = ("n_devices > 1 spreads a HookedTransformer; for a TransformerBridge, boot it with "
+                 "TransformerBridge.boot_transformers(name, n_devices=N) and pass that model to discover()")
+
+
+def check_cuda_devices(n_devices: int) -> None:
+    """Raises ``ValueError`` (the count seen and the ways out) when torch sees fewer than ``n_devices`` GPUs."""
+    seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if seen < n_devices:
+        raise ValueError(f"n_devices={n_devices} needs {n_devices} CUDA devices, but torch sees {seen}; use "
+                         "n_devices=1 (one device), or a machine with more GPUs and a CUDA build of torch")
+
+
+def spread_over_devices(model, n_devices: int):
+    """Spread a HookedTransformer over ``n_devices`` CUDA devices (:func:`device_plan`); 1 leaves it as it is.
+
+    Discovery then keeps each block's activations and corrupted cache on that block's device; the gates
+    (a few KB a layer) stay on the first device and each hook takes its layer's mask to its block.
+
+    Raises:
+        ValueError: a TransformerBridge, more devices than layers, or fewer CUDA devices than asked.
+    """
+    if n_devices == 1:
+        return model
+    if n_devices < 1 or n_devices > model.cfg.n_layers:
+        raise ValueError(f"n_devices must be between 1 and the model's {model.cfg.n_layers} layers, got {n_devices}")
+    if type(model).__name__ != "HookedTransformer":
+        raise ValueError(_BRIDGE_SPLIT)
+    check_cuda_devices(n_devices)
+    for name, device in device_plan(model.cfg, n_devices).items():
+        if hasattr(model, name.split(".")[0]):
+            model.get_submodule(name).to(device)
+    model.cfg.n_devices, model.cfg.device = n_devices, "cuda:0"
+    return model
+
+
 def load_model(
     name_or_path: str | os.PathLike | None = None,
     *,
@@ -315,6 +372,7 @@ def load_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str = torch.float32,
     cache: bool = True,
+    n_devices: int = 1,
 ) -> Any:
     """Load a model that mgnp-lens can prune.
 
@@ -328,6 +386,8 @@ def load_model(
         device: torch device.
         dtype: parameter dtype (a ``torch.dtype`` or its name, e.g. ``"bfloat16"``).
         cache: reuse/write converted weights of GGUF models in :func:`cache_root`.
+        n_devices: spread the model's layers over this many CUDA devices (:func:`spread_over_devices`;
+            hooked backend); ``device`` is then ignored.
 
     Returns:
         the model, with its tokenizer; ``model.mgnp_load_info`` records the source and cache use.
@@ -338,6 +398,13 @@ def load_model(
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected 'hooked' or 'bridge'")
+    if n_devices != 1:  # checked before the model loads
+        if backend != "hooked":
+            raise ValueError(_BRIDGE_SPLIT)
+        if n_devices < 1:
+            raise ValueError(f"n_devices must be at least 1, got {n_devices}")
+        check_cuda_devices(n_devices)
+        device = "cpu"  # load here, then spread over the GPUs (the whole model may not fit on one)
     dtype = as_dtype(dtype)
     if name_or_path is None or str(name_or_path).lower() in DEFAULT_ALIASES:
         model, info = _load_gguf(default_gguf_path(), backend, device, dtype, cache)
@@ -353,6 +420,7 @@ def load_model(
             model, info = _load_hub(str(name_or_path), backend, device, dtype), {"source": str(name_or_path),
                                                                                  "cache": "hub"}
     setattr(model, LOAD_INFO_ATTR, info)
+    model = spread_over_devices(model, n_devices)
     from .granularity import ModelDims
     from .hooks import check_hook_points
     from .speedups import fast_weight_layout

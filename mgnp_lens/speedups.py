@@ -226,6 +226,8 @@ def use_compile(config, model, device: torch.device) -> bool:
     blocks = len(getattr(model, "blocks", [])) if type(model).__name__ == "HookedTransformer" else 0
     problem = (f"compile=True needs a HookedTransformer with at least two blocks, got {type(model).__name__}"
                if blocks < 2 else None)
+    if problem is None and len({p.device for p in model.parameters()}) > 1:
+        problem = "compile=True needs the model on one device (this one is spread over several)"
     missing = compile_backend_missing(device)
     if config.compile is True:
         if problem or missing:

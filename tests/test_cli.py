@@ -343,3 +343,11 @@ def test_discover_on_the_bridge_backend_records_it_and_resumes_on_it(tiny_gpt2_c
     assert main(["discover", "--resume", str(out), "--steps", "3", "--quiet"]) == 0
     assert main(["evaluate", str(out)]) == 0
     assert main(["discover", "--resume", str(out), "--backend", "hooked"]) == 2  # not with --resume
+
+
+def test_more_devices_than_there_are_is_bad_input_named_before_the_model_loads(tmp_path, capsys):
+    seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    out = tmp_path / "split"
+    assert main(["discover", "--task", "ioi", "--model", str(tmp_path / "no_such_model"), "--n-devices",
+                 str(max(2, seen + 1)), "--out", str(out), "--quiet"]) == 2
+    assert f"but torch sees {seen}" in capsys.readouterr().err and not (out / "config.json").exists()

@@ -16,6 +16,7 @@ def test_the_gpu_check_dry_run_parses_every_command():
     commands = [line for line in proc.stdout.splitlines() if line.startswith("+ ")]
     scripts = [c.split()[2] for c in commands]
     assert scripts == ["benchmarks/end_to_end.py", "benchmarks/hook_overhead.py", "benchmarks/corruption_modes.py",
-                       "benchmarks/paper_memory.py"]
+                       "benchmarks/paper_memory.py", "benchmarks/model_scaling.py", "benchmarks/end_to_end.py"]
+    assert "--n-devices 2" in commands[-1]
     assert all("--device cuda" in c and "--out" in c for c in commands)
     assert "gpu check done" in proc.stdout

@@ -215,3 +215,35 @@ def test_a_family_only_the_bridge_runs_is_refused_with_the_way_out(tmp_path):
     with pytest.raises(mg.ModelLoadError, match=r"cannot convert a GemmaForCausalLM .*backend=\"bridge\""):
         mg.load_model(tmp_path)
     assert type(mg.load_model(tmp_path, backend="bridge")).__name__ == "TransformerBridge"
+
+
+# ----------------------------------------------------------------------------- several devices
+def test_the_device_plan_follows_transformer_lens_s_forward_pass():
+    from types import SimpleNamespace
+
+    from transformer_lens.utilities.multi_gpu import get_device_for_block_index
+
+    cfg = SimpleNamespace(n_layers=30)
+    for n in (2, 3, 8):
+        plan = models.device_plan(cfg, n)
+        split = SimpleNamespace(device="cuda", n_devices=n, n_layers=30)
+        blocks = [plan[f"blocks.{l}"] for l in range(30)]
+        assert blocks == [get_device_for_block_index(l, split) for l in range(30)]  # where forward moves the residual
+        assert sorted({d.index for d in blocks}) == list(range(n)) and blocks == sorted(blocks, key=lambda d: d.index)
+        assert plan["embed"] == blocks[0] and plan["unembed"] == plan["ln_final"] == blocks[-1]
+
+
+def test_several_devices_are_refused_clearly_where_there_are_not_enough(tiny_gpt2_checkpoint):
+    from conftest import micro_model
+
+    path = tiny_gpt2_checkpoint[0]
+    seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    asked = max(2, seen + 1)
+    with pytest.raises(ValueError, match=f"n_devices={asked} needs {asked} CUDA devices, but torch sees {seen}"):
+        mg.load_model(path, n_devices=asked)
+    with pytest.raises(ValueError, match="boot_transformers"):
+        mg.load_model(path, backend="bridge", n_devices=2)
+    model = micro_model("gpt2")
+    assert models.spread_over_devices(model, 1) is model
+    with pytest.raises(ValueError, match="between 1 and the model's 2 layers"):
+        models.spread_over_devices(model, 3)
