@@ -433,13 +433,30 @@ def _write_edges(model, task, result, out: Path, n: int) -> None:
     edges.to_csv(out / EDGES_FILE, index=False)
 
 
+def _write_views(model, task, result, out: Path) -> None:
+    """The kept heads' direct logit attribution, attention patterns and example answers on the evaluation split
+    (``heads.csv``, ``attention.json``, ``examples.csv``; HookedTransformer only, not for a run that stopped)."""
+    from . import views
+    from .report import EXAMPLES_FILE, HEADS_FILE, PATTERNS_FILE
+    from .result import write_json
+
+    if result.interrupted or not hasattr(model, "W_O"):
+        return
+    split, circuit = result.config.eval_split or "train", result.circuit
+    views.head_attribution(model, task, circuit, split=split).to_csv(out / HEADS_FILE, index=False)
+    write_json(out / PATTERNS_FILE, views.attention_patterns(model, task, circuit, split=split), indent=None)
+    views.example_answers(model, task, circuit, split=split).to_csv(out / EXAMPLES_FILE, index=False)
+
+
 def _finish(result, out: Path, model=None, task=None, edge_examples: int = 0) -> int:
-    """Score the circuit's edges, build the report, print the tables and where the outputs are; the exit code."""
+    """Score the circuit's edges and heads, build the report, print the tables and where the outputs are; the
+    exit code."""
     from .report import RUN_FILES, build_report
 
     try:
         if model is not None:
             _write_edges(model, task, result, out, edge_examples)
+            _write_views(model, task, result, out)
         report = build_report(out)
     except KeyboardInterrupt:
         print(f"mgnp: interrupted while building the report; the run's files are complete "

@@ -348,6 +348,28 @@ def circuit_graph(circuit: Circuit, edges: pd.DataFrame | None = None, top: int 
                                            "(blue: helps the metric, vermillion: hurts it)")
 
 
+def attention_patterns(views: dict, title: str | None = None) -> go.Figure:
+    """Kept heads' attention patterns (from :func:`mgnp_lens.views.attention_patterns`): one heatmap, query
+    tokens down, key tokens across, and a menu to pick the head and prompt."""
+    prompts, heads = views["prompts"], views["heads"]
+    if not heads:
+        raise ValueError("no kept head has an attention pattern to show")
+    fig, buttons = go.Figure(), []
+    choices = [(name, i) for name in heads for i in range(len(prompts))]
+    for k, (name, i) in enumerate(choices):
+        labels = [f"{j}: {t}" for j, t in enumerate(prompts[i])]
+        fig.add_trace(go.Heatmap(z=heads[name][i], x=labels, y=labels, zmin=0, zmax=1, colorscale=SEQUENTIAL,
+                                 visible=k == 0, colorbar={"title": "attention"},
+                                 hovertemplate="query %{y}<br>key %{x}<br>%{z:.3f}<extra></extra>"))
+        buttons.append({"label": f"{name} · prompt {i + 1}", "method": "update",
+                        "args": [{"visible": [j == k for j in range(len(choices))]}]})
+    fig.update_layout(title=title or "Attention of the kept heads (full model, clean prompt; pick head and prompt)",
+                      template="plotly_white", yaxis={"autorange": "reversed", "title": "query"},
+                      xaxis={"title": "key", "tickangle": -45}, height=600,
+                      updatemenus=[{"buttons": buttons, "x": 1.0, "y": 1.12, "xanchor": "right"}])
+    return fig
+
+
 def _strongest(edges: pd.DataFrame, top: int, keep: set | None = None) -> pd.DataFrame:
     """The ``top`` edges by |score| (only between ``keep`` nodes, if given)."""
     for col in ("src", "dst", "score"):

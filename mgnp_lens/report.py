@@ -23,8 +23,10 @@ from .circuit import Circuit
 REQUIRED = ("circuit.json",)
 #: the circuit's edge scores (:func:`mgnp_lens.interactions.interactions`), written by ``mgnp discover``
 EDGES_FILE = "edges.csv"
+#: the kept heads' direct logit attribution, attention patterns and example answers (:mod:`mgnp_lens.views`)
+HEADS_FILE, PATTERNS_FILE, EXAMPLES_FILE = "heads.csv", "attention.json", "examples.csv"
 RUN_FILES = ("circuit.json", "per_layer.csv", "summary.csv", "evaluation.json", "history.csv", "config.json",
-             EDGES_FILE, "gates.pt", "state.pt", "report.html")
+             EDGES_FILE, HEADS_FILE, PATTERNS_FILE, EXAMPLES_FILE, "gates.pt", "state.pt", "report.html")
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1200px;
@@ -95,7 +97,8 @@ def load_run(directory: str | Path) -> dict:
                          f"records the run's model as {dims}")
     return {"circuit": circuit, "history": _read_csv(d / "history.csv"),
             "evaluation": _read_json(d / "evaluation.json") or {}, "config": config, "dir": d,
-            "edges": _read_csv(d / EDGES_FILE)}
+            "edges": _read_csv(d / EDGES_FILE), "heads": _read_csv(d / HEADS_FILE),
+            "patterns": _read_json(d / PATTERNS_FILE), "examples": _read_csv(d / EXAMPLES_FILE)}
 
 
 def _table(frame: pd.DataFrame, float_format: str = "{:,.4g}") -> str:
@@ -209,8 +212,9 @@ document.querySelectorAll("table.sortable th").forEach((th, col) => th.addEventL
 </script>"""
 
 
-def _kept_heads(circuit: Circuit) -> list[str]:
-    """The kept heads by name with the attention neurons each keeps, as a table sortable by any column."""
+def _kept_heads(circuit: Circuit, attribution: pd.DataFrame | None = None) -> list[str]:
+    """The kept heads by name with the attention neurons each keeps (and, from heads.csv, its direct logit
+    attribution), as a table sortable by any column."""
     heads = circuit.active_heads()
     if not heads:
         return ["<h2>Kept attention heads</h2>", "<p>The circuit keeps no attention head.</p>"]
@@ -218,8 +222,25 @@ def _kept_heads(circuit: Circuit) -> list[str]:
     frame = pd.DataFrame([{"head": f"L{l} H{h}", "layer": l, "index": h, "attention neurons kept": int(neurons[l, h]),
                            "of": circuit.dims.d_head, "MLP of its layer kept": "yes" if l in circuit.active_mlps()
                            else "no"} for l, h in heads])
-    table = frame.to_html(index=False, border=0, classes="tbl sortable", escape=True)
-    return [f"<h2>Kept attention heads ({len(heads)})</h2>", "<p>Click a column to sort.</p>", table, _SORT_JS]
+    note = "<p>Click a column to sort.</p>"
+    if attribution is not None and "dla" in attribution:
+        frame = frame.merge(attribution[["head", "dla"]].rename(columns={"dla": "direct logit attribution"}),
+                            on="head", how="left")
+        note = ("<p>Click a column to sort. <i>Direct logit attribution</i>: what the head's output, read straight "
+                "through the final norm and the unembedding, adds to correct − incorrect at the answer (full "
+                "model, clean prompts, mean over the evaluation pairs).</p>")
+    table = frame.to_html(index=False, border=0, classes="tbl sortable", escape=True,
+                          float_format=lambda x: f"{x:+.3f}")
+    return [f"<h2>Kept attention heads ({len(heads)})</h2>", note, table, _SORT_JS]
+
+
+def _examples(examples: pd.DataFrame | None) -> list[str]:
+    """Example prompts with the full model's and the circuit's answers (examples.csv), if the run has them."""
+    if examples is None:
+        return []
+    return ["<h2>Example prompts: the full model's and the circuit's answers</h2>",
+            "<p>The top token at the answer position and the task metric, for the first evaluation pairs.</p>",
+            _table(examples, "{:,.3f}")]
 
 
 def _figures(run: dict, ref) -> list[str]:
@@ -231,6 +252,8 @@ def _figures(run: dict, ref) -> list[str]:
                ("Retained fraction per layer (Appendix D as a picture)", plot.layer_heatmap(circuit)),
                ("Attention heads", plot.head_grid(circuit, reference=ref)),
                ("Surviving MLP neurons", plot.neuron_strips(circuit))]
+    if run.get("patterns") and run["patterns"].get("heads"):
+        figures.append(("Attention patterns of the kept heads", plot.attention_patterns(run["patterns"])))
     if run["history"] is not None and len(run["history"]):
         figures.append(("Training curves", plot.training_curves(run["history"])))
     parts = []
@@ -263,7 +286,8 @@ def build_report(directory: str | Path, out: str | Path | None = None, reference
     if reference is None and gpt2_shaped and task in ("ioi", "gt"):
         reference = task
     ref = get_reference(reference) if reference else None
-    parts = [*_header(run, task), *_tables(run, task, ref), *_kept_heads(circuit), *_figures(run, ref),
+    parts = [*_header(run, task), *_tables(run, task, ref), *_kept_heads(circuit, run.get("heads")),
+             *_examples(run.get("examples")), *_figures(run, ref),
              "<h2>Per-layer table (Appendix D)</h2>", _table(circuit.per_layer()),
              "<h2>Run configuration</h2>", f"<pre>{html.escape(json.dumps(run['config'], indent=2, default=str))}</pre>"]
     return _write_page(Path(out) if out else run["dir"] / "report.html", f"mgnp-lens report: {task or 'custom'}",

@@ -106,11 +106,12 @@ def run_meta(model, task) -> dict:
             "versions": {"mgnp_lens": __version__, **library_versions(), "python": platform.python_version()}}
 
 
-def write_json(path: Path, payload) -> None:
-    """``payload`` as indented JSON at ``path``, written to a temporary file and renamed (never half a file)."""
+def write_json(path: Path, payload, indent: int | None = 2) -> None:
+    """``payload`` as JSON at ``path`` (indented unless ``indent=None``), written to a temporary file and renamed
+    (never half a file)."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(json.dumps(payload, indent=2, default=str))
+        tmp.write_text(json.dumps(payload, indent=indent, default=str))
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)

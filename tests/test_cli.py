@@ -59,6 +59,17 @@ def test_discover_scores_the_circuits_edges_and_the_report_draws_the_graph(cli_r
     assert list(edges.columns[:2]) == ["src", "dst"] and len(edges) > 0 and edges.score.notna().all()
     assert set(edges.src) | set(edges.dst) <= nodes and "logits" in set(edges.dst)
     page = (out / "report.html").read_text()
+    heads = pd.read_csv(out / "heads.csv")
+    assert set(heads["head"]) == {f"L{l} H{h}" for l, h in circuit.active_heads()} and heads.dla.notna().all()
+    patterns = json.loads((out / "attention.json").read_text())
+    assert set(patterns["heads"]) == set(heads["head"]) and len(patterns["prompts"]) == 3
+    examples = pd.read_csv(out / "examples.csv")
+    assert len(examples) == 8 and examples.clean.str.len().gt(0).all()
+    for name in ("Direct logit attribution", "Example prompts", "The circuit as a graph"):
+        assert name.lower() in page.lower(), name
+    if len(heads):
+        assert "Attention patterns of the kept heads" in page
+        assert f"{heads['head'][0]} \\u00b7 prompt 1" in page or f"{heads['head'][0]} · prompt 1" in page
     assert "The circuit as a graph" in page and f"{len(nodes) - (0 if circuit.count('embedding') else 1) - 1} kept nodes" in page
 
 

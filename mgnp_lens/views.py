@@ -1,0 +1,137 @@
+"""What a circuit's heads do, in numbers a person can read: direct logit attribution, attention patterns and
+example answers of the full model and of the circuit.
+
+    heads = head_attribution(model, task, circuit)        # one row per kept head: neurons kept, DLA
+    patterns = attention_patterns(model, task, circuit)   # each kept head's attention on a few prompts
+    examples = example_answers(model, task, circuit)      # prompts with the full model's and the circuit's answers
+
+All three read the *full* model's clean run (what the heads do in the model the circuit explains), except the
+circuit's answers in :func:`example_answers`. HookedTransformer only.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from .circuit import Circuit
+from .hooks import at_positions
+
+
+def _check(model, circuit: Circuit) -> None:
+    from .granularity import ModelDims
+
+    if not hasattr(model, "W_O") or not hasattr(model, "run_with_cache"):
+        raise ValueError(f"head views need a HookedTransformer, got {type(model).__name__}")
+    if ModelDims.from_model(model) != circuit.dims:
+        raise ValueError(f"the circuit is for {circuit.dims}, the model is {ModelDims.from_model(model)}")
+
+
+def _first_answer(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[B] answer positions, correct and incorrect ids (the first of several answer positions)."""
+    pick = (lambda t: t) if batch.answer_pos.dim() == 1 else (lambda t: t[:, 0])
+    return pick(batch.answer_pos), pick(batch.correct), pick(batch.incorrect)
+
+
+def _through_final_norm(model, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x`` [B, d_model] as the final norm passes it to the unembedding, with the clean run's ``scale`` [B, 1]
+    held fixed (so that the readout is linear in ``x``: direct logit attribution)."""
+    norm = model.cfg.normalization_type
+    if norm in ("LN", "LNPre"):
+        x = x - x.mean(-1, keepdim=True)
+    if norm is not None:
+        x = x / scale
+    weight = getattr(model.ln_final, "w", None)
+    return x * weight if weight is not None else x
+
+
+@torch.no_grad()
+def head_attribution(model, task, circuit: Circuit, split: str = "test", max_examples: int = 32,
+                     batch_size: int = 8) -> pd.DataFrame:
+    """Each kept head's direct logit attribution: what its output, read straight through the final norm
+    (its scale held at the clean run's) and the unembedding, adds to correct − incorrect at the answer position,
+    mean over the first ``max_examples`` pairs of ``split``.
+
+    Returns:
+        One row per kept head, strongest |DLA| first: ``head`` (``L3 H2``), ``layer``, ``index``,
+        ``attention_neurons`` kept, ``of`` (d_head), ``dla``.
+    """
+    _check(model, circuit)
+    heads = circuit.active_heads()
+    total, n = torch.zeros(len(heads), dtype=torch.float64), 0
+    device = next(model.parameters()).device
+    for batch in task.split(split).head(max_examples).batches(batch_size):
+        batch = batch.to(device)
+        pos, correct, incorrect = _first_answer(batch)
+        names = {f"blocks.{l}.attn.hook_z" for l, _ in heads} | {"ln_final.hook_scale"}
+        _, cache = model.run_with_cache(batch.clean, names_filter=lambda name: name in names)
+        scale = at_positions(cache["ln_final.hook_scale"], pos) if "ln_final.hook_scale" in cache else None
+        direction = (model.W_U[:, correct] - model.W_U[:, incorrect]).T  # [B, d_model]
+        for i, (l, h) in enumerate(heads):
+            out = at_positions(cache[f"blocks.{l}.attn.hook_z"][:, :, h], pos) @ model.blocks[l].attn.W_O[h]
+            total[i] += (_through_final_norm(model, out, scale) * direction).sum().double().item()
+        n += len(batch)
+    neurons = circuit.masks["attn_neuron"].sum(-1)
+    rows = [{"head": f"L{l} H{h}", "layer": l, "index": h, "attention_neurons": int(neurons[l, h]),
+             "of": circuit.dims.d_head, "dla": float(total[i] / max(n, 1))} for i, (l, h) in enumerate(heads)]
+    frame = pd.DataFrame(rows, columns=["head", "layer", "index", "attention_neurons", "of", "dla"])
+    return frame.reindex(frame["dla"].abs().sort_values(ascending=False).index).reset_index(drop=True)
+
+
+def _str_tokens(model, tokens: torch.Tensor) -> list[str]:
+    if getattr(model, "tokenizer", None) is None:
+        return [str(int(t)) for t in tokens]
+    return model.to_str_tokens(tokens)
+
+
+@torch.no_grad()
+def attention_patterns(model, task, circuit: Circuit, split: str = "test", n_prompts: int = 3) -> dict:
+    """Each kept head's attention pattern on the first ``n_prompts`` clean prompts of ``split``, up to and
+    including the answer position.
+
+    Returns:
+        ``{"prompts": [[token strings] per prompt], "heads": {"L3 H2": [[[query][key] weights] per prompt]}}``.
+    """
+    _check(model, circuit)
+    heads = circuit.active_heads()
+    names = {f"blocks.{l}.attn.hook_pattern" for l, _ in heads}
+    prompts, patterns = [], {f"L{l} H{h}": [] for l, h in heads}
+    for batch in task.split(split).head(n_prompts).batches(n_prompts):  # a batch per prompt length
+        batch = batch.to(next(model.parameters()).device)
+        _, cache = model.run_with_cache(batch.clean, names_filter=lambda name: name in names)
+        for i, p in enumerate(_first_answer(batch)[0].tolist()):
+            prompts.append(_str_tokens(model, batch.clean[i, :p + 1]))
+            for l, h in heads:
+                pattern = cache[f"blocks.{l}.attn.hook_pattern"][i, h, :p + 1, :p + 1]
+                patterns[f"L{l} H{h}"].append(pattern.float().round(decimals=4).tolist())
+    return {"prompts": prompts, "heads": patterns}
+
+
+@torch.no_grad()
+def example_answers(model, task, circuit: Circuit, split: str = "test", n: int = 8) -> pd.DataFrame:
+    """The first ``n`` pairs of ``split``: prompts, answers, and the full model's and the circuit's top token and
+    task metric at the answer position.
+
+    Returns:
+        Columns ``clean, corrupted, correct, incorrect, full_top, circuit_top, full_metric, circuit_metric``.
+    """
+    _check(model, circuit)
+    rows = []
+    for batch in task.split(split).head(n).batches(n):  # a batch per prompt length
+        rows += _answer_rows(model, task, circuit, batch.to(next(model.parameters()).device))
+    return pd.DataFrame(rows, columns=["clean", "corrupted", "correct", "incorrect", "full_top", "circuit_top",
+                                       "full_metric", "circuit_metric"])
+
+
+def _answer_rows(model, task, circuit: Circuit, batch) -> list[dict]:
+    pos, correct, incorrect = _first_answer(batch)
+    full = at_positions(model(batch.clean, return_type="logits"), batch.answer_pos)
+    pruned = at_positions(circuit.run(model, batch.clean, batch.corrupted), batch.answer_pos)
+    full_metric, circuit_metric = task.metric(full, batch), task.metric(pruned, batch)
+    text = (lambda ids: "".join(_str_tokens(model, ids)))
+    first = (lambda logits: logits if logits.dim() == 2 else logits[:, 0])
+    return [{"clean": text(batch.clean[i, :int(pos[i]) + 1]), "corrupted": text(batch.corrupted[i, :int(pos[i]) + 1]),
+             "correct": text(correct[i:i + 1]), "incorrect": text(incorrect[i:i + 1]),
+             "full_top": text(first(full)[i].argmax()[None]), "circuit_top": text(first(pruned)[i].argmax()[None]),
+             "full_metric": float(full_metric[i]), "circuit_metric": float(circuit_metric[i])}
+            for i in range(len(batch))]
