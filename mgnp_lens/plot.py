@@ -414,7 +414,7 @@ def _graph(names: list[str], e: pd.DataFrame, hover: dict[str, str], title: str)
                            arrowhead=2, arrowsize=1.2, arrowwidth=1, arrowcolor=color, text="", standoff=7)
     kinds = {"embed": 2, "logits": 2}
     fig.add_trace(go.Scatter(x=[pos[n][0] for n in names], y=[pos[n][1] for n in names], mode="markers+text",
-                             text=names, textposition="top center", name="circuit node",
+                             text=names, textposition="top center", name="circuit node", showlegend=False,
                              customdata=[hover[n] for n in names],
                              marker={"size": 11, "color": [OKABE_ITO[kinds.get(n, 3 if n.endswith("MLP") else 1)]
                                                            for n in names],

@@ -124,12 +124,21 @@ def _task_name(run: dict) -> str | None:
     return task.get("name") if isinstance(task, dict) else None
 
 
+def _model_label(model) -> str:
+    """How the header names the model: the embedded default by name, a file by its name, else its source."""
+    source = str(model.get("source", "unknown") if isinstance(model, dict) else model)
+    from .models import SMOLLM2_PACKAGE
+
+    if source.endswith(".gguf") and SMOLLM2_PACKAGE in source:
+        return "SmolLM2-135M-Instruct (embedded)"
+    return Path(source).name if source.startswith("/") else source
+
+
 def _header(run: dict, task: str | None) -> list[str]:
     """The title, the run line, the interrupted warning and the headline cards."""
     circuit: Circuit = run["circuit"]
     dims, ev = circuit.dims, run["evaluation"]
-    model = run["config"].get("model") or {}
-    model_name = model.get("source") if isinstance(model, dict) else str(model)
+    model_name = _model_label(run["config"].get("model") or {})
     counts = circuit.counts()
     cards = [("attention heads kept", f"{counts['attn_head']}/{dims.count('attn_head')}"),
              ("attention neurons kept", f"{counts['attn_neuron']:,}/{dims.count('attn_neuron'):,}"),

