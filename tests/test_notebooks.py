@@ -23,8 +23,11 @@ def test_notebook_executes(path, tmp_path, default_model_loads, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
-    assert not errors
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    figures = [o for o in outputs if "application/vnd.plotly.v1+json" in o.get("data", {})]
+    assert figures and all("text/html" in o["data"] for o in figures)  # what nbconvert and the docs site show
+    assert not any("IProgress not found" in o.get("text", "") for o in outputs)
     assert os.environ["MGNP_LENS_CACHE"]  # the kernel used the session cache, not the user's
     if path.stem == "quickstart":
         assert (tmp_path / "runs" / "quickstart" / "report.html").exists()
