@@ -81,6 +81,16 @@ def write(name: str, payload: dict, out: str | None = None, tag: str | None = No
 PAPER_MEMORY_MB = {"paper_mgnp_two_model_copies": 6270, "edge_pruning": 33354, "eap": 72794}
 
 
+def log_fit(xs, ys) -> tuple[float, float]:
+    """Least-squares fit of log(y) = slope · log(x) + intercept: ``(slope, intercept)``, the growth exponent."""
+    import math
+
+    lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    slope = sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
+    return slope, my - slope * mx
+
+
 def add_device_arg(parser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/NAME.json)")
@@ -103,7 +113,7 @@ def shaped_model(kind: str = "gpt2-small", device: str = "cpu", **overrides):
         raise ValueError(f"unknown shape {kind!r}")
     base.update(overrides)
     if kind == "llama":
-        base["n_key_value_heads"] = max(1, base["n_heads"] // 3)
+        base["n_key_value_heads"] = overrides.get("n_key_value_heads", max(1, base["n_heads"] // 3))
         base["rotary_dim"] = base["d_head"]
     base["device"] = device
     torch.manual_seed(0)

@@ -12,12 +12,11 @@ layer sweep. The growth exponent is the least-squares slope of log(time) on log(
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_device_arg, child_main, in_subprocess, print_table, write  # noqa: E402
+from _common import add_device_arg, child_main, in_subprocess, log_fit, print_table, write  # noqa: E402
 
 BASE_SHAPE = {"n_layers": 4, "d_model": 256, "d_head": 64, "n_heads": 4, "d_mlp": 1024, "d_vocab": 8192}
 BASE = {"batch": 16, "seq": 32}
@@ -26,9 +25,7 @@ SWEEPS = {"n_layers": [2, 4, 8, 16], "d_model": [128, 256, 512, 1024], "batch": 
 
 
 def slope(xs, ys) -> float:
-    lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
-    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
-    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
+    return log_fit(xs, ys)[0]
 
 
 def point(kind: str, var: str, value: int, device: str) -> dict:
