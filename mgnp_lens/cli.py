@@ -29,6 +29,8 @@ EXIT_INTERRUPTED = 130
 DEFAULT_OUT = "runs/latest"
 #: pairs of the evaluation split whose edge scores (mgnp_lens.interactions) go into DIR/edges.csv
 EDGE_EXAMPLES = 32
+#: ``mgnp compare --reference patching``: the reference computed from the run's own model by activation patching
+PATCHING = "patching"
 DEFAULT_N_TEST = 1024
 
 
@@ -188,10 +190,17 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="compare a saved circuit with another run's or a published reference",
                        description="Compare DIR's circuit with OTHER's (two runs, seeds or λ of one model: kept nodes, "
                                    "Jaccard per granularity, the heads and MLPs only one keeps) or with --reference "
-                                   "(a published GPT-2 small circuit); writes DIR/compare_<other>.csv.")
+                                   "(a published circuit, or activation patching of the run's own model: AUC and "
+                                   "precision at k of the kept heads and MLPs); writes DIR/compare_<other>.csv.")
     c.add_argument("dir", help="a run directory")
     c.add_argument("other", nargs="?", default=None, help="another run directory")
-    c.add_argument("--reference", default=None, choices=REFERENCE_NAMES, help="a published GPT-2 small circuit")
+    c.add_argument("--reference", default=None, choices=(*REFERENCE_NAMES, PATCHING),
+                   help="a published circuit (GPT-2 small's or tracr's), or patching: rank the circuit's heads and "
+                        "MLPs against TransformerLens's own activation patching of the run's model and task (any "
+                        "model; about 5 minutes per 32 pairs for the default model on 2 CPU cores)")
+    c.add_argument("--max-examples", type=_positive_int, default=32,
+                   help="with --reference patching: patch on the first N evaluation pairs (default 32)")
+    c.add_argument("--device", default="auto", help="with --reference patching: torch device (default auto)")
 
     x = sub.add_parser("export", help="write a saved circuit in another tool's format",
                        description="Write DIR's circuit as a unit table (nodes-csv), EAP-IG graph JSON, GraphML, DOT, "
@@ -532,6 +541,8 @@ def cmd_compare(args) -> int:
     circuit = load_run(args.dir)["circuit"]
     if args.other is not None:
         table, label = compare_circuits(circuit, load_run(args.other)["circuit"]), Path(args.other).name
+    elif args.reference == PATCHING:
+        table, label = _against_patching(args), PATCHING
     else:
         table, label = compare(circuit, args.reference), args.reference
     path = Path(args.dir) / f"compare_{label}.csv"
@@ -539,6 +550,21 @@ def cmd_compare(args) -> int:
     print(table.to_string(index=False))
     print(f"wrote {path}")
     return 0
+
+
+def _against_patching(args):
+    """The run's circuit ranked against activation patching of its own model and task (``reference.patching_effects``
+    on the evaluation split); the effects go to DIR/patching_effects.csv."""
+    from .reference import patching_effects, rank_against_patching
+
+    info = _run_cli_info(Path(args.dir))
+    run, cli = info["run"], info["cli"]
+    model = _load_model(cli.get("model"), args.device, cli.get("backend"))
+    task = _build_task(model, cli)
+    split = run["config"].get("config", {}).get("eval_split") or "test"
+    effects = patching_effects(model, task, split=split, max_examples=args.max_examples)
+    effects.to_csv(Path(args.dir) / "patching_effects.csv", index=False)
+    return rank_against_patching(run["circuit"], effects)
 
 
 EXTENSIONS = {"eap-ig": "eap-ig.json", "graphml": "graphml", "dot": "dot", "tl-hooks": "tl-hooks.json",

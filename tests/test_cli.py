@@ -384,3 +384,14 @@ def test_every_option_of_every_command_has_help_text():
             missing += [f"{name} {a.option_strings or a.dest}" for a in sub._actions
                         if not a.help and not isinstance(a, argparse._HelpAction)]
     assert not missing
+
+
+def test_compare_against_activation_patching_of_the_runs_own_model(cli_run):
+    _, out, _ = cli_run
+    assert main(["compare", str(out), "--reference", "patching", "--max-examples", "4", "--device", "cpu"]) == 0
+    table = pd.read_csv(out / "compare_patching.csv")
+    effects = pd.read_csv(out / "patching_effects.csv")
+    circuit = mg.Circuit.load(out / "circuit.json")
+    assert sorted(table["kind"]) == ["head", "mlp"] and table.auc.dropna().between(0, 1).all()
+    assert table.set_index("kind").loc["head", "kept"] == len(circuit.active_heads())
+    assert len(effects) == circuit.dims.n_layers * (circuit.dims.n_heads + 1)
