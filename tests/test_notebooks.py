@@ -33,3 +33,15 @@ def test_notebook_executes(path, tmp_path, default_model_loads, monkeypatch):
         assert (tmp_path / "runs" / "quickstart" / "report.html").exists()
     if path.stem == "custom_task":
         assert (tmp_path / "runs" / "capitals" / "circuit.json").exists()
+
+
+def test_the_committed_executed_quickstart_shows_a_real_circuit():
+    nb = nbformat.read(NOTEBOOKS[0].parent / "executed" / "quickstart.ipynb", as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert outputs and not [o for o in outputs if o.output_type == "error"]
+    figures = [o for o in outputs if "application/vnd.plotly.v1+json" in o.get("data", {})]
+    assert len(figures) >= 6 and all("text/html" in o["data"] for o in figures)
+    summary = next(c for c in nb.cells if c.cell_type == "code" and c.source.strip() == "result.circuit.summary()")
+    heads = next(line for line in summary.outputs[0]["data"]["text/plain"].splitlines() if "attn_head" in line)
+    kept, total = map(int, heads.split()[2:4])
+    assert 0 < kept < total / 4  # pruned, not the fast setting's nearly full circuit
