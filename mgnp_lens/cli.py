@@ -158,7 +158,7 @@ def _add_discover(sub, tasks) -> None:
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.add_argument("--edge-examples", type=_non_negative_int, default=EDGE_EXAMPLES, metavar="N",
                    help=f"score the circuit's edges on N evaluation pairs for the report's graph (edges.csv; "
-                        f"default {EDGE_EXAMPLES}, about a minute on the default model's CPU run; 0 skips it)")
+                        f"default {EDGE_EXAMPLES}: 2-3 minutes for the default model on 2 CPU cores; 0 skips it)")
 
 
 def build_parser() -> argparse.ArgumentParser:

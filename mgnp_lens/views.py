@@ -60,10 +60,10 @@ def head_attribution(model, task, circuit: Circuit, split: str = "test", max_exa
     heads = circuit.active_heads()
     total, n = torch.zeros(len(heads), dtype=torch.float64), 0
     device = next(model.parameters()).device
+    names = {f"blocks.{l}.attn.hook_z" for l, _ in heads} | {"ln_final.hook_scale"}
     for batch in task.split(split).head(max_examples).batches(batch_size):
         batch = batch.to(device)
         pos, correct, incorrect = _first_answer(batch)
-        names = {f"blocks.{l}.attn.hook_z" for l, _ in heads} | {"ln_final.hook_scale"}
         _, cache = model.run_with_cache(batch.clean, names_filter=lambda name: name in names)
         scale = at_positions(cache["ln_final.hook_scale"], pos) if "ln_final.hook_scale" in cache else None
         direction = (model.W_U[:, correct] - model.W_U[:, incorrect]).T  # [B, d_model]
