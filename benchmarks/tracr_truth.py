@@ -37,9 +37,10 @@ def main() -> None:
         truth = TRACR_TRUTH[f"tracr-{name}"]
         for ablation in ("corrupted", "zero", "mean"):
             at_stake = mg.evaluate(model, task, mg.Circuit.empty(model), "validation", ablation=ablation).objective
-            for setting, fraction in (("paper λ", None), ("target 10%", 0.1), ("target 2%", 0.02)):
+            for setting, fraction in (("defaults", "auto"), ("paper λ", None), ("target 10%", 0.1), ("target 2%", 0.02)):
                 for seed in args.seeds:
-                    kw = {} if fraction is None else {"target_kl": fraction * at_stake}
+                    kw = {} if fraction == "auto" else {"auto_target_fraction": None} if fraction is None else \
+                        {"target_kl": fraction * at_stake}
                     t0 = time.perf_counter()
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")

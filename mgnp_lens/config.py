@@ -58,6 +58,10 @@ class PruningConfig:
             not changed for 3 checks and meets the target; the end reports met or not met (None: off).
         target_sparsity: ``{granularity: fraction of its nodes to prune}``, each λ_g scaled to reach it
             (None: off; not together with ``target_kl``).
+        auto_target_fraction: where fixed λ can only prune everything (keeping one head would cost more than
+            the whole loss at stake, the empty circuit's loss on the validation pairs, as on tracr's toy
+            models), ask instead for ``target_kl`` = this fraction of the loss at stake, and warn that it did
+            (0.1; None: keep λ). Never applies with ``target_kl`` or ``target_sparsity`` set.
         target_rate: how fast the targets move the λ: the largest change of log-multiplier per step (0.05).
         lambda_warmup_steps: λ ramps linearly from 0 to full over this many steps (0: none).
         noise_warmup_steps: the Hard-Concrete noise of ``noise_warmup_granularities`` ramps linearly from 0
@@ -123,6 +127,7 @@ class PruningConfig:
     lambda_warmup_steps: int = 0
     target_kl: float | None = None
     target_sparsity: dict[str, float] | None = None
+    auto_target_fraction: float | None = 0.1
     target_rate: float = 0.05
     noise_warmup_steps: int | str = "auto"
     noise_warmup_granularities: tuple[str, ...] | None = ATTENTION_GRANULARITIES
@@ -351,6 +356,7 @@ FIELD_RULES: dict[str, Rule] = {
     "target_kl": _optional(_number(0, low_open=True)),
     "target_sparsity": _optional(_granularity_map(_number(0, 1, high_open=True))),
     "target_rate": _number(0, low_open=True),
+    "auto_target_fraction": _optional(_number(0, 1, low_open=True, high_open=True)),
     "noise_warmup_steps": _either(_integer(0), _choice(("auto",)), "an integer >= 0 or 'auto'"),
     "noise_warmup_granularities": _optional(_granularities(allow_empty=True)),
     "l0_penalty": _choice(L0_PENALTIES, "l0_penalty"), "corruption": _choice(CORRUPTION_MODES, "corruption mode"),

@@ -34,6 +34,9 @@ from .result import DiscoveryError, DiscoveryResult, run_meta, write_run
 from .speedups import TrainingSpeedups
 from .tasks.pairs import PairSet
 
+#: Validation pairs on which ``auto_target_fraction`` measures the loss at stake (one batch: a second or two).
+AUTO_TARGET_PAIRS = 32
+
 
 def discover(model, task, config: PruningConfig | None = None, *, resume_from=None,
              **overrides) -> DiscoveryResult:
@@ -160,6 +163,7 @@ class _Run:
             config = PruningConfig.from_dict({**config.to_dict(), **overrides})
         dims = ModelDims.from_model(model)
         check_hook_points(model, dims)
+        config, auto_target = _auto_target(model, task, dims, config)
         train = task.split("train")
         if config.batch_size > len(train):
             largest = max(len(b) for b in train.buckets)
@@ -180,6 +184,8 @@ class _Run:
         fast = TrainingSpeedups(model, config)
         streaming = _streams(model, dims, train, config)
         meta = {**run_meta(model, task), **fast.describe(), "precompute": "per_batch" if streaming else "all"}
+        if auto_target:
+            meta["auto_target"] = auto_target
         run = cls(model, task, config, dims, train, validation, gates, optimizer, generators, lambdas, fast,
                   streaming, meta, identity)
         if state is not None:
@@ -500,6 +506,32 @@ def _target_outcome(run: _Run, circuit: Circuit) -> dict | None:
         warnings.warn(f"target_sparsity was not met: the returned circuit prunes {reached}; train longer "
                       "(--steps) or raise target_rate", stacklevel=4)
     return outcome
+
+
+def _auto_target(model, task, dims: ModelDims, config: PruningConfig) -> tuple[PruningConfig, dict | None]:
+    """``config`` with ``target_kl`` set to ``auto_target_fraction`` of the loss at stake where fixed λ can only
+    prune everything: keeping one head costs more than the empty circuit's loss on the validation pairs. Also
+    returns what was measured (None when λ stays)."""
+    fraction = config.auto_target_fraction
+    if fraction is None or config.target_kl is not None or config.target_sparsity or \
+            "attn_head" not in config.granularities:
+        return config, None
+    one_head = config.lambdas.get("attn_head", 0) * config.lambda_scale / dims.count("attn_head")
+    n = min(len(task.split("validation")), config.validate_max_examples, AUTO_TARGET_PAIRS)
+    if one_head == 0 or n < targets.MIN_VALIDATION_PAIRS:
+        return config, None
+    with torch.no_grad():
+        at_stake = evaluate(model, task, Circuit.empty(dims), "validation", batch_size=config.eval_batch_size,
+                            max_examples=n, ablation=config.ablation).objective
+    if not one_head > at_stake > 0:
+        return config, None
+    target = fraction * at_stake
+    warnings.warn(f"at these λ keeping one head costs {one_head:.3g} in the loss, more than the whole loss at stake "
+                  f"({at_stake:.3g}, the empty circuit's on {n} validation pairs), so fixed λ would prune everything; "
+                  f"asking for target_kl={target:.3g} ({fraction:g} of the loss at stake) instead "
+                  "(auto_target_fraction=None keeps λ)", stacklevel=4)
+    config = PruningConfig.from_dict({**config.to_dict(), "target_kl": target})
+    return config, {"loss_at_stake": at_stake, "one_head_cost": one_head, "fraction": fraction, "target_kl": target}
 
 
 def _warn_if_empty(run: _Run, result: DiscoveryResult) -> None:

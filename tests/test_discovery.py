@@ -311,3 +311,21 @@ def test_a_fixed_seed_micro_run_gives_the_recorded_circuit():
     np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-4, atol=1e-6)
     assert got["train_kl"] == pytest.approx(want["train_kl"], rel=1e-4)
     assert got["test_kl"] == pytest.approx(want["test_kl"], rel=1e-4)
+
+
+def test_auto_target_only_where_fixed_lambda_would_prune_everything(gpt2_micro):
+    """8 heads at 100x the paper's λ: keeping one costs 100 λ_head / 8 = 37.5, above this random model's loss at
+    stake, so the run asks for 10% of that loss instead; at the paper's λ, or with the fallback off, λ stays."""
+    clean, corrupted = random_pairs(gpt2_micro, n=60)
+    task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0],
+                                      split_fractions={"train": 0.5, "validation": 0.5})
+    kw = dict(steps=2, batch_size=4, progress=False, eval_split=None)
+    with pytest.warns(UserWarning, match=r"keeping one head costs 37\.5 .* asking for target_kl="):
+        r = mg.discover(gpt2_micro, task, lambda_scale=100, **kw)
+    auto = r.meta["auto_target"]
+    assert auto["one_head_cost"] == pytest.approx(37.5) and auto["one_head_cost"] > auto["loss_at_stake"] > 0
+    assert r.config.target_kl == pytest.approx(0.1 * auto["loss_at_stake"]) and r.target["target_kl"] == r.config.target_kl
+    for off in (dict(lambda_scale=1), dict(lambda_scale=100, auto_target_fraction=None),
+                dict(lambda_scale=100, target_sparsity={"attn_head": 0.5})):
+        r = mg.discover(gpt2_micro, task, **kw, **off)
+        assert "auto_target" not in r.meta and r.config.target_kl is None

@@ -41,11 +41,18 @@ def test_all_ones_is_the_clean_run_and_all_zeros_the_corrupted_run(compiled):
     assert empty.objective > 0.05 and empty.circuit_metric == empty.empty_metric
 
 
-def test_discovery_recovers_the_known_circuit_exactly(compiled):
-    """With a faithfulness target (10% of the loss at stake), not a hand-set λ."""
+def test_discovery_with_default_settings_recovers_the_known_circuit_exactly(compiled):
+    """No λ, no target: the paper's λ cannot keep one head of these toys, so the run asks for 10% of the loss at
+    stake instead, says so, and finds exactly the known node set."""
     c, task = compiled
-    at_stake = mg.evaluate(c.model, task, mg.Circuit.empty(c.model), "validation").objective
-    r = mg.discover(c.model, task, steps=150, target_kl=0.1 * at_stake, eval_heldout=False, progress=False)
+    with pytest.warns(UserWarning, match=r"keeping one head costs .* asking for target_kl="):
+        r = mg.discover(c.model, task, eval_heldout=False, progress=False)
+    from mgnp_lens.discovery import AUTO_TARGET_PAIRS
+
+    n = min(len(task.split("validation")), AUTO_TARGET_PAIRS)
+    at_stake = mg.evaluate(c.model, task, mg.Circuit.empty(c.model), "validation", max_examples=n).objective
+    assert r.meta["auto_target"]["target_kl"] == pytest.approx(0.1 * at_stake)
+    assert r.target["target_kl"] == pytest.approx(0.1 * at_stake)
     truth = TRACR_TRUTH[f"tracr-{c.name}"]
     assert set(r.circuit.active_heads()) == truth.heads and set(r.circuit.active_mlps()) == truth.mlps
     assert r.target["met"] and r.evaluation.objective < 1e-6  # on the test pairs, exactly the full model
@@ -96,5 +103,5 @@ def test_the_paper_lambda_empties_a_tracr_circuit_and_says_what_to_do():
     c = tracr.compile_program("xproportion")
     task = tracr.task(c)
     with pytest.warns(UserWarning, match=r"the circuit is empty: at these λ keeping one head costs 1\.5 .*target_kl"):
-        r = mg.discover(c.model, task, steps=60, eval_heldout=False, progress=False)
+        r = mg.discover(c.model, task, steps=60, auto_target_fraction=None, eval_heldout=False, progress=False)
     assert not r.circuit.active_heads() and not r.circuit.active_mlps()
