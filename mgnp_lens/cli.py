@@ -110,8 +110,8 @@ def _add_discover(sub, tasks) -> None:
                      help="your own prompt pairs: columns clean, corrupted, correct, incorrect")
     d.add_argument("--model", default=None, help="model name, checkpoint dir or .gguf (default: embedded SmolLM2)")
     d.add_argument("--backend", choices=BACKENDS, default=None,
-                   help="hooked: TransformerLens's HookedTransformer (default); bridge: TransformerBridge, for model "
-                        "families HookedTransformer cannot convert")
+                   help="auto (default): TransformerLens's HookedTransformer where it can represent the model's "
+                        "family, else TransformerBridge (config.json records which); hooked or bridge: insist on one")
     d.add_argument("--n-devices", type=_positive_int, default=1, metavar="N",
                    help="spread the model's layers over N CUDA devices (hooked backend; default 1)")
     d.add_argument("--steps", type=_positive_int, default=None, help="optimizer steps (default 240)")
@@ -249,7 +249,7 @@ def _load_model(name, device, backend: str | None = None, n_devices: int = 1):
         except ValueError as e:
             raise CliError(f"--n-devices {n_devices}: {e}") from None
     try:
-        return load_model(name, device=device, backend=backend or "hooked", n_devices=n_devices)
+        return load_model(name, device=device, backend=backend or "auto", n_devices=n_devices)
     except (ValueError, OSError, RuntimeError) as e:
         raise ModelLoadError(str(e)) from e
 

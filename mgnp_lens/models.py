@@ -108,6 +108,9 @@ def _tl_source_dir(hf_model, directory: str) -> str:
     config = hf_model.config
     if not hasattr(config, "n_ctx") and hasattr(config, "n_positions"):
         config.n_ctx = config.n_positions
+    rope = getattr(config, "rope_parameters", None) or {}
+    if getattr(config, "partial_rotary_factor", None) is None and "partial_rotary_factor" in rope:
+        config.partial_rotary_factor = rope["partial_rotary_factor"]  # Phi: moved there by transformers 5
     config.quantization_config = None
     config.architectures = [type(hf_model).__name__]
     config.save_pretrained(directory)
@@ -134,47 +137,165 @@ def _neutral_tempdir() -> tempfile.TemporaryDirectory:
 
 
 #: The config field that gives the MLP width of families whose TransformerLens 3.9 config assumes 4·d_model.
-_MLP_WIDTH_FIELDS = {"GPT2LMHeadModel": "n_inner", "GPTJForCausalLM": "n_inner", "GPTNeoForCausalLM": "intermediate_size"}
+_MLP_WIDTH_FIELDS = {"GPT2LMHeadModel": "n_inner", "GPTJForCausalLM": "n_inner", "GPTNeoForCausalLM": "intermediate_size",
+                     "OPTForCausalLM": "ffn_dim"}
+
+
+def _checkpoint_mlp_width(hf_config) -> int | None:
+    """The MLP width a checkpoint's config gives where TransformerLens may assume 4·d_model (None: not given)."""
+    field = _MLP_WIDTH_FIELDS.get((getattr(hf_config, "architectures", None) or [""])[0])
+    width = getattr(hf_config, field, None) if field else None
+    return None if width is None else int(width)
 
 
 def _with_checkpoint_mlp_width(cfg, hf_config):
-    """``cfg`` with the checkpoint's own MLP width where TransformerLens assumed 4·d_model (GPT-2, GPT-J and
-    GPT-Neo checkpoints with ``n_inner`` / ``intermediate_size`` set)."""
+    """``cfg`` with the checkpoint's own MLP width where TransformerLens assumed 4·d_model (GPT-2, GPT-J,
+    GPT-Neo and OPT checkpoints with ``n_inner`` / ``intermediate_size`` / ``ffn_dim`` set)."""
     from transformer_lens import HookedTransformerConfig
 
-    field = _MLP_WIDTH_FIELDS.get((getattr(hf_config, "architectures", None) or [""])[0])
-    width = getattr(hf_config, field, None) if field else None
+    width = _checkpoint_mlp_width(hf_config)
     if width is None or width == cfg.d_mlp:
         return cfg
-    return HookedTransformerConfig.from_dict({**cfg.to_dict(), "d_mlp": int(width)})
+    return HookedTransformerConfig.from_dict({**cfg.to_dict(), "d_mlp": width})
+
+
+def _refuse_unsupported(hf_config, architecture: str) -> None:
+    """A clear :class:`ModelLoadError` for a model mgnp-lens cannot gate exactly on any backend."""
+    from .families import is_mixture_of_experts
+
+    if is_mixture_of_experts(hf_config):
+        raise ModelLoadError(
+            f"{architecture} has mixture-of-experts MLP blocks: mgnp-lens does not gate experts yet, and on these "
+            "blocks its MLP gates would act on the routed block output instead of MLP neurons, so it refuses to "
+            "run rather than give a wrong circuit. A dense model of the family (e.g. Mistral for Mixtral, OLMo "
+            "for OLMoE) works")
+
+
+def _hooked_cannot(hf_config, architecture: str) -> str | None:
+    """Why HookedTransformer cannot represent this checkpoint (None: it can, as far as known beforehand)."""
+    from .families import BY_ARCHITECTURE
+
+    family = BY_ARCHITECTURE.get(architecture)
+    if family is not None and family.backend == "bridge":
+        return f"TransformerLens's HookedTransformer has no conversion for {architecture}"
+    if architecture == "OPTForCausalLM" and (
+            getattr(hf_config, "word_embed_proj_dim", hf_config.hidden_size) != hf_config.hidden_size
+            or not getattr(hf_config, "do_layer_norm_before", True)):
+        return ("this OPT checkpoint has OPT-350m's layout (embeddings projected in and out, LayerNorm after each "
+                "block), which HookedTransformer's OPT cannot represent")
+    if architecture in ("OlmoForCausalLM", "Olmo2ForCausalLM") and \
+            (getattr(hf_config, "num_key_value_heads", None) or hf_config.num_attention_heads) != hf_config.num_attention_heads:
+        return "TransformerLens's OLMo conversion has no grouped-query attention"
+    return None
+
+
+def _hooked_config(source: str, hf_model, device, dtype, prepend_bos):
+    """The HookedTransformerConfig of ``hf_model``: from its own config where TransformerLens knows the family
+    by hub names only (:mod:`mgnp_lens.families`), else TransformerLens's reading of ``source``."""
+    from transformer_lens import HookedTransformerConfig
+    from transformer_lens import loading_from_pretrained as loading
+
+    from .families import hooked_config_dict
+
+    architecture = type(hf_model).__name__
+    own = hooked_config_dict(architecture, hf_model.config)
+    if own is not None:
+        own.update(model_name=Path(source).name, init_weights=False, from_checkpoint=False, device=device,
+                   n_devices=1, dtype=dtype, default_prepend_bos=True if prepend_bos is None else prepend_bos)
+        return HookedTransformerConfig.from_dict(own)
+    try:
+        cfg = loading.get_pretrained_model_config(source, device=device, dtype=dtype, default_prepend_bos=prepend_bos)
+    except NotImplementedError as e:
+        raise ModelLoadError(f"HookedTransformer cannot convert a {architecture} ({e}); load_model(path, "
+                             "backend=\"bridge\") (or the default backend=\"auto\") runs it through "
+                             "TransformerBridge, which covers more families") from e
+    return _with_checkpoint_mlp_width(cfg, hf_model.config)
+
+
+def _bridge(source: str, hf_model, tokenizer, device, dtype):
+    """``hf_model`` as a TransformerBridge in compatibility mode, without weight processing."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    bridge = TransformerBridge.boot_transformers(source, hf_model=hf_model, tokenizer=tokenizer, device=device,
+                                                 dtype=dtype)
+    bridge.enable_compatibility_mode(disable_warnings=True, no_processing=True)
+    width = _checkpoint_mlp_width(hf_model.config)
+    if width is not None:  # the bridge's cfg.d_mlp assumes 4·d_model for OPT; its hook_post has the real width
+        bridge.cfg.d_mlp = width
+    return bridge.eval()
 
 
 def _from_hf(hf_model, tokenizer, backend: str, device, dtype, prepend_bos: bool | None = None):
-    """Wrap a loaded HF causal LM as a HookedTransformer (weights converted) or a TransformerBridge."""
+    """Wrap a loaded HF causal LM as a HookedTransformer (weights converted) or a TransformerBridge
+    (``backend="auto"``: HookedTransformer where it can represent the family), checked against ``hf_model``."""
     from transformer_lens import HookedTransformer
     from transformer_lens import loading_from_pretrained as loading
 
+    architecture = type(hf_model).__name__
+    _refuse_unsupported(hf_model.config, architecture)
+    cannot = _hooked_cannot(hf_model.config, architecture)
+    if backend == "hooked" and cannot:
+        raise ModelLoadError(f"{cannot}; load_model(path, backend=\"bridge\") (or the default backend=\"auto\") "
+                             "runs it through TransformerBridge")
+    tokens, reference = hf_reference(hf_model)
     with _neutral_tempdir() as d:
         source = _tl_source_dir(hf_model, d)
-        if backend == "bridge":
-            from transformer_lens.model_bridge import TransformerBridge
+        model = None
+        if backend == "hooked" or (backend == "auto" and not cannot):
+            try:
+                cfg = _hooked_config(source, hf_model, device, dtype, prepend_bos)
+                state_dict = loading.get_pretrained_state_dict(source, cfg, hf_model, dtype=dtype)
+            except ModelLoadError:
+                if backend == "hooked":
+                    raise
+            else:
+                model = HookedTransformer(cfg, tokenizer, move_to_device=False)
+                _no_processing(model, state_dict)
+                model = model.to(device).eval()
+        if model is None:
+            model = _bridge(source, hf_model, tokenizer, device, dtype)
+    setattr(model, HF_CHECK_ATTR, check_against_hf(model, tokens, reference, dtype))
+    return model
 
-            bridge = TransformerBridge.boot_transformers(source, hf_model=hf_model, tokenizer=tokenizer,
-                                                         device=device, dtype=dtype)
-            bridge.enable_compatibility_mode(disable_warnings=True, no_processing=True)
-            return bridge.eval()
-        try:
-            cfg = loading.get_pretrained_model_config(source, device=device, dtype=dtype,
-                                                      default_prepend_bos=prepend_bos)
-        except NotImplementedError as e:
-            raise ModelLoadError(f"HookedTransformer cannot convert a {type(hf_model).__name__} ({e}); "
-                                 "load_model(path, backend=\"bridge\") runs it through TransformerBridge, which "
-                                 "covers more families") from e
-        cfg = _with_checkpoint_mlp_width(cfg, hf_model.config)
-        state_dict = loading.get_pretrained_state_dict(source, cfg, hf_model, dtype=dtype)
-    model = HookedTransformer(cfg, tokenizer, move_to_device=False)
-    _no_processing(model, state_dict)
-    return model.to(device).eval()
+
+#: set on a converted model: its logits against the Hugging Face model's (:func:`check_against_hf`).
+HF_CHECK_ATTR = "mgnp_hf_check"
+
+
+def hf_reference(hf_model, n_sequences: int = 2, length: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """A few fixed random token sequences and the Hugging Face model's logits on them, taken before any
+    conversion (the bridge adapts the Hugging Face modules in place).
+
+    Returns:
+        ``(tokens [n_sequences, length], logits [n_sequences, length, vocab])``, on the CPU.
+    """
+    vocab = hf_model.config.vocab_size
+    tokens = torch.randint(0, vocab, (n_sequences, length), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = hf_model(tokens.to(next(hf_model.parameters()).device)).logits.float().cpu()
+    return tokens, logits
+
+
+def check_against_hf(model, tokens: torch.Tensor, reference: torch.Tensor, dtype: torch.dtype) -> dict:
+    """``model``'s logits on ``tokens`` against the Hugging Face ``reference`` (:func:`hf_reference`); warns
+    when they differ beyond float tolerance (a circuit found on ``model`` would explain a different model).
+
+    Returns:
+        ``{"max_abs_diff", "logit_scale", "tolerance", "matches"}``.
+    """
+    import warnings
+
+    with torch.no_grad():
+        out = model(tokens.to(model.cfg.device)).float().cpu()
+    vocab = min(out.shape[-1], reference.shape[-1])
+    diff, scale = float((out[..., :vocab] - reference[..., :vocab]).abs().max()), float(reference.abs().max())
+    tolerance = (1e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-4) * scale + 1e-5
+    check = {"max_abs_diff": diff, "logit_scale": scale, "tolerance": tolerance, "matches": diff <= tolerance}
+    if not check["matches"]:
+        warnings.warn(f"the loaded {type(model).__name__} differs from the Hugging Face checkpoint by up to {diff:.3g} "
+                      f"in the logits (their largest is {scale:.3g}; float tolerance {tolerance:.2g}): circuits "
+                      "found on it explain TransformerLens's version of the model, not the checkpoint's", stacklevel=4)
+    return check
 
 
 def _load_gguf_hf(path: Path, dtype):
@@ -243,6 +364,7 @@ def _read_cache(entry: Path, meta: dict, device):
         model = HookedTransformer(cfg, tokenizer, move_to_device=False)
         model.load_state_dict(load_file(str(weights)), strict=False)
         model.setup()
+        setattr(model, HF_CHECK_ATTR, saved.get("hf_logits"))
         return model.to(device).eval()
     except Exception as e:  # any damage: rebuild
         log.warning("mgnp-lens cache entry %s is unreadable (%s); rebuilding", entry, e)
@@ -258,7 +380,8 @@ def _write_cache(entry: Path, meta: dict, model) -> None:
         save_file(state, str(tmp / "model.safetensors"))
         (tmp / "tl_config.json").write_text(json.dumps(_cfg_to_json(model.cfg)))
         model.tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        saved = {**meta, "weights_sha256": _sha256(tmp / "model.safetensors")}
+        saved = {**meta, "weights_sha256": _sha256(tmp / "model.safetensors"),
+                 "hf_logits": getattr(model, HF_CHECK_ATTR, None)}
         (tmp / "meta.json").write_text(json.dumps(saved, indent=2))
         if entry.exists():
             shutil.rmtree(entry)
@@ -368,7 +491,7 @@ def spread_over_devices(model, n_devices: int):
 def load_model(
     name_or_path: str | os.PathLike | None = None,
     *,
-    backend: str = "hooked",
+    backend: str = "auto",
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str = torch.float32,
     cache: bool = True,
@@ -381,8 +504,9 @@ def load_model(
             a TransformerLens model name such as ``"gpt2"`` (needs the Hugging Face Hub or its local
             cache); a local Hugging Face checkpoint directory (config.json + weights + tokenizer
             files); or a local ``.gguf`` file.
-        backend: ``"hooked"`` for a ``HookedTransformer``, ``"bridge"`` for a ``TransformerBridge``
-            in compatibility mode (same hook names).
+        backend: ``"auto"`` (default): a ``HookedTransformer`` where it can represent the family, else a
+            ``TransformerBridge`` (``model.mgnp_load_info["backend"]`` says which; the README's family
+            table lists them); ``"hooked"`` or ``"bridge"`` to insist on one.
         device: torch device.
         dtype: parameter dtype (a ``torch.dtype`` or its name, e.g. ``"bfloat16"``).
         cache: reuse/write converted weights of GGUF models in :func:`cache_root`.
@@ -397,9 +521,9 @@ def load_model(
         ValueError: unknown backend or model name.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; expected 'hooked' or 'bridge'")
+        raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(map(repr, BACKENDS))}")
     if n_devices != 1:  # checked before the model loads
-        if backend != "hooked":
+        if backend == "bridge":
             raise ValueError(_BRIDGE_SPLIT)
         if n_devices < 1:
             raise ValueError(f"n_devices must be at least 1, got {n_devices}")
@@ -419,6 +543,9 @@ def load_model(
         else:
             model, info = _load_hub(str(name_or_path), backend, device, dtype), {"source": str(name_or_path),
                                                                                  "cache": "hub"}
+    info = {**info, "backend": "bridge" if _is_bridge(model) else "hooked"}
+    if getattr(model, HF_CHECK_ATTR, None) is not None:
+        info["hf_logits"] = getattr(model, HF_CHECK_ATTR)
     setattr(model, LOAD_INFO_ATTR, info)
     model = spread_over_devices(model, n_devices)
     from .granularity import ModelDims
@@ -428,6 +555,10 @@ def load_model(
     check_hook_points(model, ModelDims.from_model(model))
     fast_weight_layout(model)  # after any cache write: safetensors stores contiguous tensors only
     return model
+
+
+def _is_bridge(model) -> bool:
+    return type(model).__name__ == "TransformerBridge"
 
 
 def _load_local_dir(path: Path, backend: str, device, dtype):

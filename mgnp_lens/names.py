@@ -11,7 +11,7 @@ CORRUPTION_MODES = ("batch", "cache")
 #: The splits a circuit can be evaluated on (the last three: held-out templates and corruptions).
 EVAL_SPLITS = ("train", "validation", "test", "test_templates", "test_corruption", "test_ood")
 #: How a model is wrapped (:func:`mgnp_lens.models.load_model`).
-BACKENDS = ("hooked", "bridge")
+BACKENDS = ("auto", "hooked", "bridge")
 #: The built-in tasks (:data:`mgnp_lens.tasks.TASKS`).
 TASK_NAMES = ("gp", "gt", "ioi")
 #: The reference circuits (:func:`mgnp_lens.reference.reference_names`).

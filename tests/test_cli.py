@@ -350,7 +350,9 @@ def test_discover_on_the_bridge_backend_records_it_and_resumes_on_it(tiny_gpt2_c
     out = tmp_path / "bridge"
     assert main(["discover", "--task", "ioi", "--model", str(path), "--backend", "bridge", "--steps", "2",
                  "--batch-size", "4", "--n-test", "4", "--out", str(out), "--quiet"]) == 0
-    assert json.loads((out / "config.json").read_text())["cli"]["backend"] == "bridge"
+    config = json.loads((out / "config.json").read_text())
+    assert config["cli"]["backend"] == "bridge" and config["model"]["backend"] == "bridge"
+    assert config["model"]["hf_logits"]["matches"]
     assert main(["discover", "--resume", str(out), "--steps", "3", "--quiet"]) == 0
     assert main(["evaluate", str(out)]) == 0
     assert main(["discover", "--resume", str(out), "--backend", "hooked"]) == 2  # not with --resume

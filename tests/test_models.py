@@ -20,6 +20,9 @@ def test_default_model_loads_offline_and_does_ioi(default_model_loads):
     first, second = default_model_loads
     assert first.mgnp_load_info["cache"] == "miss"
     assert second.mgnp_load_info["cache"] == "hit"  # the second load came from the cache
+    check = first.mgnp_load_info["hf_logits"]  # the conversion matches Hugging Face's model, checked once
+    assert check["matches"] and check["max_abs_diff"] < 1e-3 and second.mgnp_load_info["hf_logits"] == check
+    assert first.mgnp_load_info["backend"] == second.mgnp_load_info["backend"] == "hooked"
     model = second
     assert type(model).__name__ == "HookedTransformer"
     cfg = model.cfg
@@ -204,17 +207,6 @@ def test_checkpoints_whose_mlp_is_not_four_times_d_model_load_exactly(family, tm
         assert (model(tokens) - hf(tokens).logits).abs().max() <= 1e-4
     full = mg.Circuit.full(model)  # the gated sites have the checkpoint's shape
     assert full.dims.d_mlp == 96
-
-
-def test_a_family_only_the_bridge_runs_is_refused_with_the_way_out(tmp_path):
-    import transformers as tf
-
-    cfg = tf.GemmaConfig(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                         num_key_value_heads=4, head_dim=16, vocab_size=100, max_position_embeddings=32)
-    tf.AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path)
-    with pytest.raises(mg.ModelLoadError, match=r"cannot convert a GemmaForCausalLM .*backend=\"bridge\""):
-        mg.load_model(tmp_path)
-    assert type(mg.load_model(tmp_path, backend="bridge")).__name__ == "TransformerBridge"
 
 
 # ----------------------------------------------------------------------------- several devices
