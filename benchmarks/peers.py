@@ -112,6 +112,29 @@ def _node_scores(pm, prune_scores) -> dict:
     return {"heads": heads, "mlps": mlps}
 
 
+def node_set(dims, head_scores, mlp_scores, n_heads: int, n_mlps: int):
+    """The circuit of the ``n_heads`` best heads (all their attention neurons) and ``n_mlps`` best MLP layers (all
+    their neurons), the embedding kept: a node set as auto-circuit's node graph sees it.
+
+    Args:
+        head_scores: ``[L, H]``, higher = more important. mlp_scores: ``[L]``.
+    """
+    import torch
+
+    import mgnp_lens as mg
+
+    heads = torch.zeros(dims.n_layers * dims.n_heads, dtype=torch.bool)
+    heads[torch.topk(torch.as_tensor(head_scores, dtype=torch.float).flatten(), n_heads).indices] = True
+    heads = heads.view(dims.n_layers, dims.n_heads)
+    mlps = torch.zeros(dims.n_layers, dtype=torch.bool)
+    mlps[torch.topk(torch.as_tensor(mlp_scores, dtype=torch.float), n_mlps).indices] = True
+    masks = {"embedding": torch.ones(1, dtype=torch.bool), "attn_block": heads.any(-1), "attn_head": heads,
+             "attn_neuron": heads[..., None].expand(dims.shape("attn_neuron")).clone(), "mlp_block": mlps,
+             "mlp_hidden": mlps[:, None].expand(dims.shape("mlp_hidden")).clone(),
+             "mlp_output": mlps[:, None].expand(dims.shape("mlp_output")).clone()}
+    return mg.Circuit(dims, masks)
+
+
 def worker(method: str, name: str, args) -> dict:
     """One method on one task: its circuit (mgnp, coarse) or node scores (auto-circuit), timed after loading."""
     import torch
@@ -161,8 +184,6 @@ def _crosscheck(pm, loader, model, task, bucket, name) -> dict | None:
     from auto_circuit.prune import run_circuits
 
     import mgnp_lens as mg
-    from mgnp_lens.baselines import select_nodes
-
     path = WORK / f"{name}_mgnp.json"
     if not path.exists():
         return None
@@ -183,11 +204,8 @@ def _crosscheck(pm, loader, model, task, bucket, name) -> dict | None:
     for batch in loader:
         logits = outs[batch.key]
         ac += (logits.gather(-1, batch.answers) - logits.gather(-1, batch.wrong_answers))[:, 0].tolist()
-    dims = circuit.dims
-    node_set = select_nodes(dims, {"attn_head": circuit.masks["attn_head"].float(),
-                                   "mlp_block": circuit.masks["mlp_block"].float()},
-                            {"attn_head": len(heads), "mlp_block": len(mlps)})
-    ours = mg.evaluate(model, _train_task(task, bucket), node_set, "train", max_examples=len(bucket))
+    nodes = node_set(circuit.dims, circuit.masks["attn_head"], circuit.masks["mlp_block"], len(heads), len(mlps))
+    ours = mg.evaluate(model, _train_task(task, bucket), nodes, "train", max_examples=len(bucket))
     return {"auto_circuit_logit_diff": sum(ac) / len(ac), "mgnp_logit_diff": ours.circuit_metric,
             "n_prompts": len(ac)}
 
@@ -210,10 +228,7 @@ def _run_worker(method: str, name: str, args) -> dict:
 
 def evaluate_all(name: str, results: dict, args) -> list[dict]:
     """Every method's circuit at mgnp-lens's head and MLP-layer counts, scored on test and test_ood."""
-    import torch
-
     import mgnp_lens as mg
-    from mgnp_lens.baselines import select_nodes
 
     model = mg.load_model()
     task, _ = _task_and_train(model, name, args.n_train, args.n_test)
@@ -223,8 +238,8 @@ def evaluate_all(name: str, results: dict, args) -> list[dict]:
     dims = mg.ModelDims.from_model(model)
     for m in ("eap", "sp", "acdc"):
         if m in results and counts:
-            scores = {"attn_head": torch.tensor(results[m]["heads"]), "mlp_block": torch.tensor(results[m]["mlps"])}
-            circuits[m] = select_nodes(dims, scores, counts)
+            circuits[m] = node_set(dims, results[m]["heads"], results[m]["mlps"], counts["attn_head"],
+                                   counts["mlp_block"])
     rows = []
     names = list(circuits)
     for split in ("test", "test_ood"):
