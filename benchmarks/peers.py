@@ -17,7 +17,7 @@ A node's score is the |score| of its edge. Their circuits keep the top heads and
 counts of kept heads and MLP layers (all their neurons). Every circuit is then scored by ``mgnp_lens.evaluate``
 on the test split and on ``test_ood`` (held-out templates, other corruption), with the corrupted-prompt ablation.
 A cross-check evaluates mgnp-lens's node set with auto-circuit's own patching (``run_circuits``) on the training
-pairs. Writes ``results/peers.json``.
+pairs, with its ``TREE_PATCH`` (mgnp-lens's ablation) and its default ``EDGE_PATCH``. Writes ``results/peers.json``.
 
 auto-circuit 1.0.1 on TransformerLens 3.9 / torch 2.13 needs three shims (:func:`_shim_auto_circuit`): the old
 ``HookedTransformerKeyValueCache`` name and module, ungrouped GQA attention, and ``torch.optim.adam`` as an
@@ -178,12 +178,16 @@ def worker(method: str, name: str, args) -> dict:
 
 
 def _crosscheck(pm, loader, model, task, bucket, name) -> dict | None:
-    """mgnp-lens's node set (its circuit's heads and MLP layers) patched by auto-circuit and by mgnp-lens: the
-    logit difference on the training pairs (they should agree)."""
+    """mgnp-lens's node set (its circuit's heads and MLP layers) patched by auto-circuit and by mgnp-lens: the mean
+    logit difference on the training pairs. auto-circuit's ``TREE_PATCH`` (clean input, the edges outside the
+    circuit patched to the corrupted run's) is mgnp-lens's ablation, so the two should agree; its default
+    ``EDGE_PATCH`` (corrupted input, the circuit's edges patched to the clean run's) is a different experiment."""
     import torch
     from auto_circuit.prune import run_circuits
+    from auto_circuit.types import PatchType
 
     import mgnp_lens as mg
+
     path = WORK / f"{name}_mgnp.json"
     if not path.exists():
         return None
@@ -199,15 +203,18 @@ def _crosscheck(pm, loader, model, task, bucket, name) -> dict | None:
         if keep:
             scores[e.dest.module_name][e.patch_idx] = 1.0
             kept += 1
-    outs = run_circuits(pm, loader, [kept], scores)[kept]
-    ac = []
-    for batch in loader:
-        logits = outs[batch.key]
-        ac += (logits.gather(-1, batch.answers) - logits.gather(-1, batch.wrong_answers))[:, 0].tolist()
+    out = {"n_prompts": len(bucket), "n_edges_kept": kept}
+    for patch_type in (PatchType.TREE_PATCH, PatchType.EDGE_PATCH):
+        outs = run_circuits(pm, loader, [kept], scores, patch_type=patch_type)[kept]
+        diffs = []
+        for batch in loader:
+            logits = outs[batch.key]
+            diffs += (logits.gather(-1, batch.answers) - logits.gather(-1, batch.wrong_answers))[:, 0].tolist()
+        out[f"auto_circuit_{patch_type.name.lower()}_logit_diff"] = sum(diffs) / len(diffs)
     nodes = node_set(circuit.dims, circuit.masks["attn_head"], circuit.masks["mlp_block"], len(heads), len(mlps))
-    ours = mg.evaluate(model, _train_task(task, bucket), nodes, "train", max_examples=len(bucket))
-    return {"auto_circuit_logit_diff": sum(ac) / len(ac), "mgnp_logit_diff": ours.circuit_metric,
-            "n_prompts": len(ac)}
+    out["mgnp_logit_diff"] = mg.evaluate(model, _train_task(task, bucket), nodes, "train",
+                                         max_examples=len(bucket)).circuit_metric
+    return out
 
 
 def _run_worker(method: str, name: str, args) -> dict:
