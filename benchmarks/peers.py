@@ -236,6 +236,7 @@ def _run_worker(method: str, name: str, args) -> dict:
 def evaluate_all(name: str, results: dict, args) -> list[dict]:
     """Every method's circuit at mgnp-lens's head and MLP-layer counts, scored on test and test_ood."""
     import mgnp_lens as mg
+    from mgnp_lens.evaluate import evaluate_many
 
     model = mg.load_model()
     task, _ = _task_and_train(model, name, args.n_train, args.n_test)
@@ -250,7 +251,7 @@ def evaluate_all(name: str, results: dict, args) -> list[dict]:
     rows = []
     names = list(circuits)
     for split in ("test", "test_ood"):
-        for m, ev in zip(names, mg.evaluate_many(model, task, [circuits[m] for m in names], split,
+        for m, ev in zip(names, evaluate_many(model, task, [circuits[m] for m in names], split,
                                                  max_examples=args.n_test)):
             c = circuits[m]
             heads = set(c.active_heads())
