@@ -244,6 +244,9 @@ def evaluate_all(name: str, results: dict, args) -> list[dict]:
     ref = circuits.get("mgnp")
     counts = {"attn_head": len(ref.active_heads()), "mlp_block": len(ref.active_mlps())} if ref else None
     dims = mg.ModelDims.from_model(model)
+    if ref is not None:  # mgnp-lens's heads and MLP layers, whole: its node set, as the peers' are scored
+        circuits["mgnp_nodes"] = node_set(dims, ref.masks["attn_head"], ref.masks["mlp_block"], counts["attn_head"],
+                                          counts["mlp_block"])
     for m in ("eap", "sp", "acdc"):
         if m in results and counts:
             circuits[m] = node_set(dims, results[m]["heads"], results[m]["mlps"], counts["attn_head"],
