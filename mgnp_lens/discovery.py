@@ -517,7 +517,11 @@ def _auto_target(model, task, dims: ModelDims, config: PruningConfig) -> tuple[P
             "attn_head" not in config.granularities:
         return config, None
     one_head = config.lambdas.get("attn_head", 0) * config.lambda_scale / dims.count("attn_head")
-    n = min(len(task.split("validation")), config.validate_max_examples, AUTO_TARGET_PAIRS)
+    try:
+        validation = task.split("validation")
+    except ValueError:  # no validation split: nothing to measure the loss at stake on, λ stays
+        return config, None
+    n = min(len(validation), config.validate_max_examples, AUTO_TARGET_PAIRS)
     if one_head == 0 or n < targets.MIN_VALIDATION_PAIRS:
         return config, None
     with torch.no_grad():

@@ -329,3 +329,6 @@ def test_auto_target_only_where_fixed_lambda_would_prune_everything(gpt2_micro):
                 dict(lambda_scale=100, target_sparsity={"attn_head": 0.5})):
         r = mg.discover(gpt2_micro, task, **kw, **off)
         assert "auto_target" not in r.meta and r.config.target_kl is None
+    train_only = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])  # no validation split
+    r = mg.discover(gpt2_micro, train_only, lambda_scale=100, **kw)
+    assert "auto_target" not in r.meta and r.config.target_kl is None
