@@ -3,8 +3,8 @@
 TransformerLens 3.9 converts Gemma, Gemma 2, Gemma 3, OLMo and OLMo 2 weights, but builds their configs only
 from a table of official model names (it never reads the checkpoint's config for them), so a local checkpoint
 of these families could only run on the bridge; for Phi it reads a field transformers 5 moved.
-:func:`hooked_config_dict` builds these configs from the checkpoint's config instead; TransformerLens's own weight conversion does the rest. :data:`FAMILIES` is the
-table the README shows and ``tests/test_zoo.py`` asserts, one row per architecture.
+:func:`hooked_config_dict` builds these configs from the checkpoint's config instead; TransformerLens's own
+weight conversion does the rest. :data:`FAMILIES` is the table the README shows and ``tests/test_zoo.py`` asserts, one row per architecture.
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ class Family:
     note: str = ""
 
 
-_MOE = ("mixture of experts: mgnp-lens does not gate experts yet, and its MLP gates would sit on the routed "
-        "block output; refused")
+#: Why a mixture-of-experts model is refused (every backend, and a hand-built one when its dimensions are read).
+MOE_REFUSAL = ("its MLP blocks are mixtures of experts, which mgnp-lens does not gate yet (its MLP gates would sit "
+               "on the routed block output, not on neurons), so it refuses to run rather than give a wrong circuit")
+_MOE = "mixture of experts: refused"
 
 #: Every decoder-only family of transformers 5 that TransformerLens 3.9 runs, and how mgnp-lens runs it.
 FAMILIES: tuple[Family, ...] = (
@@ -38,7 +40,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("GPTNeoForCausalLM", "hooked"),
     Family("GPTJForCausalLM", "hooked"),
     Family("GPTNeoXForCausalLM", "hooked"),
-    Family("OPTForCausalLM", "hooked", "OPT-350m's layout (project_in/out, post-norm) is refused"),
+    Family("OPTForCausalLM", "hooked", "OPT-350m's layout (project_in/out, post-norm) goes to the bridge"),
     Family("BloomForCausalLM", "hooked"),
     Family("LlamaForCausalLM", "hooked"),
     Family("MistralForCausalLM", "hooked"),

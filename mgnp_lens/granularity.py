@@ -99,9 +99,9 @@ class ModelDims:
                 "points blocks.{l}.mlp.hook_post / blocks.{l}.hook_mlp_out that mgnp-lens gates do not exist"
             )
         if (getattr(cfg, "num_experts", None) or 0) > 1:
-            raise ValueError("unsupported model: its MLP blocks are mixtures of experts, which mgnp-lens does not gate "
-                             "yet (its MLP gates would sit on the routed block output, not on neurons); use a dense "
-                             "model")
+            from .families import MOE_REFUSAL
+
+            raise ValueError(f"unsupported model: {MOE_REFUSAL}; use a dense model")
         return cls(int(cfg.n_layers), int(cfg.n_heads), int(cfg.d_head), int(d_mlp), int(cfg.d_model))
 
     @classmethod

@@ -108,9 +108,6 @@ def _tl_source_dir(hf_model, directory: str) -> str:
     config = hf_model.config
     if not hasattr(config, "n_ctx") and hasattr(config, "n_positions"):
         config.n_ctx = config.n_positions
-    rope = getattr(config, "rope_parameters", None) or {}
-    if getattr(config, "partial_rotary_factor", None) is None and "partial_rotary_factor" in rope:
-        config.partial_rotary_factor = rope["partial_rotary_factor"]  # Phi: moved there by transformers 5
     config.quantization_config = None
     config.architectures = [type(hf_model).__name__]
     config.save_pretrained(directory)
@@ -161,14 +158,11 @@ def _with_checkpoint_mlp_width(cfg, hf_config):
 
 def _refuse_unsupported(hf_config, architecture: str) -> None:
     """A clear :class:`ModelLoadError` for a model mgnp-lens cannot gate exactly on any backend."""
-    from .families import is_mixture_of_experts
+    from .families import MOE_REFUSAL, is_mixture_of_experts
 
     if is_mixture_of_experts(hf_config):
-        raise ModelLoadError(
-            f"{architecture} has mixture-of-experts MLP blocks: mgnp-lens does not gate experts yet, and on these "
-            "blocks its MLP gates would act on the routed block output instead of MLP neurons, so it refuses to "
-            "run rather than give a wrong circuit. A dense model of the family (e.g. Mistral for Mixtral, OLMo "
-            "for OLMoE) works")
+        raise ModelLoadError(f"{architecture}: {MOE_REFUSAL}. A dense model of the family (e.g. Mistral for "
+                             "Mixtral, OLMo for OLMoE) works")
 
 
 def _hooked_cannot(hf_config, architecture: str) -> str | None:

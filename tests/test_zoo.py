@@ -79,7 +79,7 @@ class Case:
     backend: str  # what backend="auto" picks, or "refused"
     config: object = None
     hf_differs: bool = False
-    refusal: str = "mixture-of-experts"
+    refusal: str = "mixtures of experts"
     tag: str = ""
     kwargs: dict = field(default_factory=dict)
 
