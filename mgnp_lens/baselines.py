@@ -52,8 +52,8 @@ def select_nodes(dims: ModelDims, scores: Mapping[str, torch.Tensor], counts: Ma
             than the kept attention blocks hold, or fewer heads than kept attention blocks).
     """
     for g, k in counts.items():
-        if g not in GRANULARITIES:
-            raise ValueError(f"unknown granularity {g!r} in counts")
+        if g not in dims.granularities:
+            raise ValueError(f"unknown granularity {g!r} in counts (this model's: {', '.join(dims.granularities)})")
         if not 0 <= int(k) <= dims.count(g):
             raise ValueError(f"count for {g!r} is {k}, outside 0..{dims.count(g)}")
     masks: dict[str, torch.Tensor] = {}
@@ -83,10 +83,10 @@ def select_nodes(dims: ModelDims, scores: Mapping[str, torch.Tensor], counts: Ma
         """One True per kept parent: its best-scoring child (children on the last axis)."""
         if g not in counts:
             return torch.zeros(dims.shape(g), dtype=torch.bool)
-        s = scores[g].reshape(dims.shape(g)).float()
-        out = torch.zeros(dims.shape(g), dtype=torch.bool)
+        s = scores[g].reshape(*parent.shape, -1).float()  # [.., parent's units, its children]
+        out = torch.zeros(s.shape, dtype=torch.bool)
         out.scatter_(-1, s.argmax(dim=-1, keepdim=True), True)
-        return out & parent.unsqueeze(-1)
+        return (out & parent.unsqueeze(-1)).reshape(dims.shape(g))
 
     true = lambda g: torch.ones(dims.shape(g), dtype=torch.bool)  # noqa: E731
     masks["embedding"] = top("embedding", true("embedding"))
@@ -96,8 +96,12 @@ def select_nodes(dims: ModelDims, scores: Mapping[str, torch.Tensor], counts: Ma
     masks["attn_head"] = top("attn_head", head_allowed, best_child("attn_head", masks["attn_block"]))
     masks["attn_neuron"] = top("attn_neuron", masks["attn_head"][..., None].expand(dims.shape("attn_neuron")),
                                best_child("attn_neuron", masks["attn_head"]))
+    if dims.n_experts:
+        masks["mlp_expert"] = top("mlp_expert", masks["mlp_block"][:, None].expand(dims.shape("mlp_expert")),
+                                  best_child("mlp_expert", masks["mlp_block"]))
     for g in ("mlp_hidden", "mlp_output"):
-        masks[g] = top(g, masks["mlp_block"][:, None].expand(dims.shape(g)), best_child(g, masks["mlp_block"]))
+        parent = masks[dims.parent(g)]
+        masks[g] = top(g, dims.under_parent(g, parent).expand(dims.shape(g)), best_child(g, parent))
     return Circuit(dims, masks)
 
 
@@ -113,7 +117,7 @@ def random_circuit(dims_or_model, counts: Mapping[str, int] | Circuit, seed: int
     if isinstance(counts, Circuit):
         counts = counts.counts()
     g = torch.Generator().manual_seed(seed)
-    scores = {name: torch.rand(dims.shape(name), generator=g) for name in GRANULARITIES}
+    scores = {name: torch.rand(dims.shape(name), generator=g) for name in dims.granularities}
     return select_nodes(dims, scores, counts)
 
 
@@ -134,18 +138,19 @@ def attribution_scores(model, task, split: str = "train", batch_size: int = 16,
         pairs = pairs.head(max_examples)
     metric = metric or task.metric
     device = next(model.parameters()).device
-    totals = {g: torch.zeros(dims.shape(g)) for g in GRANULARITIES}
+    totals = {g: torch.zeros(dims.shape(g)) for g in dims.granularities}
     n = 0
     interp = Interpolator(dims, "batch", skip_dead_sites=False)
     with frozen_weights(model):
         for batch in pairs.batches(batch_size):
             batch = batch.to(device)
             B = len(batch)
-            ones = {g: torch.ones((B, *dims.shape(g)), device=device, requires_grad=True) for g in GRANULARITIES}
+            ones = {g: torch.ones((B, *dims.shape(g)), device=device, requires_grad=True)
+                    for g in dims.granularities}
             interp.set_masks(ones)
             logits = masked_answer_logits(model, interp, batch.clean, batch.corrupted, batch.answer_pos)
             metric(logits, batch).sum().backward()
-            for g in GRANULARITIES:
+            for g in dims.granularities:
                 totals[g] += ones[g].grad.abs().sum(0).cpu()
             n += B
     return {g: v / max(n, 1) for g, v in totals.items()}

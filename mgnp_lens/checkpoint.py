@@ -122,6 +122,8 @@ def check_resumable(state: dict, saved_config: dict, config: dict, identity: dic
     if not same_task or state["train_fingerprint"] != identity["train_fingerprint"]:  # held-out splits may differ
         raise ValueError(f"cannot resume: the saved state was trained on other pairs ({state['task']}); "
                          f"this task is {identity['task']}")
+    if "n_experts" not in identity["model_dims"]:  # a dense model: a run saved before mlp_expert existed is the same
+        saved_config, config = _without_experts(saved_config), _without_experts(config)
     differ = [f"{k} ({saved_config[k]!r} → {config[k]!r})" for k in config
               if k not in RESUMABLE_CHANGES and saved_config[k] != config[k]]
     if differ:
@@ -130,3 +132,13 @@ def check_resumable(state: dict, saved_config: dict, config: dict, identity: dic
     if config["steps"] < state["step"]:
         raise ValueError(f"cannot resume: steps={config['steps']} but the saved state has already taken "
                          f"{state['step']} steps")
+
+
+def _without_experts(config: dict) -> dict:
+    """``config`` without ``mlp_expert`` in its granularities and λ (settings a dense model has no gates for)."""
+    out = dict(config)
+    if isinstance(out.get("granularities"), (list, tuple)):
+        out["granularities"] = [g for g in out["granularities"] if g != "mlp_expert"]
+    if isinstance(out.get("lambdas"), dict):
+        out["lambdas"] = {g: v for g, v in out["lambdas"].items() if g != "mlp_expert"}
+    return out

@@ -14,8 +14,8 @@ from typing import Any, Mapping
 import pandas as pd
 import torch
 
-from .granularity import APPENDIX_D_COLUMNS, GRANULARITIES, PARENT, ModelDims, check_granularity
-from .hooks import Interpolator, check_hook_points, masked_full_logits
+from .granularity import ALL_GRANULARITIES, APPENDIX_D_COLUMNS, GRANULARITIES, PARENT, ModelDims, check_granularity
+from .hooks import Interpolator, check_hook_points, corrupted_activations, masked_full_logits
 
 FORMAT = "mgnp-circuit/1"
 
@@ -24,37 +24,46 @@ def make_consistent(masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
     """Enforce the parent→child hierarchy on boolean masks; the function of the circuit is unchanged.
 
     Downwards: a child is kept only if its parent is kept (the path product would be 0 anyway).
-    Upwards: a head with no kept attention neuron, an attention block with no kept head, and an
-    MLP block with no kept hidden neuron or no kept output neuron are pruned (each is then fully
+    Upwards: a head with no kept attention neuron, an attention block with no kept head, an expert with no
+    kept hidden neuron, and an MLP block with no kept hidden neuron or no kept output neuron are pruned (each is then fully
     patched from the corrupted run, which is what pruning the parent does).
     """
-    m = {g: masks[g].clone().bool() for g in GRANULARITIES}
-    # downwards
-    m["attn_head"] &= m["attn_block"][:, None]
-    m["attn_neuron"] &= m["attn_head"][:, :, None]
-    m["mlp_hidden"] &= m["mlp_block"][:, None]
-    m["mlp_output"] &= m["mlp_block"][:, None]
+    experts = "mlp_expert" in masks  # a mixture of experts: mlp_block → mlp_expert → mlp_hidden [L, E·d_mlp]
+    m = {g: masks[g].clone().bool() for g in (ALL_GRANULARITIES if experts else GRANULARITIES)}
+    per_expert = m["mlp_hidden"].view(m["mlp_block"].shape[0], m["mlp_expert"].shape[-1], -1) if experts else None
+
+    def downwards():
+        m["attn_head"] &= m["attn_block"][:, None]
+        m["attn_neuron"] &= m["attn_head"][:, :, None]
+        if experts:
+            m["mlp_expert"] &= m["mlp_block"][:, None]
+            per_expert.__iand__(m["mlp_expert"][:, :, None])  # in place: a view of m["mlp_hidden"]
+        else:
+            m["mlp_hidden"] &= m["mlp_block"][:, None]
+        m["mlp_output"] &= m["mlp_block"][:, None]
+
+    downwards()
     # upwards
     m["attn_head"] &= m["attn_neuron"].any(dim=-1)
     m["attn_block"] &= m["attn_head"].any(dim=-1)
+    if experts:
+        m["mlp_expert"] &= per_expert.any(dim=-1)
     m["mlp_block"] &= m["mlp_hidden"].any(dim=-1) & m["mlp_output"].any(dim=-1)
-    # downwards again, for children of parents pruned by the upward pass
-    m["attn_head"] &= m["attn_block"][:, None]
-    m["attn_neuron"] &= m["attn_head"][:, :, None]
-    m["mlp_hidden"] &= m["mlp_block"][:, None]
-    m["mlp_output"] &= m["mlp_block"][:, None]
+    downwards()  # again, for children of parents pruned by the upward pass
     return m
 
 
 def hierarchy_violations(masks: Mapping[str, torch.Tensor]) -> list[str]:
     """Descriptions of every place where a kept child has a pruned parent (empty if none)."""
     problems = []
-    for g in GRANULARITIES:
-        parent = PARENT[g]
+    for g in (g for g in ALL_GRANULARITIES if g in masks):
+        parent = "mlp_expert" if g == "mlp_hidden" and "mlp_expert" in masks else PARENT[g]
         if parent is None:
             continue
         p = masks[parent]
         c = masks[g]
+        if parent == "mlp_expert":
+            p = p.repeat_interleave(c.shape[-1] // p.shape[-1], dim=-1)
         expanded = p.reshape(p.shape + (1,) * (c.dim() - p.dim())).expand_as(c)
         bad = (c & ~expanded).nonzero().tolist()
         problems += [f"{g}{tuple(i)} kept under pruned {parent}" for i in bad[:5]]
@@ -66,7 +75,7 @@ def _fraction(a: int, b: int) -> str:
 
 
 class Circuit:
-    """Binary masks over the seven granularities of one model.
+    """Binary masks over the granularities of one model (seven; eight in a mixture of experts).
 
     Args:
         dims: the model's dimensions.
@@ -77,13 +86,13 @@ class Circuit:
 
     def __init__(self, dims: ModelDims, masks: Mapping[str, torch.Tensor], task: Any = None, config: Any = None):
         self.dims = dims
-        for g in GRANULARITIES:
+        for g in dims.granularities:
             if g not in masks:
                 raise ValueError(f"circuit masks lack granularity {g!r}")
             shape = tuple(masks[g].shape)
             if shape != dims.shape(g):
                 raise ValueError(f"mask {g!r} has shape {shape}, expected {dims.shape(g)} for this model")
-        self.masks = make_consistent({g: torch.as_tensor(masks[g]).cpu() for g in GRANULARITIES})
+        self.masks = make_consistent({g: torch.as_tensor(masks[g]).cpu() for g in dims.granularities})
         self.task = task
         self.config = config
 
@@ -92,13 +101,13 @@ class Circuit:
     def full(cls, model_or_dims) -> "Circuit":
         """Every node kept: runs as the clean model."""
         dims = _dims(model_or_dims)
-        return cls(dims, {g: torch.ones(dims.shape(g), dtype=torch.bool) for g in GRANULARITIES})
+        return cls(dims, {g: torch.ones(dims.shape(g), dtype=torch.bool) for g in dims.granularities})
 
     @classmethod
     def empty(cls, model_or_dims) -> "Circuit":
         """Every node pruned: runs as the corrupted model."""
         dims = _dims(model_or_dims)
-        return cls(dims, {g: torch.zeros(dims.shape(g), dtype=torch.bool) for g in GRANULARITIES})
+        return cls(dims, {g: torch.zeros(dims.shape(g), dtype=torch.bool) for g in dims.granularities})
 
     # ----------------------------------------------------------------- counts and tables
     def count(self, g: str) -> int:
@@ -106,7 +115,7 @@ class Circuit:
         return int(self.masks[check_granularity(g)].sum())
 
     def counts(self) -> dict[str, int]:
-        return {g: self.count(g) for g in GRANULARITIES}
+        return {g: self.count(g) for g in self.dims.granularities}
 
     def active_heads(self) -> list[tuple[int, int]]:
         """Kept attention heads as 0-indexed ``(layer, head)`` pairs."""
@@ -134,15 +143,19 @@ class Circuit:
                 "Active" if m["mlp_block"][l] else "Pruned",
                 _fraction(int(m["attn_head"][l].sum()), d.n_heads),
                 _fraction(int(m["attn_neuron"][l].sum()), d.n_heads * d.d_head),
-                _fraction(int(m["mlp_hidden"][l].sum()), d.d_mlp),
+                _fraction(int(m["mlp_hidden"][l].sum()), d.count("mlp_hidden") // d.n_layers),
                 _fraction(int(m["mlp_output"][l].sum()), d.d_model),
             ])
-        return pd.DataFrame(rows, columns=APPENDIX_D_COLUMNS)
+        table = pd.DataFrame(rows, columns=APPENDIX_D_COLUMNS)
+        if d.n_experts:  # a mixture of experts: kept experts, after the MLP block
+            table.insert(3, "MLP Experts", [_fraction(int(m["mlp_expert"][l].sum()), d.n_experts)
+                                            for l in range(d.n_layers)])
+        return table
 
     def summary(self) -> pd.DataFrame:
         """The paper's Table 1 for this circuit: kept count, total and sparsity % per granularity."""
         rows = []
-        for g in GRANULARITIES:
+        for g in self.dims.granularities:
             total = self.dims.count(g)
             active = self.count(g)
             rows.append({"granularity": g, "active": active, "total": total,
@@ -173,7 +186,7 @@ class Circuit:
         return {
             "format": FORMAT,
             "model": self.dims.to_dict(),
-            "masks": {g: self.masks[g].to(torch.uint8).tolist() for g in GRANULARITIES},
+            "masks": {g: self.masks[g].to(torch.uint8).tolist() for g in self.dims.granularities},
             "task": self.task,
             "config": self.config,
         }
@@ -194,12 +207,17 @@ class Circuit:
             found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
             raise ValueError(f"not an mgnp circuit: format is {found!r}, expected {FORMAT!r}")
         missing = [k for k in ("model", "masks") if not isinstance(data.get(k), Mapping)]
-        missing += [f"masks.{g}" for g in GRANULARITIES if "masks" not in missing and g not in data["masks"]]
         if missing:
             raise ValueError(f"the circuit lacks {', '.join(missing)}")
         try:
             dims = ModelDims.from_dict(data["model"])
-            masks = {g: torch.tensor(data["masks"][g], dtype=torch.bool) for g in GRANULARITIES}
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"the circuit's model shape is malformed ({e})") from None
+        missing = [f"masks.{g}" for g in dims.granularities if g not in data["masks"]]
+        if missing:
+            raise ValueError(f"the circuit lacks {', '.join(missing)}")
+        try:
+            masks = {g: torch.tensor(data["masks"][g], dtype=torch.bool) for g in dims.granularities}
         except (TypeError, ValueError, KeyError) as e:
             raise ValueError(f"the circuit's model shape or masks are malformed ({e})") from None
         return cls(dims, masks, task=data.get("task"), config=data.get("config"))
@@ -217,7 +235,7 @@ class Circuit:
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Circuit) and self.dims == other.dims and all(
-            torch.equal(self.masks[g], other.masks[g]) for g in GRANULARITIES)
+            torch.equal(self.masks[g], other.masks[g]) for g in self.dims.granularities)
 
     def __repr__(self) -> str:
         c = self.counts()
@@ -255,10 +273,15 @@ class Circuit:
             constants = zero_values(model, self.dims)
         elif constants is None and ablation == "mean":
             constants = mean_values(model, self.dims, [corrupted_tokens])
-        interp = Interpolator(self.dims, "batch", constants=constants)
+        # a mixture of experts runs the corrupted prompts on their own first: its routed matmuls round differently
+        # in a batch of 2B rows, so only separate passes give the clean and corrupted runs bit for bit
+        separate = constants is None and bool(self.dims.n_experts)
+        interp = Interpolator(self.dims, "cache" if separate else "batch", constants=constants)
         interp.set_masks(self.masks)
         with torch.no_grad():
-            if constants is None:
+            if separate:
+                interp.set_corrupted(corrupted_activations(model, self.dims, corrupted_tokens))
+            elif constants is None:
                 return masked_full_logits(model, interp, clean_tokens, corrupted_tokens)
             with interp.attached(model):
                 return model(clean_tokens, return_type="logits")

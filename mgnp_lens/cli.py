@@ -53,7 +53,7 @@ def _number(text: str, cast, minimum, context: str = ""):
 def _granularity_spec(what: str, example: str):
     """An argparse type for ``GRANULARITY=VALUE`` (a non-negative number), named ``what`` in its errors."""
     def parse(text: str) -> tuple[str, float]:
-        from .granularity import GRANULARITIES
+        from .granularity import ALL_GRANULARITIES as GRANULARITIES
 
         if "=" not in text:
             raise argparse.ArgumentTypeError(f"bad {what} spec {text!r}: expected GRANULARITY=VALUE, e.g. {example}")

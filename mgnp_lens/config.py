@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
 
 from .gates import HardConcreteParams
-from .granularity import ATTENTION_GRANULARITIES, GRANULARITIES, PAPER_LAMBDAS, check_granularity
+from .granularity import ALL_GRANULARITIES, ATTENTION_GRANULARITIES, PAPER_LAMBDAS, check_granularity
 from .names import ABLATIONS, CORRUPTION_MODES, EVAL_SPLITS
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -79,7 +79,8 @@ class PruningConfig:
             dataset), or ``"auto"`` (default): ``"all"`` when it fits in :data:`PRECOMPUTE_MEMORY_FRACTION`
             of the free memory, else ``"per_batch"``. ``"all"`` that does not fit refuses to start.
         seed: seeds gate initialisation, batch order and gate noise (0).
-        granularities: which granularities are gated (all seven); the others are always kept.
+        granularities: which granularities are gated (all the model has; `mlp_expert` only exists in a mixture of
+            experts); the others are always kept.
         hard_concrete: the Hard-Concrete shape parameters (the paper's).
         weight_decay: AdamW weight decay on ``log α`` (0).
         betas: AdamW's ``(β1, β2)`` ((0.6, 0.95)).
@@ -136,7 +137,7 @@ class PruningConfig:
     ablation: str = "corrupted"
     precompute: str = "auto"
     seed: int = 0
-    granularities: tuple[str, ...] = GRANULARITIES
+    granularities: tuple[str, ...] = ALL_GRANULARITIES
     hard_concrete: HardConcreteParams = field(default_factory=HardConcreteParams)
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.6, 0.95)

@@ -24,14 +24,18 @@ TL_HOOKS_FORMAT = "mgnp-tl-hooks/1"
 
 def unit_table(circuit: Circuit) -> pd.DataFrame:
     """One row per kept unit of every granularity: ``granularity, layer, head, index, hook_point``
-    (``head`` for heads and attention neurons, ``index`` the neuron; -1 where it does not apply)."""
+    (``head`` for heads and attention neurons, ``index`` the neuron or the expert; -1 where it does not apply; an
+    expert's hidden neuron names its expert's ``hook_post``)."""
     rows = []
     for g, mask in circuit.masks.items():
         for idx in mask.nonzero().tolist():
             layer = idx[0] if g not in ("embedding",) else -1
             head = idx[1] if g in ("attn_head", "attn_neuron") else -1
-            index = idx[-1] if g in ("attn_neuron", "mlp_hidden", "mlp_output") else -1
+            index = idx[-1] if g in ("attn_neuron", "mlp_hidden", "mlp_output", "mlp_expert") else -1
             hook = HOOK_TEMPLATES.get(g, "").format(l=layer) if g in HOOK_TEMPLATES else ""
+            if g == "mlp_hidden" and circuit.dims.n_experts:  # mask index e·d_mlp + n: expert e's neuron n
+                hook = f"blocks.{layer}.mlp.experts.{index // circuit.dims.d_mlp}.hook_post"
+                index %= circuit.dims.d_mlp
             rows.append({"granularity": g, "layer": layer, "head": head, "index": index, "hook_point": hook})
     return pd.DataFrame(rows, columns=["granularity", "layer", "head", "index", "hook_point"])
 
@@ -122,7 +126,12 @@ def to_dot(circuit: Circuit, parallel_attn_mlp: bool = False) -> str:
 def to_tl_hooks(circuit: Circuit) -> dict:
     """For every gated hook point, the units the circuit keeps (a 0/1 list, row-major over ``shape``): with a
     corrupted run's cache, ``where(keep, activation, corrupted activation)`` at each hook point under plain
-    ``model.run_with_hooks`` reproduces the circuit (see :func:`tl_hooks`)."""
+    ``model.run_with_hooks`` reproduces the circuit (see :func:`tl_hooks`). Not for a mixture of experts, whose
+    experts' site is not one hook point (``Circuit.run`` runs it)."""
+    if circuit.dims.n_experts:
+        raise ValueError("the tl-hooks export patches hook points one by one, and a mixture-of-experts circuit's "
+                         "experts are not one hook point (their rows are routed per token); run it with "
+                         "Circuit.run, or export nodes-csv")
     sites = site_masks(circuit.masks, circuit.dims)
     return {"format": TL_HOOKS_FORMAT, "model": circuit.dims.to_dict(),
             "hook_points": {name: {"shape": list(m.shape), "keep": m.flatten().int().tolist()}

@@ -39,8 +39,8 @@ BASELINE_METHODS = ("coarse", "attribution", "random")
 
 def size_of(circuit: Circuit) -> dict:
     """``n_nodes``, ``node_fraction``, ``n_params``, ``param_fraction`` and the kept heads of ``circuit``."""
-    total_nodes = sum(circuit.dims.count(g) for g in GRANULARITIES)
-    n_nodes = sum(circuit.count(g) for g in GRANULARITIES)
+    total_nodes = sum(circuit.dims.count(g) for g in circuit.dims.granularities)
+    n_nodes = sum(circuit.count(g) for g in circuit.dims.granularities)
     full_params = Circuit.full(circuit.dims).n_params()
     n_params = circuit.n_params()
     return {"n_nodes": n_nodes, "node_fraction": n_nodes / total_nodes, "n_params": n_params,

@@ -29,10 +29,15 @@ class Family:
     note: str = ""
 
 
-#: Why a mixture-of-experts model is refused (every backend, and a hand-built one when its dimensions are read).
-MOE_REFUSAL = ("its MLP blocks are mixtures of experts, which mgnp-lens does not gate yet (its MLP gates would sit "
-               "on the routed block output, not on neurons), so it refuses to run rather than give a wrong circuit")
-_MOE = "mixture of experts: refused"
+#: The mixture-of-experts families whose experts mgnp-lens gates (HookedTransformer's ``MoE`` block).
+GATED_MOE = ("MixtralForCausalLM", "OlmoeForCausalLM")
+#: Why another mixture-of-experts model is refused (at load, and when a hand-built one's dimensions are read).
+MOE_REFUSAL = ("mgnp-lens gates mixture-of-experts blocks only as HookedTransformer's MoE block (Mixtral, OLMoE: "
+               "softmax top-k routing, per-expert hook points); this model's experts would be gated on the routed "
+               "block output instead, so it refuses to run rather than give a wrong circuit. Load Mixtral or "
+               "OLMoE with backend=\"hooked\" (the default \"auto\" does), or use a dense model")
+_MOE = "experts gated (mlp_expert); hooked backend only"
+_MOE_REFUSED = "mixture of experts that only the bridge runs (no per-expert hook points): refused"
 
 #: Every decoder-only family of transformers 5 that TransformerLens 3.9 runs, and how mgnp-lens runs it.
 FAMILIES: tuple[Family, ...] = (
@@ -65,10 +70,10 @@ FAMILIES: tuple[Family, ...] = (
     Family("NemotronForCausalLM", "bridge"),
     Family("CohereForCausalLM", "bridge", "TransformerLens's Cohere differs from Hugging Face's logits; "
                                           "load_model warns with the figure"),
-    Family("MixtralForCausalLM", "refused", _MOE),
-    Family("OlmoeForCausalLM", "refused", _MOE),
-    Family("GptOssForCausalLM", "refused", _MOE),
-    Family("Qwen2MoeForCausalLM", "refused", _MOE),
+    Family("MixtralForCausalLM", "hooked", _MOE),
+    Family("OlmoeForCausalLM", "hooked", _MOE),
+    Family("GptOssForCausalLM", "refused", _MOE_REFUSED),
+    Family("Qwen2MoeForCausalLM", "refused", _MOE_REFUSED),
 )
 
 BY_ARCHITECTURE = {f.architecture: f for f in FAMILIES}

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .granularity import GRANULARITIES, PARENT, ModelDims
+from .granularity import ALL_GRANULARITIES, ModelDims
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class HardConcreteGates(nn.Module):
         dims: the model's dimensions.
         params: Hard-Concrete shape parameters.
         granularities: which granularities carry trainable gates; the others are fixed at 1
-            (always kept). Defaults to all seven.
+            (always kept). Defaults to all of them (the model's own: ``mlp_expert`` only in a mixture of experts).
         generator: torch generator used for the ``U(init_low, init_high)`` initialisation.
     """
 
@@ -59,16 +59,16 @@ class HardConcreteGates(nn.Module):
         self,
         dims: ModelDims,
         params: HardConcreteParams | None = None,
-        granularities: tuple[str, ...] = GRANULARITIES,
+        granularities: tuple[str, ...] = ALL_GRANULARITIES,
         generator: torch.Generator | None = None,
     ):
         super().__init__()
         self.dims = dims
         self.params = params or HardConcreteParams()
         for g in granularities:
-            if g not in GRANULARITIES:
-                raise ValueError(f"unknown granularity {g!r}; expected some of {GRANULARITIES}")
-        self.trainable = tuple(g for g in GRANULARITIES if g in granularities)
+            if g not in ALL_GRANULARITIES:
+                raise ValueError(f"unknown granularity {g!r}; expected some of {ALL_GRANULARITIES}")
+        self.trainable = tuple(g for g in dims.granularities if g in granularities)
         p = self.params
         self.log_alpha = nn.ParameterDict()
         for g in self.trainable:
@@ -97,7 +97,7 @@ class HardConcreteGates(nn.Module):
         p = self.params
         lead = () if batch_size is None else (batch_size,)
         out = {}
-        for g in GRANULARITIES:
+        for g in self.dims.granularities:
             if g not in self.log_alpha:
                 out[g] = self._fixed_ones(g).expand(lead + self.dims.shape(g))
                 continue
@@ -115,7 +115,7 @@ class HardConcreteGates(nn.Module):
         """The noise-free mask used for evaluation: ``clamp(σ(log α)(ζ−γ)+γ, 0, 1)`` per granularity."""
         p = self.params
         out = {}
-        for g in GRANULARITIES:
+        for g in self.dims.granularities:
             if g not in self.log_alpha:
                 out[g] = self._fixed_ones(g)
             else:
@@ -140,9 +140,9 @@ class HardConcreteGates(nn.Module):
         if not path:
             return own
         chain: dict[str, torch.Tensor | None] = {}  # path probability, broadcastable to the shape
-        for g in GRANULARITIES:  # parents come before their children
-            parent = PARENT[g]
-            above = None if parent is None or chain[parent] is None else chain[parent].unsqueeze(-1)
+        for g in self.dims.granularities:  # parents come before their children
+            parent = self.dims.parent(g)
+            above = None if parent is None or chain[parent] is None else self.dims.under_parent(g, chain[parent])
             mine = own.get(g)
             chain[g] = mine if above is None else above if mine is None else above * mine
         return {g: chain[g] for g in own}

@@ -7,13 +7,16 @@ the paper's tables are 1-indexed (see :meth:`mgnp_lens.Circuit.per_layer`).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal, Mapping
+from typing import TYPE_CHECKING, Literal, Mapping
+
+if TYPE_CHECKING:
+    import torch
 
 Granularity = Literal[
-    "embedding", "attn_block", "mlp_block", "attn_head", "attn_neuron", "mlp_hidden", "mlp_output"
+    "embedding", "attn_block", "mlp_block", "attn_head", "attn_neuron", "mlp_hidden", "mlp_output", "mlp_expert"
 ]
 
-#: The seven granularities, parents before children.
+#: The paper's seven granularities, parents before children: every model has them.
 GRANULARITIES: tuple[Granularity, ...] = (
     "embedding",
     "attn_block",
@@ -24,8 +27,13 @@ GRANULARITIES: tuple[Granularity, ...] = (
     "mlp_output",
 )
 
+#: Every granularity mgnp-lens knows: the seven, then ``mlp_expert`` (the experts of a mixture-of-experts MLP
+#: block, which only such models have; :attr:`ModelDims.granularities` lists a model's own, parents first).
+ALL_GRANULARITIES: tuple[Granularity, ...] = GRANULARITIES + ("mlp_expert",)
+
 #: Parent of each granularity (``None`` for roots). attn_block → attn_head → attn_neuron;
-#: mlp_block → mlp_hidden and mlp_output.
+#: mlp_block → mlp_hidden and mlp_output; in a mixture of experts mlp_block → mlp_expert → mlp_hidden
+#: (:meth:`ModelDims.parent`).
 PARENT: dict[str, str | None] = {
     "embedding": None,
     "attn_block": None,
@@ -34,6 +42,7 @@ PARENT: dict[str, str | None] = {
     "attn_neuron": "attn_head",
     "mlp_hidden": "mlp_block",
     "mlp_output": "mlp_block",
+    "mlp_expert": "mlp_block",
 }
 
 #: The attention granularities (the block, its heads, their neurons): those whose Hard-Concrete noise
@@ -49,6 +58,7 @@ PAPER_LAMBDAS: dict[str, float] = {
     "attn_neuron": 1.5,
     "mlp_hidden": 5.0,
     "mlp_output": 1.5,
+    "mlp_expert": 0.1,  # not in the paper: an expert is a part of an MLP block, so it takes the block's λ
 }
 
 #: Column names of the paper's Appendix D per-layer tables, in order.
@@ -60,13 +70,16 @@ HOOK_TEMPLATES = {
     "attn_neuron": "blocks.{l}.attn.hook_z",
     "mlp_hidden": "blocks.{l}.mlp.hook_post",
     "mlp_output": "blocks.{l}.hook_mlp_out",
+    # a mixture of experts: not one hook point but the experts' routed hidden activations, [E, d_mlp] per
+    # position, gathered from blocks.{l}.mlp.experts.{e}.hook_post and the routing (mgnp_lens.experts)
+    "mlp_expert": "blocks.{l}.mlp.hook_experts",
 }
 
 
 def check_granularity(name: str) -> Granularity:
     """Return ``name`` if it is a granularity, else raise a ``ValueError`` listing the valid ones."""
-    if name not in GRANULARITIES:
-        raise ValueError(f"unknown granularity {name!r}; expected one of {', '.join(GRANULARITIES)}")
+    if name not in ALL_GRANULARITIES:
+        raise ValueError(f"unknown granularity {name!r}; expected one of {', '.join(ALL_GRANULARITIES)}")
     return name  # type: ignore[return-value]
 
 
@@ -78,8 +91,9 @@ class ModelDims:
         n_layers: number of transformer blocks ``L``.
         n_heads: query heads per layer ``H`` (``hook_z`` is per query head, so GQA needs nothing else).
         d_head: dimensions per head.
-        d_mlp: MLP hidden width.
+        d_mlp: MLP hidden width (of each expert, in a mixture of experts).
         d_model: residual width.
+        n_experts: experts per MLP block; 0 for a dense MLP.
     """
 
     n_layers: int
@@ -87,6 +101,7 @@ class ModelDims:
     d_head: int
     d_mlp: int
     d_model: int
+    n_experts: int = 0
 
     @classmethod
     def from_model(cls, model) -> "ModelDims":
@@ -98,29 +113,65 @@ class ModelDims:
                 "unsupported model: it has no MLP layers (attn_only or d_mlp unset), so the hook "
                 "points blocks.{l}.mlp.hook_post / blocks.{l}.hook_mlp_out that mgnp-lens gates do not exist"
             )
-        if (getattr(cfg, "num_experts", None) or 0) > 1:
-            from .families import MOE_REFUSAL
+        n_experts = int(getattr(cfg, "num_experts", None) or 0)
+        if n_experts > 1:
+            from .experts import check_expert_blocks
 
-            raise ValueError(f"unsupported model: {MOE_REFUSAL}; use a dense model")
-        return cls(int(cfg.n_layers), int(cfg.n_heads), int(cfg.d_head), int(d_mlp), int(cfg.d_model))
+            check_expert_blocks(model)
+        return cls(int(cfg.n_layers), int(cfg.n_heads), int(cfg.d_head), int(d_mlp), int(cfg.d_model),
+                   n_experts if n_experts > 1 else 0)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, int]) -> "ModelDims":
         missing = [k for k in ("n_layers", "n_heads", "d_head", "d_mlp", "d_model") if k not in d]
         if missing:
             raise ValueError(f"model dimensions are missing {missing}")
-        return cls(**{k: int(d[k]) for k in ("n_layers", "n_heads", "d_head", "d_mlp", "d_model")})
+        keys = ("n_layers", "n_heads", "d_head", "d_mlp", "d_model") + (("n_experts",) if "n_experts" in d else ())
+        return cls(**{k: int(d[k]) for k in keys})
 
     def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+        """The dimensions as a dict (``n_experts`` only for a mixture of experts, so a dense model's is unchanged)."""
+        d = asdict(self)
+        if not self.n_experts:
+            del d["n_experts"]
+        return d
+
+    @property
+    def granularities(self) -> tuple[Granularity, ...]:
+        """This model's granularities, parents before children: the seven, and for a mixture of experts
+        ``mlp_expert`` between ``mlp_block`` and ``mlp_hidden``."""
+        if not self.n_experts:
+            return GRANULARITIES
+        return ("embedding", "attn_block", "mlp_block", "attn_head", "attn_neuron", "mlp_expert", "mlp_hidden",
+                "mlp_output")
+
+    def parent(self, g: str) -> str | None:
+        """The parent granularity of ``g`` in this model (``mlp_hidden``'s is ``mlp_expert`` in a mixture of experts)."""
+        if g == "mlp_hidden" and self.n_experts:
+            return "mlp_expert"
+        return PARENT[check_granularity(g)]
+
+    def under_parent(self, g: str, parent_mask: torch.Tensor) -> torch.Tensor:
+        """``parent_mask`` (shaped like ``g``'s parent, any leading dimensions) made to broadcast against ``g``'s:
+        a trailing unit dimension, or, for an expert's hidden neurons, each expert repeated ``d_mlp`` times."""
+        if g == "mlp_hidden" and self.n_experts:
+            if parent_mask.shape[-1] == 1:  # a block's, standing in for its experts': already broadcasts
+                return parent_mask
+            return parent_mask.repeat_interleave(self.d_mlp, dim=-1)
+        return parent_mask.unsqueeze(-1)
 
     def shape(self, g: str) -> tuple[int, ...]:
         """Gate tensor shape of granularity ``g``.
 
         ``embedding`` [1], ``attn_block`` [L], ``mlp_block`` [L], ``attn_head`` [L, H],
-        ``attn_neuron`` [L, H, d_head], ``mlp_hidden`` [L, d_mlp], ``mlp_output`` [L, d_model].
+        ``attn_neuron`` [L, H, d_head], ``mlp_hidden`` [L, d_mlp], ``mlp_output`` [L, d_model]; in a mixture of
+        experts ``mlp_expert`` [L, E] and ``mlp_hidden`` [L, E·d_mlp] (expert ``e``'s neuron ``n`` at ``e·d_mlp + n``).
         """
         L = self.n_layers
+        if g == "mlp_expert" or (g == "mlp_hidden" and self.n_experts):
+            if not self.n_experts:
+                raise ValueError("mlp_expert gates exist only in a mixture-of-experts model; this one has dense MLPs")
+            return (L, self.n_experts) if g == "mlp_expert" else (L, self.n_experts * self.d_mlp)
         return {
             "embedding": (1,),
             "attn_block": (L,),
@@ -139,5 +190,5 @@ class ModelDims:
         return n
 
     def total_gates(self) -> int:
-        """Number of gates over all seven granularities (55,465 for GPT-2 small)."""
-        return sum(self.count(g) for g in GRANULARITIES)
+        """Number of gates over the model's granularities (55,465 for GPT-2 small)."""
+        return sum(self.count(g) for g in self.granularities)

@@ -9,7 +9,12 @@ embedding                  ``blocks.0.hook_resid_pre``      ``embedding``       
 attention (head, z-dim)    ``blocks.{l}.attn.hook_z``       ``attn_block·attn_head·attn_neuron`` [H, d_head]
 MLP hidden                 ``blocks.{l}.mlp.hook_post``     ``mlp_block·mlp_hidden``   [d_mlp]
 MLP output                 ``blocks.{l}.hook_mlp_out``      ``mlp_block·mlp_output``   [d_model]
+MoE experts (hidden)       ``blocks.{l}.mlp.hook_experts``  ``mlp_block·mlp_expert·mlp_hidden`` [E, d_mlp]
 =========================  ===============================  ==========================================
+
+A mixture-of-experts layer has no ``mlp.hook_post`` site; its experts' site is not one hook point but the routed
+hidden activation gathered from each expert's ``hook_post`` and the routing, and its change is added to
+``hook_mlp_out`` before the ``mlp_output`` gates act there (:mod:`mgnp_lens.experts`).
 
 With every gate at 1 the model is the clean model; with every gate at 0 every write into the
 residual stream (embedding, ``z @ W_O + b_O``, MLP outputs) is the corrupted run's, so the model
@@ -34,6 +39,7 @@ from typing import Literal
 
 import torch
 
+from .experts import OUTPUT_HOOK, ExpertTap, output_change
 from .granularity import HOOK_TEMPLATES, ModelDims
 from .names import CORRUPTION_MODES
 
@@ -47,11 +53,58 @@ def check_mode(mode: str) -> CorruptionMode:
 
 
 def hook_names(dims: ModelDims) -> list[str]:
-    """Every hook point the engine gates, in forward order."""
+    """Every site the engine gates, in forward order: hook points, and in a mixture of experts each layer's
+    experts' site (``blocks.{l}.mlp.hook_experts``, see :func:`site_hooks`)."""
+    hidden = "mlp_expert" if dims.n_experts else "mlp_hidden"
     names = [HOOK_TEMPLATES["embedding"]]
     for l in range(dims.n_layers):
-        names += [HOOK_TEMPLATES[g].format(l=l) for g in ("attn_neuron", "mlp_hidden", "mlp_output")]
+        names += [HOOK_TEMPLATES[g].format(l=l) for g in ("attn_neuron", hidden, "mlp_output")]
     return names
+
+
+def is_expert_site(name: str) -> bool:
+    """Whether ``name`` is a mixture-of-experts layer's experts' site rather than a hook point."""
+    return name.endswith(".mlp.hook_experts")
+
+
+def site_hooks(model, dims: ModelDims, fn, expert_fn) -> list[tuple[str, object]]:
+    """``[(hook_name, hook)]`` for ``model.hooks`` over every gated site, in forward order.
+
+    Args:
+        fn: ``fn(site, act) -> act`` for a hook-point site.
+        expert_fn: ``expert_fn(site, tap, out) -> out`` for an experts' site: called at the layer's
+            ``hook_mlp_out`` (before that site's own hook) with the :class:`~mgnp_lens.experts.ExpertTap`
+            holding the pass's routing and expert rows, and the block output [batch, pos, d_model].
+    """
+    hooks = []
+    for name in hook_names(dims):
+        if not is_expert_site(name):
+            hooks.append((name, _site_hook(fn, name)))
+            continue
+        layer = int(name.split(".")[1])
+        tap = ExpertTap(model.blocks[layer].mlp, layer)
+        hooks += tap.fwd_hooks()
+        hooks.append((OUTPUT_HOOK.format(l=layer), _expert_hook(expert_fn, name, tap)))
+    return hooks
+
+
+def _expert_hook(fn, site: str, tap: ExpertTap):
+    def hook(act, hook):
+        return fn(site, tap, act)
+
+    return hook
+
+
+def _points(dims: ModelDims, model) -> list[str]:
+    """The hook points the sites are read from (an experts' site: its tap's, then the layer's hook_mlp_out)."""
+    points = []
+    for name in hook_names(dims):
+        if is_expert_site(name):
+            layer = int(name.split(".")[1])
+            points += ExpertTap(model.blocks[layer].mlp, layer).hook_names()
+        else:
+            points.append(name)
+    return points
 
 
 def check_hook_points(model, dims: ModelDims) -> None:
@@ -70,14 +123,18 @@ def check_hook_points(model, dims: ModelDims) -> None:
             "(expected a HookedTransformer or a TransformerBridge in compatibility mode)"
         )
     names = hook_names(dims)
-    for name in names:
+    if dims.n_experts:
+        from .experts import check_expert_blocks
+
+        check_expert_blocks(model)
+    for name in _points(dims, model):
         if name not in hook_dict:
             raise ValueError(
                 f"unsupported model {type(model).__name__}: missing hook point {name!r}, "
                 "which mgnp-lens needs to gate this granularity"
             )
     seen: dict[int, str] = {}
-    for name in names:
+    for name in (n for n in names if not is_expert_site(n)):
         other = seen.setdefault(id(hook_dict[name]), name)
         if other != name:
             raise ValueError(
@@ -96,6 +153,8 @@ def expected_site_shape(name: str, dims: ModelDims) -> tuple[int, ...]:
     """The per-position activation shape that the gates of hook point ``name`` expect."""
     if name.endswith("attn.hook_z"):
         return (dims.n_heads, dims.d_head)
+    if is_expert_site(name):
+        return (dims.n_experts, dims.d_mlp)
     if name.endswith("mlp.hook_post"):
         return (dims.d_mlp,)
     return (dims.d_model,)
@@ -105,14 +164,16 @@ def expected_site_shape(name: str, dims: ModelDims) -> tuple[int, ...]:
 def _check_site_shapes(model, dims: ModelDims, names: list[str]) -> None:
     shapes: dict[str, tuple[int, ...]] = {}
 
-    def record(site):
-        def hook(act, hook):
-            shapes.setdefault(site, tuple(act.shape[2:]))
-            return act
-        return hook
+    def record(site, act):
+        shapes.setdefault(site, tuple(act.shape[2:]))
+        return act
+
+    def record_experts(site, tap, out):
+        record(site, tap.hidden(*out.shape[:2]))
+        return out
 
     tokens = torch.zeros((1, 2), dtype=torch.long, device=next(model.parameters()).device)
-    with model.hooks(fwd_hooks=[(n, record(n)) for n in names]):
+    with model.hooks(fwd_hooks=site_hooks(model, dims, record, record_experts)):
         model(tokens, return_type="logits")
     for name in names:
         want = expected_site_shape(name, dims)
@@ -133,7 +194,8 @@ def site_masks(masks: dict[str, torch.Tensor], dims: ModelDims) -> dict[str, tor
 
     Returns:
         ``{hook_name: M}`` with M shaped [1], [H, d_head], [d_mlp] or [d_model] (with a batch mask:
-        [B, 1, 1], [B, 1, H, d_head], [B, 1, d_mlp], [B, 1, d_model], broadcasting over positions);
+        [B, 1, 1], [B, 1, H, d_head], [B, 1, d_mlp], [B, 1, d_model], broadcasting over positions; an
+        experts' site [E, d_mlp]);
         bool if every input was bool, otherwise float.
     """
     binary = all(m.dtype == torch.bool for m in masks.values())
@@ -142,16 +204,22 @@ def site_masks(masks: dict[str, torch.Tensor], dims: ModelDims) -> dict[str, tor
         masks = {g: m.float() for g, m in masks.items()}
     mul = (lambda a, b: a & b) if binary else (lambda a, b: a * b)  # noqa: E731
     z = mul(mul(masks["attn_block"][..., None, None], masks["attn_head"][..., None]), masks["attn_neuron"])
-    post = mul(masks["mlp_block"][..., None], masks["mlp_hidden"])
+    if dims.n_experts:  # [.., L, E, d_mlp]: block · expert · the expert's neurons
+        hidden = masks["mlp_hidden"].unflatten(-1, (dims.n_experts, dims.d_mlp))
+        post = mul(mul(masks["mlp_block"][..., None, None], masks["mlp_expert"][..., None]), hidden)
+        post_site, post_layers = HOOK_TEMPLATES["mlp_expert"], post.unbind(-3)
+    else:
+        post = mul(masks["mlp_block"][..., None], masks["mlp_hidden"])
+        post_site, post_layers = HOOK_TEMPLATES["mlp_hidden"], post.unbind(-2)
     out = mul(masks["mlp_block"][..., None], masks["mlp_output"])
     pos = (lambda t: t.unsqueeze(1)) if batched else (lambda t: t)  # noqa: E731
     result = {HOOK_TEMPLATES["embedding"]: pos(masks["embedding"])}
     # unbind, not select per layer: its backward is one stack, where L selects would each
     # scatter into a zero tensor of the full [.., L, ..] shape
-    per_layer = zip(z.unbind(-3), post.unbind(-2), out.unbind(-2))
+    per_layer = zip(z.unbind(-3), post_layers, out.unbind(-2))
     for l, (z_l, post_l, out_l) in enumerate(per_layer):
         result[HOOK_TEMPLATES["attn_neuron"].format(l=l)] = pos(z_l)
-        result[HOOK_TEMPLATES["mlp_hidden"].format(l=l)] = pos(post_l)
+        result[post_site.format(l=l)] = pos(post_l)
         result[HOOK_TEMPLATES["mlp_output"].format(l=l)] = pos(out_l)
     return result
 
@@ -238,6 +306,9 @@ class Interpolator:
         if constants is not None:
             self.mode = "cache"
         self.skip_dead_sites = skip_dead_sites
+        if shared_hooks and dims.n_experts:
+            raise ValueError("compile=True (one shared, compiled hook for every site) does not cover "
+                             "mixture-of-experts blocks; run this model with compile=False")
         self.shared_hooks = shared_hooks
         self._masks: dict[str, torch.Tensor] = {}
         self._corrupted: dict[str, torch.Tensor] | None = None
@@ -278,13 +349,30 @@ class Interpolator:
         dead = self.skip_dead_sites and not bool(m.any())
         return _mix(act, self.mode, m, corrupted, dead)
 
-    def fwd_hooks(self) -> list[tuple[str, object]]:
+    def _mix_experts(self, site: str, tap: ExpertTap, out: torch.Tensor) -> torch.Tensor:
+        """A mixture-of-experts block's output [batch, pos, d_model] with its experts' site gated
+        (:func:`mgnp_lens.experts.output_change`); the model's own output where the mask keeps everything."""
+        m = self._masks[site].to(out.device)
+        if m.dtype == torch.bool and bool(m.all()):
+            tap.hidden(*out.shape[:2])  # forgets the pass's rows
+            return out
+        hidden = tap.hidden(*out.shape[:2])
+        if self.mode == "batch":
+            b = out.shape[0] // 2
+            return torch.cat([out[:b] + output_change(tap.mlp, hidden[:b], hidden[b:], m), out[b:]], dim=0)
+        corrupted = self._site_corrupted(site, hidden).to(out.device)
+        return out + output_change(tap.mlp, hidden, corrupted, m)
+
+    def fwd_hooks(self, model=None) -> list[tuple[str, object]]:
         """``[(hook_name, fn)]`` for ``model.hooks``; each fn knows its site by our name, since
         a TransformerBridge may report an alias (``blocks.0.hook_in``) as ``hook.name``. With
-        ``shared_hooks`` the one shared function (use :meth:`attached`, which gives it its inputs)."""
+        ``shared_hooks`` the one shared function (use :meth:`attached`, which gives it its inputs).
+        A mixture of experts needs ``model`` (its experts' sites read the blocks' routing)."""
         if self.shared_hooks:
             return [(name, _shared_site_hook) for name in hook_names(self.dims)]
-        return [(name, _site_hook(self._interpolate_site, name)) for name in hook_names(self.dims)]
+        if self.dims.n_experts and model is None:
+            raise ValueError("a mixture-of-experts model's hooks need the model: fwd_hooks(model)")
+        return site_hooks(model, self.dims, self._interpolate_site, self._mix_experts)
 
     @contextmanager
     def attached(self, model):
@@ -300,7 +388,7 @@ class Interpolator:
                     setattr(point, _INPUTS_ATTR, _SiteInputs(self.mode, self._masks[name].to(device),
                                                              None if corrupted is None else corrupted.to(device)))
                     points.append(point)
-            with model.hooks(fwd_hooks=self.fwd_hooks()):
+            with model.hooks(fwd_hooks=self.fwd_hooks(model)):
                 yield
         finally:
             for point in points:
@@ -373,8 +461,11 @@ def corrupted_activations(model, dims: ModelDims, tokens: torch.Tensor) -> dict[
         store[site] = act.detach().clone()
         return act
 
-    names = hook_names(dims)
-    with model.hooks(fwd_hooks=[(n, _site_hook(save, n)) for n in names]):
+    def save_experts(site, tap, out):
+        save(site, tap.hidden(*out.shape[:2]))
+        return out
+
+    with model.hooks(fwd_hooks=site_hooks(model, dims, save, save_experts)):
         if _has_split_unembed(model):
             model(tokens, stop_at_layer=model.cfg.n_layers)
         else:

@@ -118,7 +118,7 @@ def _batch_scores(model, interp: Interpolator, batch, ends: _Endpoints, metric, 
     names |= {f"blocks.{l}.hook_{x}_input" for _, _, l, h in ends.readers if isinstance(h, int) for x in "qkv"}
     names |= {f"blocks.{l}.hook_mlp_in" for _, _, l, h in ends.readers if h is None}
     names.add(f"blocks.{n_layers - 1}.hook_resid_post")
-    hooks = interp.fwd_hooks() + [("blocks.0.hook_resid_pre", leaf)] + [(nm, keep(nm)) for nm in sorted(names)]
+    hooks = interp.fwd_hooks(model) + [("blocks.0.hook_resid_pre", leaf)] + [(nm, keep(nm)) for nm in sorted(names)]
     tokens = torch.cat([batch.clean, batch.corrupted])
     with model.hooks(fwd_hooks=hooks):
         logits = logits_at(model, tokens, batch.answer_pos, B)

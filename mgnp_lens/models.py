@@ -156,13 +156,13 @@ def _with_checkpoint_mlp_width(cfg, hf_config):
     return HookedTransformerConfig.from_dict({**cfg.to_dict(), "d_mlp": width})
 
 
-def _refuse_unsupported(hf_config, architecture: str) -> None:
-    """A clear :class:`ModelLoadError` for a model mgnp-lens cannot gate exactly on any backend."""
-    from .families import MOE_REFUSAL, is_mixture_of_experts
+def _refuse_unsupported(hf_config, architecture: str, backend: str) -> None:
+    """A clear :class:`ModelLoadError` for a model mgnp-lens cannot gate exactly on ``backend``: a mixture of
+    experts other than :data:`~mgnp_lens.families.GATED_MOE` on HookedTransformer."""
+    from .families import GATED_MOE, MOE_REFUSAL, is_mixture_of_experts
 
-    if is_mixture_of_experts(hf_config):
-        raise ModelLoadError(f"{architecture}: {MOE_REFUSAL}. A dense model of the family (e.g. Mistral for "
-                             "Mixtral, OLMo for OLMoE) works")
+    if is_mixture_of_experts(hf_config) and (architecture not in GATED_MOE or backend == "bridge"):
+        raise ModelLoadError(f"{architecture} on backend {backend!r}: {MOE_REFUSAL}")
 
 
 def _hooked_cannot(hf_config, architecture: str) -> str | None:
@@ -226,7 +226,7 @@ def _from_hf(hf_model, tokenizer, backend: str, device, dtype, prepend_bos: bool
     from transformer_lens import loading_from_pretrained as loading
 
     architecture = type(hf_model).__name__
-    _refuse_unsupported(hf_model.config, architecture)
+    _refuse_unsupported(hf_model.config, architecture, backend)
     cannot = _hooked_cannot(hf_model.config, architecture)
     if backend == "hooked" and cannot:
         raise ModelLoadError(f"{cannot}; load_model(path, backend=\"bridge\") (or the default backend=\"auto\") "

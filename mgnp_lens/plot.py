@@ -26,7 +26,8 @@ KEPT_SCALE = "Viridis"
 
 LAYER_GRANULARITIES = ("attn_block", "attn_head", "attn_neuron", "mlp_block", "mlp_hidden", "mlp_output")
 LABELS = {"embedding": "Embedding", "attn_block": "Attn block", "mlp_block": "MLP block", "attn_head": "Attn heads",
-          "attn_neuron": "Attn neurons", "mlp_hidden": "MLP hidden", "mlp_output": "MLP output"}
+          "attn_neuron": "Attn neurons", "mlp_hidden": "MLP hidden", "mlp_output": "MLP output",
+          "mlp_expert": "MLP experts"}
 GRANULARITY_COLOURS = dict(zip(GRANULARITIES, OKABE_ITO[1:] + OKABE_ITO[:1]))
 
 
@@ -44,18 +45,22 @@ def layer_heatmap(circuit: Circuit, title: str | None = None) -> go.Figure:
         circuit: the circuit.
 
     Returns:
-        a figure with one ``Heatmap`` trace; z is [n_layers, 6] in [0, 1], x the granularity labels.
+        a figure with one ``Heatmap`` trace; z is [n_layers, 6] in [0, 1] (7 with a mixture of experts' column),
+        x the granularity labels.
     """
     L = circuit.dims.n_layers
-    z = np.zeros((L, len(LAYER_GRANULARITIES)))
-    text = np.empty((L, len(LAYER_GRANULARITIES)), dtype=object)
-    for j, g in enumerate(LAYER_GRANULARITIES):
+    grans = LAYER_GRANULARITIES
+    if circuit.dims.n_experts:
+        grans = grans[:4] + ("mlp_expert",) + grans[4:]
+    z = np.zeros((L, len(grans)))
+    text = np.empty((L, len(grans)), dtype=object)
+    for j, g in enumerate(grans):
         kept, per = _per_layer_counts(circuit, g)
         z[:, j] = kept / per
         for l in range(L):
             text[l, j] = f"L{l} · {LABELS[g]}: {int(kept[l])}/{per} kept ({100 * kept[l] / per:.1f}%)"
     fig = go.Figure(go.Heatmap(
-        z=z, x=[LABELS[g] for g in LAYER_GRANULARITIES], y=list(range(L)), zmin=0, zmax=1,
+        z=z, x=[LABELS[g] for g in grans], y=list(range(L)), zmin=0, zmax=1,
         colorscale=SEQUENTIAL, text=text, hovertemplate="%{text}<extra></extra>",
         colorbar={"title": "retained<br>fraction"}))
     emb = "kept" if bool(circuit.masks["embedding"].all()) else "pruned"
@@ -387,7 +392,7 @@ def _node_hover(circuit: Circuit, name: str, edges: pd.DataFrame | None) -> str:
         text = "the token embedding" if name == "embed" else "the unembedding's input (the readout)"
     elif name.endswith("MLP"):
         l = int(name.split()[0][1:])
-        text = (f"{name}: {int(circuit.masks['mlp_hidden'][l].sum())}/{d.d_mlp} hidden, "
+        text = (f"{name}: {int(circuit.masks['mlp_hidden'][l].sum())}/{d.count('mlp_hidden') // d.n_layers} hidden, "
                 f"{int(circuit.masks['mlp_output'][l].sum())}/{d.d_model} output neurons kept")
     else:
         l, h = int(name.split()[0][1:]), int(name.split()[1][1:])

@@ -216,7 +216,7 @@ def compile_backend_missing(device: torch.device) -> str | None:
 def use_compile(config, model, device: torch.device) -> bool:
     """Whether the training passes run through :func:`compiled_blocks` under ``config.compile``.
 
-    ``"auto"``: a ``HookedTransformer`` with at least two blocks, a device TorchInductor can build
+    ``"auto"``: a dense ``HookedTransformer`` with at least two blocks, a device TorchInductor can build
     for, and a run of at least :data:`COMPILE_MIN_STEPS` steps (the whole run's ``steps``, so that a
     resumed run compiles like the uninterrupted one). ``True`` raises ``ValueError`` where the model or
     device cannot be compiled.
@@ -228,6 +228,8 @@ def use_compile(config, model, device: torch.device) -> bool:
                if blocks < 2 else None)
     if problem is None and len({p.device for p in model.parameters()}) > 1:
         problem = "compile=True needs the model on one device (this one is spread over several)"
+    if problem is None and getattr(model.cfg, "num_experts", None):
+        problem = "compile=True does not cover mixture-of-experts blocks (their experts' sites read routed rows)"
     missing = compile_backend_missing(device)
     if config.compile is True:
         if problem or missing:

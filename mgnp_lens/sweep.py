@@ -136,9 +136,10 @@ def compare_circuits(a: Circuit, b: Circuit) -> pd.DataFrame:
     heads and MLP blocks) the nodes only one of them keeps."""
     if a.dims != b.dims:
         raise ValueError(f"the circuits are of different models: {a.dims.to_dict()} and {b.dims.to_dict()}")
-    names = {"attn_head": lambda i: f"L{i[0]} H{i[1]}", "mlp_block": lambda i: f"L{i[0]} MLP"}
+    names = {"attn_head": lambda i: f"L{i[0]} H{i[1]}", "mlp_block": lambda i: f"L{i[0]} MLP",
+             "mlp_expert": lambda i: f"L{i[0]} E{i[1]}"}
     rows = []
-    for g in GRANULARITIES:
+    for g in a.dims.granularities:
         ma, mb = a.masks[g].bool(), b.masks[g].bool()
         row = {"granularity": g, "kept_a": int(ma.sum()), "kept_b": int(mb.sum()), "kept_both": int((ma & mb).sum()),
                "jaccard": jaccard(ma, mb), "only_a": "", "only_b": ""}

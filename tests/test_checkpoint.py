@@ -105,3 +105,23 @@ def test_resuming_with_other_held_out_splits_is_allowed(tmp_path):
     wider.splits["test"] = first.splits["train"]  # a different test split, the same training pairs
     assert wider.describe() != first.describe()
     assert mg.discover(model, wider, resume_from=tmp_path, steps=3).steps_completed == 3
+
+
+def test_a_dense_run_saved_before_expert_gates_existed_resumes(tmp_path):
+    """State saved by a version without ``mlp_expert`` (seven granularities, seven λ) resumes on a dense model under
+    today's config, whose defaults name ``mlp_expert`` too."""
+    model = micro_model("gpt2")
+    clean, corrupted = random_pairs(model, n=20)
+    task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
+    mg.discover(model, task, steps=2, checkpoint_dir=str(tmp_path), **RESUME_KW)
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    old = state["config"]
+    assert "mlp_expert" in old["granularities"]
+    old["granularities"] = [g for g in old["granularities"] if g != "mlp_expert"]
+    old["lambdas"] = {g: v for g, v in old["lambdas"].items() if g != "mlp_expert"}
+    torch.save(state, tmp_path / "state.pt")
+    config = mg.PruningConfig(**{**RESUME_KW, "steps": 3})
+    assert mg.discover(model, task, config, resume_from=tmp_path).steps_completed == 3
+    with pytest.raises(ValueError, match="granularities"):  # a real difference is still refused
+        mg.discover(model, task, mg.PruningConfig(**{**RESUME_KW, "steps": 3, "granularities": ["attn_head"]}),
+                    resume_from=tmp_path)

@@ -96,12 +96,15 @@ def test_pruning_one_head_equals_patching_its_hook_z_by_hand(kind):
     assert (got - model(clean)).abs().max() > 1e-3
 
 
-def test_a_mixture_of_experts_model_built_by_hand_is_refused_as_such():
-    cfg = HookedTransformerConfig(n_layers=1, d_model=16, d_head=4, n_heads=4, n_ctx=8, d_vocab=11, d_mlp=8,
-                                  act_fn="silu", gated_mlp=True, num_experts=4, experts_per_token=2)
-    model = HookedTransformer(cfg)
-    with pytest.raises(ValueError, match="mixtures of experts, which mgnp-lens does not gate yet"):
-        mg.Circuit.full(model)
+def test_a_mixture_of_experts_model_built_by_hand_is_gated_or_refused_as_such():
+    """TransformerLens's MoE block gets expert gates; gpt-oss's (biases, its own routing) is refused by name."""
+    kw = dict(n_layers=1, d_model=16, d_head=4, n_heads=4, n_ctx=8, d_vocab=11, d_mlp=8, act_fn="silu",
+              gated_mlp=True, num_experts=4, experts_per_token=2)
+    circuit = mg.Circuit.full(HookedTransformer(HookedTransformerConfig(**kw)))
+    assert circuit.dims.n_experts == 4 and circuit.count("mlp_expert") == 4
+    oss = HookedTransformer(HookedTransformerConfig(**kw, original_architecture="GptOssForCausalLM"))
+    with pytest.raises(ValueError, match=r"GptOssMoE.*only as HookedTransformer's MoE block"):
+        mg.Circuit.full(oss)
 
 
 def test_attention_only_model_is_rejected_with_the_missing_hook():

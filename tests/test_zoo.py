@@ -1,6 +1,7 @@
 """Every decoder-only family: a tiny random checkpoint of each (built here, offline) loads on the backend the family
 table says, matches Hugging Face's logits, runs a 3-step discovery and keeps the three gate invariants, checked with
-this file's own hooks; mixture-of-experts models are refused with a clear error. The README's table is
+this file's own hooks; Mixtral and OLMoE get expert gates, other mixtures of experts are refused with a clear
+error. The README's table is
 :data:`mgnp_lens.families.FAMILIES`."""
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from mgnp_lens.families import FAMILIES
 from mgnp_lens.names import BACKENDS
 
 from conftest import gpt2_tokenizer
+from test_experts import moe_invariants
 from test_export import _random_circuit
 
 V = 128  # vocabulary: the GPT-2 tokenizer is saved beside each checkpoint, the tests feed token ids below V
@@ -79,7 +81,7 @@ class Case:
     backend: str  # what backend="auto" picks, or "refused"
     config: object = None
     hf_differs: bool = False
-    refusal: str = "mixtures of experts"
+    refusal: str = "only as HookedTransformer's MoE block"
     tag: str = ""
     kwargs: dict = field(default_factory=dict)
 
@@ -107,7 +109,10 @@ def _checkpoint(case: Case, path: Path):
 
 def _invariants(model):
     """all ones = the clean run and all zeros = the corrupted run, bit for bit; a random circuit = patching its
-    pruned units to their corrupted activations with plain run_with_hooks."""
+    pruned units to their corrupted activations with plain run_with_hooks (a mixture of experts: test_experts's
+    own rebuilding of every expert's output)."""
+    if mg.ModelDims.from_model(model).n_experts:
+        return moe_invariants(model)
     g = torch.Generator().manual_seed(1)
     clean, corrupted = (torch.randint(1, V, (3, 7), generator=g) for _ in range(2))
     with torch.no_grad():
