@@ -3,6 +3,7 @@ training pairs and scored on the same held-out pairs.
 
     pip install -e ".[peers]" && pip install --no-deps auto-circuit==1.0.1   # benchmark dependencies only
     python benchmarks/peers.py [--tasks ioi gt gp] [--methods mgnp coarse eap sp acdc] [--n-train 192]
+    python benchmarks/peers.py --tasks gp --add ...   # one more task beside those already in results/peers.json
 
 Every method runs in its own process (one after the other, the order rotated from task to task), on the first
 ``--n-train`` training pairs of the task's most common prompt length (auto-circuit's loader batches prompts of
@@ -35,9 +36,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import peak_rss_mb, write  # noqa: E402
+from _common import RESULTS, peak_rss_mb, write  # noqa: E402
 
 METHODS = ("mgnp", "coarse", "eap", "sp", "acdc")
+TASKS = ("ioi", "gt", "gp")
 WORK = Path("runs/peers")
 
 
@@ -267,7 +269,7 @@ def evaluate_all(name: str, results: dict, args) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tasks", nargs="+", default=["ioi", "gt", "gp"], choices=["ioi", "gt", "gp"])
+    ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--n-train", type=int, default=192)
     ap.add_argument("--n-test", type=int, default=256)
@@ -277,6 +279,8 @@ def main() -> None:
     ap.add_argument("--crosscheck", action="store_true", help="with eap: mgnp-lens's node set patched by both")
     ap.add_argument("--reuse", action="store_true", help="keep the workers' results already in runs/peers/")
     ap.add_argument("--tag", default=None, help="write results/archive/peers_TAG.json (a variant) instead")
+    ap.add_argument("--add", action="store_true",
+                    help="keep the other tasks already in the results file (run with the same settings)")
     ap.add_argument("--worker", choices=METHODS, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
@@ -284,8 +288,9 @@ def main() -> None:
         name = args.tasks[0]
         (WORK / f"{name}_{args.worker}.result.json").write_text(json.dumps(worker(args.worker, name, args)))
         return
-    out = {}
-    for i, name in enumerate(args.tasks):
+    out = _earlier_tasks(args) if args.add else {}
+    for name in args.tasks:
+        i = TASKS.index(name)  # the same rotation whether a task runs alone or with the others
         order = args.methods[i % len(args.methods):] + args.methods[:i % len(args.methods)]
         order = sorted(order, key=lambda m: m != "mgnp") if "eap" in order and args.crosscheck else order
         results = {m: _run_worker(m, name, args) for m in order}
@@ -293,8 +298,25 @@ def main() -> None:
                                               for m, r in results.items()},
                      "scores": {m: {"heads": r["heads"], "mlps": r["mlps"]} for m, r in results.items() if "heads" in r},
                      "evaluations": evaluate_all(name, results, args)}
-        write("peers", {"n_train": args.n_train, "n_test": args.n_test, "sp_epochs": args.sp_epochs, "steps": args.steps,
-                        "methods": args.methods, "tasks": out}, tag=args.tag)
+        write("peers", {**_settings(args), "tasks": out}, tag=args.tag)
+
+
+def _settings(args) -> dict:
+    return {"n_train": args.n_train, "n_test": args.n_test, "sp_epochs": args.sp_epochs, "steps": args.steps,
+            "methods": list(args.methods)}
+
+
+def _earlier_tasks(args) -> dict:
+    """The tasks of the results file that ``--add`` keeps; refused if they ran with other settings."""
+    path = RESULTS / "archive" / f"peers_{args.tag}.json" if args.tag else RESULTS / "peers.json"
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    theirs = {k: old.get(k) for k in _settings(args)}
+    if theirs != _settings(args):
+        raise SystemExit(f"--add: {path} ran with other settings ({theirs}); "
+                         "rerun every task, or drop --add")
+    return {k: v for k, v in old["tasks"].items() if k not in args.tasks}
 
 
 if __name__ == "__main__":
