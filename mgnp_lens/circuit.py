@@ -143,7 +143,7 @@ class Circuit:
                 "Active" if m["mlp_block"][l] else "Pruned",
                 _fraction(int(m["attn_head"][l].sum()), d.n_heads),
                 _fraction(int(m["attn_neuron"][l].sum()), d.n_heads * d.d_head),
-                _fraction(int(m["mlp_hidden"][l].sum()), d.count("mlp_hidden") // d.n_layers),
+                _fraction(int(m["mlp_hidden"][l].sum()), d.hidden_width),
                 _fraction(int(m["mlp_output"][l].sum()), d.d_model),
             ])
         table = pd.DataFrame(rows, columns=APPENDIX_D_COLUMNS)

@@ -53,14 +53,14 @@ def _number(text: str, cast, minimum, context: str = ""):
 def _granularity_spec(what: str, example: str):
     """An argparse type for ``GRANULARITY=VALUE`` (a non-negative number), named ``what`` in its errors."""
     def parse(text: str) -> tuple[str, float]:
-        from .granularity import ALL_GRANULARITIES as GRANULARITIES
+        from .granularity import ALL_GRANULARITIES
 
         if "=" not in text:
             raise argparse.ArgumentTypeError(f"bad {what} spec {text!r}: expected GRANULARITY=VALUE, e.g. {example}")
         g, v = text.split("=", 1)
-        if g not in GRANULARITIES:
+        if g not in ALL_GRANULARITIES:
             raise argparse.ArgumentTypeError(f"bad {what} spec {text!r}: unknown granularity {g!r} "
-                                             f"(expected one of {', '.join(GRANULARITIES)})")
+                                             f"(expected one of {', '.join(ALL_GRANULARITIES)})")
         return g, _number(v, float, 0.0, f"bad {what} spec {text!r}: ")
     return parse
 

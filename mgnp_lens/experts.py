@@ -52,9 +52,10 @@ class ExpertTap:
     def __init__(self, mlp, layer: int):
         self.mlp, self.layer = mlp, layer
         self.n_experts = len(mlp.experts)
-        self._clear()
+        self.forget()
 
-    def _clear(self) -> None:
+    def forget(self) -> None:
+        """Drop the recorded pass (when its rows are not needed)."""
         self.weights = self.indices = None
         self.posts: list[torch.Tensor | None] = [None] * self.n_experts
 
@@ -97,7 +98,7 @@ class ExpertTap:
             slot, token = torch.where((self.indices == e).T)
             rows = post * weights[token, slot, None].to(post.dtype)
             per_expert.append(post.new_zeros((tokens, post.shape[-1])).index_put((token,), rows))
-        self._clear()
+        self.forget()
         return torch.stack(per_expert, dim=1).view(batch, pos, self.n_experts, -1)
 
 

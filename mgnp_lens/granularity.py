@@ -137,6 +137,11 @@ class ModelDims:
         return d
 
     @property
+    def hidden_width(self) -> int:
+        """MLP hidden units per layer that ``mlp_hidden`` gates: ``d_mlp``, or ``E·d_mlp`` in a mixture of experts."""
+        return max(self.n_experts, 1) * self.d_mlp
+
+    @property
     def granularities(self) -> tuple[Granularity, ...]:
         """This model's granularities, parents before children: the seven, and for a mixture of experts
         ``mlp_expert`` between ``mlp_block`` and ``mlp_hidden``."""
@@ -171,7 +176,7 @@ class ModelDims:
         if g == "mlp_expert" or (g == "mlp_hidden" and self.n_experts):
             if not self.n_experts:
                 raise ValueError("mlp_expert gates exist only in a mixture-of-experts model; this one has dense MLPs")
-            return (L, self.n_experts) if g == "mlp_expert" else (L, self.n_experts * self.d_mlp)
+            return (L, self.n_experts) if g == "mlp_expert" else (L, self.hidden_width)
         return {
             "embedding": (1,),
             "attn_block": (L,),

@@ -39,7 +39,7 @@ from typing import Literal
 
 import torch
 
-from .experts import OUTPUT_HOOK, ExpertTap, output_change
+from .experts import OUTPUT_HOOK, ExpertTap, check_expert_blocks, output_change
 from .granularity import HOOK_TEMPLATES, ModelDims
 from .names import CORRUPTION_MODES
 
@@ -95,18 +95,6 @@ def _expert_hook(fn, site: str, tap: ExpertTap):
     return hook
 
 
-def _points(dims: ModelDims, model) -> list[str]:
-    """The hook points the sites are read from (an experts' site: its tap's, then the layer's hook_mlp_out)."""
-    points = []
-    for name in hook_names(dims):
-        if is_expert_site(name):
-            layer = int(name.split(".")[1])
-            points += ExpertTap(model.blocks[layer].mlp, layer).hook_names()
-        else:
-            points.append(name)
-    return points
-
-
 def check_hook_points(model, dims: ModelDims) -> None:
     """Raise ``ValueError`` unless every gated site is a distinct hook point whose activation has the shape
     the gates expect.
@@ -124,10 +112,8 @@ def check_hook_points(model, dims: ModelDims) -> None:
         )
     names = hook_names(dims)
     if dims.n_experts:
-        from .experts import check_expert_blocks
-
         check_expert_blocks(model)
-    for name in _points(dims, model):
+    for name in dict.fromkeys(name for name, _ in site_hooks(model, dims, None, None)):  # every point read
         if name not in hook_dict:
             raise ValueError(
                 f"unsupported model {type(model).__name__}: missing hook point {name!r}, "
@@ -354,7 +340,7 @@ class Interpolator:
         (:func:`mgnp_lens.experts.output_change`); the model's own output where the mask keeps everything."""
         m = self._masks[site].to(out.device)
         if m.dtype == torch.bool and bool(m.all()):
-            tap.hidden(*out.shape[:2])  # forgets the pass's rows
+            tap.forget()
             return out
         hidden = tap.hidden(*out.shape[:2])
         if self.mode == "batch":

@@ -392,7 +392,7 @@ def _node_hover(circuit: Circuit, name: str, edges: pd.DataFrame | None) -> str:
         text = "the token embedding" if name == "embed" else "the unembedding's input (the readout)"
     elif name.endswith("MLP"):
         l = int(name.split()[0][1:])
-        text = (f"{name}: {int(circuit.masks['mlp_hidden'][l].sum())}/{d.count('mlp_hidden') // d.n_layers} hidden, "
+        text = (f"{name}: {int(circuit.masks['mlp_hidden'][l].sum())}/{d.hidden_width} hidden, "
                 f"{int(circuit.masks['mlp_output'][l].sum())}/{d.d_model} output neurons kept")
     else:
         l, h = int(name.split()[0][1:]), int(name.split()[1][1:])

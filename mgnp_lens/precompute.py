@@ -60,7 +60,7 @@ def precompute_bytes(model, dims: ModelDims, pairs, with_cache: bool) -> int:
     n = len(pairs)
     tokens = sum(b.clean.numel() for b in pairs.buckets)
     item = next(model.parameters()).element_size()
-    per_token = dims.n_layers * (dims.n_heads * dims.d_head + max(dims.n_experts, 1) * dims.d_mlp + dims.d_model) + dims.d_model
+    per_token = dims.n_layers * (dims.n_heads * dims.d_head + dims.hidden_width + dims.d_model) + dims.d_model
     return 2 * 4 * n * model.cfg.d_vocab + (item * tokens * per_token if with_cache else 0)
 
 
