@@ -126,6 +126,9 @@ def test_compile_auto_resolves_by_model_device_and_run_length(gpt2_micro, monkey
     cpu = torch.device("cpu")
     has_backend = d.compile_backend_missing(cpu) is None
     long, short = mg.PruningConfig(steps=d.COMPILE_MIN_STEPS), mg.PruningConfig(steps=d.COMPILE_MIN_STEPS - 1)
+    assert gpt2_micro.cfg.d_model < d.COMPILE_MIN_WIDTH
+    assert d.use_compile(long, gpt2_micro, cpu) is False  # too narrow: the compile costs more than the steps
+    monkeypatch.setattr(d, "COMPILE_MIN_WIDTH", gpt2_micro.cfg.d_model)
     assert d.use_compile(long, gpt2_micro, cpu) is has_backend
     assert d.use_compile(short, gpt2_micro, cpu) is False  # the compile would not pay for itself
     assert d.use_compile(mg.PruningConfig(compile=False), gpt2_micro, cpu) is False
