@@ -287,5 +287,38 @@ class Circuit:
                 return model(clean_tokens, return_type="logits")
 
 
+#: The index columns of :func:`score_table`, by granularity: which of ``layer, head, index`` each axis fills.
+_SCORE_AXES = {"embedding": ("index",), "attn_block": ("layer",), "mlp_block": ("layer",),
+               "attn_head": ("layer", "head"), "attn_neuron": ("layer", "head", "index"),
+               "mlp_expert": ("layer", "index"), "mlp_hidden": ("layer", "index"), "mlp_output": ("layer", "index")}
+
+
+def score_table(circuit: Circuit, scores: Mapping[str, torch.Tensor]) -> pd.DataFrame:
+    """One row per node of every granularity: ``granularity, layer, head, index, score, kept``.
+
+    Args:
+        circuit: the circuit the scores belong to (its masks fill ``kept``).
+        scores: ``{granularity: tensor shaped dims.shape(g)}``, e.g. each node's probability of being kept.
+
+    Returns:
+        a DataFrame sorted by granularity (hierarchy order), then position; ``layer``, ``head`` and ``index`` are
+        nullable integers (``index``: the attention neuron's ``hook_z`` dimension, the MLP neuron, the expert).
+    """
+    parts = []
+    for g in circuit.dims.granularities:
+        values = scores[g].detach().cpu()
+        idx = torch.cartesian_prod(*(torch.arange(n) for n in values.shape)).reshape(values.numel(), -1)
+        frame = pd.DataFrame({"granularity": g, **{axis: idx[:, i].numpy() for i, axis in enumerate(_SCORE_AXES[g])},
+                              "score": values.flatten().double().numpy(),
+                              "kept": circuit.masks[g].flatten().numpy()})
+        parts.append(frame)
+    table = pd.concat(parts, ignore_index=True)
+    for axis in ("layer", "head", "index"):
+        table[axis] = table[axis].astype("Int64") if axis in table else pd.array([pd.NA] * len(table), dtype="Int64")
+    if (table["granularity"] == "embedding").any():
+        table.loc[table["granularity"] == "embedding", "index"] = pd.NA
+    return table[["granularity", "layer", "head", "index", "score", "kept"]]
+
+
 def _dims(model_or_dims) -> ModelDims:
     return model_or_dims if isinstance(model_or_dims, ModelDims) else ModelDims.from_model(model_or_dims)

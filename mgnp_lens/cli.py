@@ -290,6 +290,10 @@ def _print_result(result) -> None:
     if sel is not None and sel["select"] == "validation":
         print(f"returned: step {sel['step']} of {sel['of_steps']}'s circuit, chosen over {sel['validation_checks']} "
               f"validation checks ({sel['rule']})")
+    conv = result.meta.get("convergence")
+    if conv is not None:
+        print(f"converged: {'yes' if conv['converged'] else 'no'} (the hard circuit was stable for the last "
+              f"{conv['stable_steps']} steps, {conv['stable_needed']} needed)")
 
 
 # --------------------------------------------------------------------------- commands

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint, targets
 from .ablation import ablation_values
-from .circuit import Circuit
+from .circuit import Circuit, make_consistent
 from .config import PRECOMPUTE_MEMORY_FRACTION, PruningConfig
 from .evaluate import Evaluation, evaluate, evaluate_cached, task_loss
 from .gates import HardConcreteGates
@@ -240,7 +240,8 @@ class _Run:
         masks = chosen["masks"] if chosen else self.gates.binarize()
         circuit = Circuit(self.dims, masks, task=self.task.describe(), config=self.config.to_dict())
         return DiscoveryResult(circuit, pd.DataFrame(self.rows), None, None, self.config, self.gates, self.step,
-                               self.interrupted, seconds, self.meta, self.last, selection=self.selection())
+                               self.interrupted, seconds, self.meta, self.last, selection=self.selection(),
+                               scored_log_alpha=chosen.get("log_alpha") if chosen else None)
 
     def selection(self) -> dict | None:
         """Which step's circuit the run returns and why (None without validation checks)."""
@@ -260,7 +261,8 @@ class _Run:
         key = targets.selection_key(self.config, step, val_kl, penalty, targets.sparsity_gap(self.config, circuit))
         if self.selected is None or key < self.selected["key"]:
             self.selected = {"step": step, "key": key, "val_kl": val_kl,
-                             "masks": {g: m.clone() for g, m in circuit.masks.items()}}
+                             "masks": {g: m.clone() for g, m in circuit.masks.items()},
+                             "log_alpha": {g: v.detach().cpu().clone() for g, v in self.gates.log_alpha.items()}}
         return penalty
 
 
@@ -392,7 +394,8 @@ def _train_step(model, interp: Interpolator, run: _Run, data: _Data, step: int) 
             for la in gates.log_alpha.values():
                 la.clamp_(*clamp)
     row = {"step": step + 1, "loss": kl + factor * float(sparsity.detach()), "kl": kl, "lambda_factor": factor,
-           "lr": lr_now, "noise_scale": noise, "seconds": time.perf_counter() - t_step}
+           "lr": lr_now, "noise_scale": noise, "seconds": time.perf_counter() - t_step,
+           "hard_key": targets.circuit_key(make_consistent(gates.binarize()))}
     with torch.no_grad():
         row.update({f"l0_{g}": float(l0[g]) for g in gates.trainable})
         row.update({f"active_{g}": float(expected_l0[g].sum()) for g in gates.trainable})
@@ -508,6 +511,27 @@ def _target_outcome(run: _Run, circuit: Circuit) -> dict | None:
     return outcome
 
 
+def _convergence(run: _Run, result: DiscoveryResult) -> dict:
+    """Whether the run converged: its final hard circuit stable (:func:`mgnp_lens.targets.convergence`) and, with a
+    target, meeting it (``target_kl``: the last validation check's KL; ``target_sparsity``: its size); which state
+    it returns; a warning when it did not converge."""
+    config, sel = run.config, result.selection or {}
+    met = None
+    if config.target_kl is not None:
+        met = (_last_val_kl(run.rows) or math.inf) <= config.target_kl
+    elif config.target_sparsity:
+        final = Circuit(run.dims, run.gates.binarize())
+        met = targets.sparsity_gap(config, final) <= targets.SPARSITY_TOLERANCE
+    returned = sel.get("step") if sel.get("select") == "validation" else None
+    out = targets.convergence(config, run.rows, run.step, met, returned)
+    if not out["converged"]:
+        missed = " and its final circuit misses the target" if met is False else ""
+        warnings.warn(f"the run did not converge: its hard circuit was stable for the last {out['stable_steps']} of "
+                      f"{run.step} steps ({out['stable_needed']} needed){missed}; train longer (--steps, or --resume "
+                      "DIR --steps N)", stacklevel=4)
+    return out
+
+
 def _auto_target(model, task, dims: ModelDims, config: PruningConfig) -> tuple[PruningConfig, dict | None]:
     """``config`` with ``target_kl`` set to ``auto_target_fraction`` of the loss at stake where fixed λ can only
     prune everything: keeping one head costs more than the empty circuit's loss on the validation pairs. Also
@@ -577,6 +601,7 @@ def _finish(model, task, run: _Run, data: _Data | None, error: Exception | None)
             result.train_evaluation, result.evaluation, result.heldout_evaluations = _final_evaluations(
                 model, task, result.circuit, run, data)
             result.target = _target_outcome(run, result.circuit)
+            result.meta["convergence"] = _convergence(run, result)
             _warn_if_empty(run, result)
             problem = _save(result, ckpt)
     except KeyboardInterrupt:  # the trained circuit is kept, labelled as not finished (resuming evaluates it)

@@ -147,6 +147,32 @@ class HardConcreteGates(nn.Module):
             chain[g] = mine if above is None else above if mine is None else above * mine
         return {g: chain[g] for g in own}
 
+    @torch.no_grad()
+    def open_probability(self, log_alpha: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Each node's probability of being kept, along the hierarchy: the chance that a sampled gate (Eq. 6)
+        exceeds the binarisation threshold, ``σ(log α − β·logit((threshold − γ)/(ζ − γ)))`` (``σ(log α)`` at the
+        default threshold 0.5), times its ancestors'. Binarisation keeps a gate exactly when its own value is
+        above 0.5, so ranking nodes by it ranks them by how firmly the gates keep them.
+
+        Args:
+            log_alpha: ``{granularity: log α}`` to score instead of the gates' own (e.g. a saved state's).
+
+        Returns:
+            ``{granularity: tensor shaped dims.shape(g)}`` in [0, 1] for every granularity of the model (1 for the
+            untrained ones and their path).
+        """
+        p = self.params
+        q = (p.threshold - p.gamma) / (p.zeta - p.gamma)
+        shift = p.beta * math.log(q / (1 - q))
+        source = self.log_alpha if log_alpha is None else log_alpha
+        out: dict[str, torch.Tensor] = {}
+        for g in self.dims.granularities:  # parents come before their children
+            own = torch.sigmoid(source[g].detach().cpu() - shift) if g in source else \
+                torch.ones(self.dims.shape(g))
+            parent = self.dims.parent(g)
+            out[g] = own if parent is None else own * self.dims.under_parent(g, out[parent])
+        return out
+
     def mean_l0(self) -> dict[str, torch.Tensor]:
         """Each trainable granularity's expected L0 divided by its gate count, in [0, 1]."""
         return {g: v.mean() for g, v in self.expected_l0().items()}

@@ -14,5 +14,8 @@ EVAL_SPLITS = ("train", "validation", "test", "test_templates", "test_corruption
 BACKENDS = ("auto", "hooked", "bridge")
 #: The built-in tasks (:data:`mgnp_lens.tasks.TASKS`).
 TASK_NAMES = ("gp", "gt", "ioi")
+#: The programs of :data:`mgnp_lens.tasks.tracr.LIBRARY`, in its order.
+TRACR_PROGRAMS = ("reverse", "xproportion", "hist", "sort_unique", "sort", "frac_prevs", "pair_balance", "shuffle_dyck",
+                  "shift_by", "detect_pattern")
 #: The reference circuits (:func:`mgnp_lens.reference.reference_names`).
-REFERENCE_NAMES = ("gt", "gt-acdc", "gt-hanna", "ioi", "tracr-reverse", "tracr-xproportion")
+REFERENCE_NAMES = ("gt", "gt-acdc", "gt-hanna", "ioi", *sorted(f"tracr-{n}" for n in TRACR_PROGRAMS))

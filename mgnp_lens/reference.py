@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,17 +78,54 @@ class ReferenceCircuit:
         return {h: c for c, hs in self.heads_by_class.items() for h in hs}
 
 
-#: tracr's compiled models' circuits (:mod:`mgnp_lens.tasks.tracr`), known by construction, for the default
-#: (corrupted-input) ablation: every pair has the same length, so only what reads the tokens differs between a
-#: clean and a corrupted run. tracr-reverse: the head that moves each token to its mirrored position (layer 3)
-#: reading the token embedding; tracr-xproportion: MLP 0 (is the token "x"?) and the head of layer 1 that
-#: averages it over the prefix. The same node sets as auto-circuit's official tracr circuits.
-TRACR_TRUTH = {
-    "tracr-reverse": ReferenceCircuit("tracr-reverse", "tracr RASP program make_reverse (by construction)",
-                                      {"reverse": [(3, 0)]}, {}, n_layers=4, n_heads=1),
-    "tracr-xproportion": ReferenceCircuit("tracr-xproportion", "tracr RASP program make_frac_prevs (by construction)",
-                                          {"mean": [(1, 0)]}, {"is_x": [0]}, n_layers=2, n_heads=1),
-}
+class _TracrTruths(Mapping):
+    """``{"tracr-NAME": ReferenceCircuit}`` for every program of :data:`mgnp_lens.tasks.tracr.LIBRARY`: the node set
+    derived from the compiled model under the corrupted ablation (:meth:`mgnp_lens.tasks.tracr.Program.truth`),
+    compiled and derived on first use (needs the ``tracr`` extra)."""
+
+    def __init__(self):
+        self._cache: dict[str, ReferenceCircuit] = {}
+
+    def _names(self) -> list[str]:
+        from .names import TRACR_PROGRAMS
+
+        return [f"tracr-{n}" for n in TRACR_PROGRAMS]
+
+    def __getitem__(self, name: str) -> ReferenceCircuit:
+        if name not in self._names():
+            raise KeyError(name)
+        if name not in self._cache:
+            from .tasks import tracr
+
+            self._cache[name] = tracr_reference(tracr.load(name.removeprefix("tracr-")))
+        return self._cache[name]
+
+    def __iter__(self):
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+
+def tracr_reference(program, ablation: str = "corrupted") -> ReferenceCircuit:
+    """A compiled tracr program's ground truth under ``ablation`` as a :class:`ReferenceCircuit`.
+
+    Args:
+        program: a :class:`mgnp_lens.tasks.tracr.Program` (:func:`~mgnp_lens.tasks.tracr.from_program`).
+        ablation: ``"corrupted"`` or ``"zero"``.
+    """
+    truth = program.truth(ablation)
+    cfg = program.model.cfg
+    return ReferenceCircuit(f"tracr-{program.name}", f"tracr RASP program {program.name} (derived from the compiled "
+                            f"weights by ablation, {ablation} ablation)", {"truth": sorted(truth.heads)},
+                            {"truth": sorted(truth.mlps)} if truth.mlps else {}, n_layers=cfg.n_layers,
+                            n_heads=cfg.n_heads)
+
+
+#: tracr's compiled programs' circuits (:mod:`mgnp_lens.tasks.tracr`), known by construction: derived from the
+#: compiled weights under the corrupted ablation when first read. tracr-reverse is {L3H0} and tracr-xproportion
+#: {L1H0, MLP 0}: auto-circuit's official node sets.
+TRACR_TRUTH = _TracrTruths()
 
 
 def reference_names() -> list[str]:
@@ -176,35 +214,37 @@ class RocCurve:
 ROC_RULES = ("trapezoid", "staircase")
 
 
-def roc(circuits: list[Circuit], reference: str | ReferenceCircuit, level: str = "node",
+def roc(circuits: list[Circuit] | pd.DataFrame, reference: str | ReferenceCircuit, level: str = "node",
         labels: list | None = None, mlps: bool | None = None, rule: str = "trapezoid") -> RocCurve:
-    """ACDC-style ROC over a set of circuits (e.g. a λ sweep).
+    """ACDC-style ROC over a set of circuits (e.g. a λ sweep), or over one run's per-node scores.
 
     Each circuit gives one point: TPR = |found ∩ ref| / |ref| and FPR = |found \\ ref| / |non-ref|
-    over the nodes of ``level`` (``head``; ``mlp``; ``node`` = heads plus MLP layers). (0, 0) and (1, 1) are
-    added and the points sorted by FPR (then TPR). As in ACDC, the curve keeps only points that no point of
-    lower-or-equal FPR beats on TPR (a sweep's circuits need not be nested).
+    over the nodes of ``level`` (``head``; ``mlp``; ``node`` = heads plus MLP layers). Scores
+    (:meth:`mgnp_lens.DiscoveryResult.scores`) give one point per distinct score: the nodes scored at least that
+    (heads by their ``attn_head`` row, MLP layers by their ``mlp_block`` row), so one run draws a full curve.
+    (0, 0) and (1, 1) are added and the points sorted by FPR (then TPR). As in ACDC, the curve keeps only points
+    that no point of lower-or-equal FPR beats on TPR (a sweep's circuits need not be nested).
 
     Args:
+        circuits: circuits of the reference's model, or a score table.
         mlps: whether ``level="node"`` counts MLP layers (default: when the reference has MLP nodes). With
             ``True`` and a reference without MLPs every kept MLP is a false positive.
         rule: :data:`ROC_RULES`: the area by the trapezoid rule, or ACDC's staircase.
 
     Returns:
-        :class:`RocCurve` with columns ``label, fpr, tpr, on_curve``.
+        :class:`RocCurve` with columns ``label, fpr, tpr, on_curve`` (with scores, ``label`` is the threshold).
+
+    Raises:
+        ValueError: an unknown level or rule, no circuits, circuits of another model, or a reference whose nodes
+            at ``level`` are all in the truth (no negatives: every curve has area 1).
     """
     if level not in ("head", "mlp", "node"):
         raise ValueError(f"unknown ROC level {level!r}; expected 'head', 'mlp' or 'node'")
     if rule not in ROC_RULES:
         raise ValueError(f"unknown ROC rule {rule!r}; expected one of {', '.join(ROC_RULES)}")
     ref = get_reference(reference) if isinstance(reference, str) else reference
-    if not circuits:
-        raise ValueError("roc needs at least one circuit")
     if level == "mlp" and not ref.mlps_by_class:
         raise ValueError(f"reference {ref.name!r} has no MLP nodes; use level='head', or level='node' with mlps=True")
-    labels = list(labels) if labels is not None else list(range(len(circuits)))
-    if len(labels) != len(circuits):
-        raise ValueError(f"{len(labels)} labels for {len(circuits)} circuits")
     with_heads = level in ("head", "node")
     with_mlps = level == "mlp" or (level == "node" and (bool(ref.mlps_by_class) if mlps is None else mlps))
 
@@ -214,13 +254,51 @@ def roc(circuits: list[Circuit], reference: str | ReferenceCircuit, level: str =
 
     truth = nodes_of(ref.heads, ref.mlps)
     universe = with_heads * ref.n_layers * ref.n_heads + with_mlps * ref.n_layers
+    if universe == len(truth):
+        raise ValueError(f"every {level} of {ref.name!r} is in its truth ({universe} of {universe}), so there is no "
+                         "false positive to count and any ranking has AUC 1; compare the circuit instead "
+                         "(reference.compare), or count more nodes (level='node', mlps=True)")
+    found = _scored_sets(circuits, ref, nodes_of) if isinstance(circuits, pd.DataFrame) else \
+        _circuit_sets(circuits, ref, nodes_of, labels)
     rows = [{"label": "endpoint", "fpr": 0.0, "tpr": 0.0}]
-    for c, lab in zip(circuits, labels):
-        _check_shape(c, ref)
-        s = _scores(nodes_of(c.active_heads(), c.active_mlps()), truth, universe)
+    for lab, nodes in found:
+        s = _scores(nodes, truth, universe)
         rows.append({"label": lab, "fpr": s["fpr"], "tpr": s["tpr"]})
     rows.append({"label": "endpoint", "fpr": 1.0, "tpr": 1.0})
-    pts = pd.DataFrame(rows).sort_values(["fpr", "tpr"], kind="stable").reset_index(drop=True)
+    return _curve(pd.DataFrame(rows), rule)
+
+
+def _circuit_sets(circuits: list[Circuit], ref: ReferenceCircuit, nodes_of, labels) -> list[tuple]:
+    """``[(label, node set)]`` of a list of circuits."""
+    if not len(circuits):
+        raise ValueError("roc needs at least one circuit")
+    labels = list(labels) if labels is not None else list(range(len(circuits)))
+    if len(labels) != len(circuits):
+        raise ValueError(f"{len(labels)} labels for {len(circuits)} circuits")
+    for c in circuits:
+        _check_shape(c, ref)
+    return [(lab, nodes_of(c.active_heads(), c.active_mlps())) for c, lab in zip(circuits, labels)]
+
+
+def _scored_sets(scores: pd.DataFrame, ref: ReferenceCircuit, nodes_of) -> list[tuple]:
+    """``[(threshold, node set)]``: the nodes scored at least each distinct score of a score table."""
+    heads = scores[scores["granularity"] == "attn_head"]
+    mlps = scores[scores["granularity"] == "mlp_block"]
+    if len(heads) != ref.n_layers * ref.n_heads or len(mlps) != ref.n_layers:
+        raise ValueError(f"reference circuit {ref.name!r} is for {ref.model} ({ref.n_layers} layers × {ref.n_heads} "
+                         f"heads); these scores have {len(heads)} heads over {len(mlps)} layers")
+    head_scores = {(int(l), int(h)): float(v) for l, h, v in heads[["layer", "head", "score"]].itertuples(index=False)}
+    mlp_scores = {int(l): float(v) for l, v in mlps[["layer", "score"]].itertuples(index=False)}
+    out = []
+    for t in sorted({*head_scores.values(), *mlp_scores.values()}, reverse=True):
+        out.append((t, nodes_of([h for h, v in head_scores.items() if v >= t], [m for m, v in mlp_scores.items()
+                                                                                   if v >= t])))
+    return out
+
+
+def _curve(pts: pd.DataFrame, rule: str) -> RocCurve:
+    """The ROC curve through ``pts`` (endpoints included): sorted, dominated points marked, area by ``rule``."""
+    pts = pts.sort_values(["fpr", "tpr"], kind="stable").reset_index(drop=True)
     best, on_curve = -1.0, []
     for tpr in pts["tpr"]:  # a point is on the curve unless a point with lower-or-equal FPR has higher TPR
         on_curve.append(tpr >= best)

@@ -165,6 +165,11 @@ def _header(run: dict, task: str | None) -> list[str]:
         parts.append(f'<p class="sub">The circuit shown is step {selection["step"]} of {selection["of_steps"]}\'s, '
                      f'chosen over {selection["validation_checks"]} validation checks: '
                      f'{html.escape(selection["rule"])}.</p>')
+    conv = run["config"].get("convergence")
+    if conv:
+        verdict = "converged" if conv["converged"] else "did not converge"
+        parts.append(f'<p class="{"sub" if conv["converged"] else "warn"}">The run {verdict}: its hard circuit was '
+                     f'stable for the last {conv["stable_steps"]} steps ({conv["stable_needed"]} needed).</p>')
     if ev.get("interrupted"):
         parts.append('<p class="warn">This run was interrupted: the circuit is the one of the last finished '
                      'step, and it was not evaluated.</p>')

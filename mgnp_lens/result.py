@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from . import checkpoint
-from .circuit import Circuit
+from .circuit import Circuit, score_table
 from .config import PruningConfig
 from .evaluate import Evaluation
 from .gates import HardConcreteGates
@@ -68,6 +68,14 @@ class DiscoveryResult:
     heldout_evaluations: dict[str, Evaluation] = field(default_factory=dict)
     target: dict | None = None
     selection: dict | None = None
+    scored_log_alpha: dict | None = field(default=None, repr=False)
+
+    def scores(self) -> pd.DataFrame:
+        """Each node's probability of being kept (:meth:`HardConcreteGates.open_probability`) from the same gate
+        state as the returned circuit, with whether the circuit keeps it: one row per node of every granularity,
+        columns ``granularity, layer, head, index, score, kept`` (:func:`mgnp_lens.circuit.score_table`). Ranking
+        nodes by it gives circuits of every size from one run (``reference.roc(result.scores(), truth)``)."""
+        return score_table(self.circuit, self.gates.open_probability(self.scored_log_alpha))
 
     def evaluations(self) -> pd.DataFrame:
         """Every evaluation side by side, one row per split: training pairs, ``eval_split``, then the

@@ -110,6 +110,46 @@ def converged(rows: list[dict], target_kl: float, after_step: int = 0) -> bool:
         all(r["val_kl"] <= target_kl for r in last)
 
 
+#: A run has converged when its hard circuit has not changed for this fraction of its steps (at least
+#: :data:`MIN_STABLE_STEPS`) at the end, and meets its target if it has one.
+STABLE_FRACTION = 0.2
+MIN_STABLE_STEPS = 20
+
+
+def stable_since(rows: list[dict]) -> int | None:
+    """The first step from which every step's hard circuit (``hard_key``) equals the last one (None: no keys)."""
+    keyed = [(r["step"], r["hard_key"]) for r in rows if "hard_key" in r and not _isnan(r["hard_key"])]
+    if not keyed:
+        return None
+    last, since = keyed[-1][1], keyed[-1][0]
+    for step, key in reversed(keyed):
+        if key != last:
+            break
+        since = step
+    return since
+
+
+def convergence(config, rows: list[dict], steps: int, met: bool | None, returned_step: int | None) -> dict:
+    """Whether a run converged, and which state it returned and why (for ``evaluation.json`` and the report).
+
+    Args:
+        config: the run's configuration (``select``).
+        rows: its history (``hard_key`` on every step).
+        steps: the steps it finished.
+        met: whether its final circuit meets its target (None: no target).
+        returned_step: the validation check whose circuit it returns (None: the final state).
+    """
+    since = stable_since(rows)
+    stable = 0 if since is None else steps - since + 1
+    need = max(MIN_STABLE_STEPS, math.ceil(STABLE_FRACTION * steps))
+    final = returned_step is None or returned_step == steps
+    out = {"converged": stable >= need and met is not False, "stable_steps": stable, "stable_needed": need,
+           "final_meets_target": met, "final_state": final, "returned_step": steps if final else returned_step}
+    if not final:
+        out["why"] = selection_rule(config)
+    return out
+
+
 def _isnan(x) -> bool:
     return isinstance(x, float) and math.isnan(x)
 

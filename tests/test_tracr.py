@@ -105,3 +105,97 @@ def test_the_paper_lambda_empties_a_tracr_circuit_and_says_what_to_do():
     with pytest.warns(UserWarning, match=r"the circuit is empty: at these λ keeping one head costs 1\.5 .*target_kl"):
         r = mg.discover(c.model, task, steps=60, auto_target_fraction=None, eval_heldout=False, progress=False)
     assert not r.circuit.active_heads() and not r.circuit.active_mlps()
+
+
+# ------------------------------------------------------------------------ any RASP program, its derived truth
+def test_the_library_is_what_the_cli_offers():
+    from mgnp_lens import names
+
+    assert tuple(tracr.LIBRARY) == names.TRACR_PROGRAMS
+    assert {f"tracr-{n}" for n in tracr.LIBRARY} <= set(reference.reference_names())
+
+
+def test_the_truth_is_derived_from_the_compiled_weights_by_plain_ablation():
+    rev = tracr.load("reverse")
+    corrupted, zero = rev.truth("corrupted"), rev.truth("zero")
+    assert corrupted.heads == {(3, 0)} and corrupted.mlps == set()  # auto-circuit's official tracr-reverse nodes
+    # zero-ablated, the length computation (MLPs 0-2) is no longer identical between the two runs
+    assert zero.heads == {(3, 0)} and zero.mlps == {0, 1, 2}
+    for truth in (corrupted, zero):
+        assert truth.complement_effect <= tracr.TRUTH_TOLERANCE  # sufficient together
+        kept = {f"L{l}H{h}" for l, h in truth.heads} | {f"MLP{m}" for m in truth.mlps}
+        assert all((v > tracr.TRUTH_TOLERANCE) == (k in kept) for k, v in truth.effects.items())  # each one needed
+    xprop = TRACR_TRUTH["tracr-xproportion"]  # the lazily derived reference
+    assert xprop.heads == {(1, 0)} and xprop.mlps == {0}
+    with pytest.raises(ValueError, match="derived for the ablations corrupted, zero; got 'mean'"):
+        rev.truth("mean")
+
+
+def test_from_program_takes_any_rasp_program_categorical_or_numerical():
+    from tracr.compiler import lib
+    from tracr.rasp import rasp
+
+    plus_one = rasp.categorical(rasp.Map(lambda x: (x + 1) % 4, rasp.tokens)).named("plus_one")
+    p = tracr.from_program(plus_one, vocab={0, 1, 2, 3}, max_seq_len=3)
+    assert p.task.loss == "kl" and len(p.inputs) == 4 ** 3 and p.model.cfg.d_vocab_out == 4
+    assert tracr.check_conversion(p.compiled, p.inputs) < tracr.EXACT_TOLERANCE
+    assert p.truth().heads == set() and p.truth().mlps == {0}  # a Map is one MLP
+    frac = tracr.from_program(lib.make_frac_prevs(rasp.tokens == "b"), vocab={"a", "b"}, max_seq_len=4, name="fb")
+    assert frac.compiled.numerical and frac.task.loss == "mse" and frac.task.name == "tracr-fb"
+    assert frac.truth("zero").heads == {(1, 0)} and frac.truth("zero").mlps == {0}
+
+
+def test_bad_programs_and_pairs_are_refused_with_the_way_out():
+    from tracr.compiler import lib
+    from tracr.rasp import rasp
+
+    numeric = rasp.numerical(rasp.Map(lambda x: x, rasp.tokens))
+    bad = rasp.Aggregate(rasp.Select(numeric, rasp.tokens, rasp.Comparison.EQ), rasp.tokens)
+    with pytest.raises(ValueError, match="tracr cannot compile the RASP program .*Select keys must be categorical"):
+        tracr.from_program(bad, vocab={1, 2, 3}, max_seq_len=4)
+    with pytest.raises(ValueError, match="gives the same outputs on clean and corrupted inputs .* nothing to find; use "
+                                         "a larger vocabulary or length"):
+        tracr.from_program(lib.make_length(), vocab={1, 2}, max_seq_len=3)  # every input has length 3
+    with pytest.raises(ValueError, match="outputs a number, which has no distribution to take a KL of; use loss='mse'"):
+        tracr.from_program(lib.make_frac_prevs(rasp.tokens == "b"), vocab={"a", "b"}, max_seq_len=4, loss="kl")
+    with pytest.raises(ValueError, match="needs at least two input sequences of one length"):
+        tracr.from_program(lib.make_hist(), vocab={1, 2}, max_seq_len=3, inputs=[[1, 2, 1]])
+    with pytest.raises(ValueError, match="unknown tracr program 'sorted'; expected one of reverse, xproportion"):
+        tracr.load("sorted")
+
+
+def test_roc_refuses_a_reference_whose_every_node_is_in_the_truth():
+    hist = TRACR_TRUTH["tracr-hist"]  # one layer: its only head and its only MLP are both needed
+    assert hist.heads == {(0, 0)} and hist.mlps == {0}
+    circuit = mg.Circuit.full(tracr.compile_program("hist").model)
+    with pytest.raises(ValueError, match=r"every node of 'tracr-hist' is in its truth \(2 of 2\).*no false positive"):
+        reference.roc([circuit], hist)
+
+
+def test_one_runs_scores_draw_a_full_roc_curve_with_auc_one():
+    """reverse under the zero ablation: {L3H0, MLP 0-2} of 4 heads and 4 MLPs, recovered, and ranked above every
+    other node by the scores of the same state as the returned circuit."""
+    p = tracr.load("reverse")
+    ref = reference.tracr_reference(p, "zero")
+    r = mg.discover(p.model, p.task, ablation="zero", eval_heldout=False, progress=False)
+    assert set(r.circuit.active_heads()) == ref.heads and set(r.circuit.active_mlps()) == ref.mlps
+    scores = r.scores()
+    assert len(scores) == r.circuit.dims.total_gates() and scores["score"].between(0, 1).all()
+    for g in r.circuit.dims.granularities:  # the kept column is the returned circuit
+        rows = scores[scores["granularity"] == g]
+        assert rows["kept"].to_numpy().tolist() == r.circuit.masks[g].flatten().tolist()
+    heads = scores[scores["granularity"] == "attn_head"]
+    assert heads[["layer", "head"]].astype(int).values.tolist() == [[l, 0] for l in range(4)]
+    curve = reference.roc(scores, ref, mlps=True)
+    assert curve.auc == pytest.approx(1.0) and len(curve.points) > 3  # a curve, not one point
+    assert r.meta["convergence"]["returned_step"] <= r.steps_completed
+
+
+def test_a_short_run_says_it_did_not_converge():
+    p = tracr.load("shift_by")
+    with pytest.warns(UserWarning, match=r"did not converge: its hard circuit was stable for the last \d+ of 5 steps "
+                                         r"\(20 needed\)"):
+        r = mg.discover(p.model, p.task, steps=5, eval_heldout=False, progress=False, auto_target_fraction=None)
+    conv = r.meta["convergence"]
+    assert conv["converged"] is False and conv["final_state"] and conv["returned_step"] == 5
+    assert "hard_key" in r.history and r.history["hard_key"].notna().all()
