@@ -217,9 +217,15 @@ class Circuit:
         if missing:
             raise ValueError(f"the circuit lacks {', '.join(missing)}")
         try:
-            masks = {g: torch.tensor(data["masks"][g], dtype=torch.bool) for g in dims.granularities}
+            raw = {g: torch.tensor(data["masks"][g]) for g in dims.granularities}
         except (TypeError, ValueError, KeyError) as e:
             raise ValueError(f"the circuit's model shape or masks are malformed ({e})") from None
+        for g, m in raw.items():  # 0/1 (or false/true) only: a 2 or a -1 is a mistake, not "kept"
+            if m.dtype != torch.bool and not ((m == 0) | (m == 1)).all():
+                bad = sorted({float(v) for v in m[(m != 0) & (m != 1)].flatten()[:5].tolist()})
+                raise ValueError(f"masks.{g} holds {', '.join(f'{v:g}' for v in bad)}; a mask value must be 0 "
+                                 "(pruned) or 1 (kept)")
+        masks = {g: m.bool() for g, m in raw.items()}
         return cls(dims, masks, task=data.get("task"), config=data.get("config"))
 
     @classmethod

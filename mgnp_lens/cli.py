@@ -225,16 +225,30 @@ def _check_data_file(path: str) -> Path:
     if not p.is_file():
         raise CliError(f"--data {path}: no such file")
     (read_csv if p.suffix == ".csv" else read_jsonl)(p)
-    return p
+    return p.resolve()  # recorded absolute: --resume and evaluate work from any directory
 
 
 def _resolve_device(device: str) -> str:
-    """``auto``: CUDA when torch sees a GPU, else the CPU."""
-    if device != "auto":
-        return device
+    """``auto``: CUDA when torch sees a GPU, else the CPU; any other name is checked here, before the model loads
+    (``CliError``, exit 2, naming what this machine has)."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise CliError(f"--device {device}: not a torch device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CliError(f"--device {device}: this machine has no CUDA GPU that torch can use (a CPU-only torch build, or "
+                       "no driver); use --device cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise CliError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise CliError(f"--device {device}: Apple's MPS is not available here; use --device cpu or auto")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise CliError(f"--device {device}: mgnp runs on cpu, cuda or mps; use --device auto")
+    return device
 
 
 def _load_model(name, device, backend: str | None = None, n_devices: int = 1):
@@ -352,7 +366,8 @@ def cmd_discover(args) -> int:
     """Check everything, take the lock, load the model and build the task, and only then replace an old run."""
     from .discovery import discover
     from .result import write_json
-    from .rundir import check_writable, holds_run, replacing, run_lock
+    from .rundir import announce_recovery, check_new_out, check_replaceable, check_writable, holds_run, replacing, \
+        run_lock
 
     if args.resume is not None:
         return _resume(args)
@@ -366,8 +381,13 @@ def cmd_discover(args) -> int:
            "n_test": args.n_test, "max_train": args.max_train, "seed": args.seed, "device": args.device,
            "backend": args.backend, "n_devices": args.n_devices}
     with run_lock(out):
-        if holds_run(out) and not args.overwrite:
-            raise CliError(f"{out} already holds a run; choose another --out or pass --overwrite")
+        announce_recovery(out)
+        if holds_run(out):
+            check_replaceable(out)  # a directory with someone else's files is no run, whatever --overwrite says
+            if not args.overwrite:
+                raise CliError(f"{out} already holds a run; choose another --out or pass --overwrite")
+        else:
+            check_new_out(out)
         model = _load_model(args.model, args.device, args.backend, args.n_devices)
         task = _build_task(model, cli)
         with replacing(out, holds_run(out)):
@@ -390,7 +410,7 @@ def _resume(args) -> int:
     from .config import PruningConfig
     from .discovery import discover
     from .result import write_json
-    from .rundir import run_lock
+    from .rundir import announce_recovery, run_lock
 
     given = [flag for flag, value in (("--task", args.task), ("--data", args.data), ("--model", args.model),
                                       ("--batch-size", args.batch_size), ("--lr", args.lr),
@@ -409,6 +429,7 @@ def _resume(args) -> int:
         raise CliError(f"--resume continues the run with its saved settings; {', '.join(given)} cannot be given "
                        "with it (only --steps, --device, --n-devices and --quiet)")
     out = Path(args.resume)
+    announce_recovery(out)
     if not (out / STATE_FILE).exists():
         raise CliError(f"--resume {out}: no {STATE_FILE} there (a run writes it at each checkpoint, on Ctrl-C or "
                        "an error, and at the end)")
@@ -491,7 +512,9 @@ def _finish(result, out: Path, model=None, task=None, edge_examples: int = 0) ->
 
 def cmd_report(args) -> int:
     from .report import CURVE_FILE, build_comparison_report, build_report
+    from .rundir import announce_recovery
 
+    announce_recovery(Path(args.dir))
     if (Path(args.dir) / CURVE_FILE).exists() and not (Path(args.dir) / "circuit.json").exists():
         path = build_comparison_report(args.dir, out=args.out)  # faithfulness.compare_methods' directory
     else:
@@ -502,7 +525,9 @@ def cmd_report(args) -> int:
 
 def _run_cli_info(directory: Path) -> dict:
     from .report import load_run
+    from .rundir import announce_recovery
 
+    announce_recovery(Path(directory))
     run = load_run(directory)
     cfg = run["config"]
     cli = dict(cfg.get("cli") or {})
@@ -596,11 +621,14 @@ def main(argv=None) -> int:
     from .models import ModelLoadError
     from .result import DiscoveryError
 
+    from .result import stop_signals_interrupt
+
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in config.json
     try:
-        return COMMANDS[args.command](args)
-    except KeyboardInterrupt:
-        print("mgnp: interrupted", file=sys.stderr)
+        with stop_signals_interrupt():  # SIGTERM and SIGHUP stop a run as Ctrl-C does
+            return COMMANDS[args.command](args)
+    except KeyboardInterrupt as e:
+        print(f"mgnp: interrupted{f' ({e})' if str(e) else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except ModelLoadError as e:
         print(f"mgnp: error: cannot load the model: {e}", file=sys.stderr)

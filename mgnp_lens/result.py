@@ -125,21 +125,51 @@ def write_json(path: Path, payload, indent: int | None = 2) -> None:
         tmp.unlink(missing_ok=True)
 
 
+#: The signals that stop a run as Ctrl-C does (save the last finished step, exit 130): SIGINT, and where the platform
+#: has them SIGTERM (``kill``, ``timeout``, ``docker stop``, SLURM, Kubernetes) and SIGHUP (a closed terminal).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextmanager
+def stop_signals_interrupt():
+    """Inside the ``with``, SIGTERM and SIGHUP raise ``KeyboardInterrupt`` as Ctrl-C does, so every stop takes the
+    path that keeps the finished work; the previous handlers come back on exit. Outside the main thread it does
+    nothing. A signal that the process was started ignoring (``nohup``) stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+    for sig in STOP_SIGNALS:
+        if sig != signal.SIGINT and signal.getsignal(sig) is not signal.SIG_IGN:
+            previous[sig] = signal.signal(sig, _raise_interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 @contextmanager
 def deferred_interrupt():
-    """Ctrl-C inside the ``with`` is held back until its end (then raised), so that a group of renames
-    is never cut in half. Outside the main thread (where no signal arrives) it does nothing."""
+    """A stop signal (Ctrl-C, SIGTERM, SIGHUP) inside the ``with`` is held back until its end (then raised as
+    ``KeyboardInterrupt``), so that a group of renames is never cut in half. Outside the main thread (where no
+    signal arrives) it does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught = []
-    previous = signal.signal(signal.SIGINT, lambda *a: caught.append(a))
+    previous = {sig: signal.signal(sig, lambda *a: caught.append(a)) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if caught:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt(signal.Signals(caught[0][0]).name)
 
 
 def _staged_files(result: DiscoveryResult) -> dict[str, Callable[[Path], None]]:

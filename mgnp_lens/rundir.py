@@ -7,6 +7,8 @@ Used by ``mgnp discover`` (``--out``, ``--overwrite``, ``--resume``); the run fi
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import os
 import shutil
 from contextlib import contextmanager
@@ -15,6 +17,25 @@ from pathlib import Path
 LOCK_FILE = ".mgnp.lock"
 #: Files whose presence means a directory holds (the start of) a run.
 RUN_MARKERS = ("config.json", "circuit.json", "state.pt", "evaluation.json")
+#: Every name a run directory's files may have: what ``mgnp discover`` writes, what ``mgnp evaluate``, ``compare``
+#: and ``export`` add, and their temporary names while being written. Nothing else is ever moved or deleted.
+RUN_FILE_PATTERNS = ("config.json", "circuit.json", "state.pt", "gates.pt", "evaluation.json", "history.csv",
+                     "per_layer.csv", "summary.csv", "edges.csv", "heads.csv", "attention.json", "examples.csv",
+                     "report.html", "evaluation_*.json", "patching_effects.csv", "circuit.*", "*.tmp", LOCK_FILE)
+#: The folder an ``--overwrite`` moves the old run into until the new one has written its circuit (``.PID``).
+BACKUP_PREFIX = ".mgnp-replaced-"
+
+
+def is_run_file(name: str) -> bool:
+    """Whether a file called ``name`` belongs to a run directory (:data:`RUN_FILE_PATTERNS`)."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in RUN_FILE_PATTERNS)
+
+
+def foreign_entries(out: Path) -> list[str]:
+    """The entries of ``out`` that are not a run's files (folders included), sorted; a replacement backup is a
+    run's."""
+    return sorted(e.name + ("/" if e.is_dir() else "") for e in out.iterdir()
+                  if not (e.is_file() and is_run_file(e.name)) and not e.name.startswith(BACKUP_PREFIX))
 
 
 def check_writable(out: Path) -> None:
@@ -34,6 +55,46 @@ def check_writable(out: Path) -> None:
 def holds_run(out: Path) -> bool:
     """Whether ``out`` holds a run, finished or not (its config.json is written when it starts)."""
     return any((out / name).exists() for name in RUN_MARKERS)
+
+
+def check_new_out(out: Path) -> None:
+    """Raise ``ValueError`` if ``out`` holds no run but files that a new run would overwrite (``report.html``,
+    ``summary.csv``, ...: a run's names, someone else's files)."""
+    if not out.is_dir() or holds_run(out):
+        return
+    clash = sorted(e.name for e in out.iterdir() if e.is_file() and is_run_file(e.name) and e.name != LOCK_FILE
+                   and not e.name.endswith(".tmp"))
+    if clash:
+        raise ValueError(f"--out {out} holds {', '.join(clash)}, which a run would overwrite, but no run; choose "
+                         "another --out, or move those files")
+
+
+def announce_recovery(out: Path) -> None:
+    """:func:`recover` ``out``, saying on stderr what was done."""
+    import sys
+
+    for line in recover(out):
+        print(f"mgnp: {line}", file=sys.stderr)
+
+
+def check_replaceable(out: Path) -> None:
+    """Raise ``ValueError`` unless everything in ``out`` is a run's (what ``--overwrite`` may replace): a directory
+    with other files or folders, or whose config.json is not a run's, is not a run directory, whatever
+    ``--overwrite`` says."""
+    foreign = foreign_entries(out)
+    config = out / "config.json"
+    not_ours = False
+    if config.exists():
+        try:
+            data = json.loads(config.read_text(encoding="utf-8"))
+            not_ours = not (isinstance(data, dict) and "config" in data)
+        except (ValueError, UnicodeDecodeError):
+            not_ours = False  # a run's config.json damaged by a crash: still a run directory
+    if foreign or not_ours:
+        what = f"holds files that are not a run's ({', '.join(foreign[:8])}{', ...' if len(foreign) > 8 else ''})" \
+            if foreign else "has a config.json that is not a run's (no 'config' entry)"
+        raise ValueError(f"--out {out} {what}, so it is not a run directory and --overwrite will not touch it; "
+                         "choose a new or empty --out")
 
 
 def _alive(pid: int) -> bool:
@@ -83,27 +144,58 @@ def run_lock(out: Path):
 
 @contextmanager
 def replacing(out: Path, replace: bool):
-    """With ``replace``, move the old run in ``out`` aside for the ``with`` (every file of it but the lock)
-    and delete it once the new run has written its circuit; if the new run wrote none (it failed at
-    once), its files are removed and the old run is put back."""
-    backup = out / f".mgnp-replaced-{os.getpid()}"
-    moved = []
+    """With ``replace``, move the old run's files in ``out`` aside for the ``with`` (into ``.mgnp-replaced-PID/``)
+    and delete them once the new run has written its circuit; if the new run wrote none (it failed at once), its
+    files are removed and the old run is put back. Only run files (:func:`is_run_file`) are ever moved; a
+    replacement that a killed process left half done is undone by :func:`recover` first."""
+    backup = out / f"{BACKUP_PREFIX}{os.getpid()}"
     if replace:
         backup.mkdir()
         for entry in sorted(out.iterdir()):
-            if entry.name not in (LOCK_FILE, backup.name):
+            if entry.is_file() and is_run_file(entry.name) and entry.name != LOCK_FILE:
                 entry.rename(backup / entry.name)
-                moved.append(entry.name)
     try:
         yield
     finally:
         if replace:
-            if (out / "circuit.json").exists():
-                shutil.rmtree(backup)
-            else:
-                for entry in out.iterdir():
-                    if entry.name not in (LOCK_FILE, backup.name):
-                        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-                for name in moved:
-                    (backup / name).rename(out / name)
-                backup.rmdir()
+            _settle(out, backup)
+
+
+def _settle(out: Path, backup: Path) -> str:
+    """End a replacement: keep the new run if it wrote its circuit (the backup goes), else put the old one back.
+    Returns ``"replaced"`` or ``"restored"``."""
+    if (out / "circuit.json").exists():
+        shutil.rmtree(backup)
+        return "replaced"
+    for entry in out.iterdir():
+        if entry.is_file() and is_run_file(entry.name) and entry.name != LOCK_FILE:
+            entry.unlink()
+    for entry in backup.iterdir():
+        entry.rename(out / entry.name)
+    backup.rmdir()
+    return "restored"
+
+
+def recover(out: Path) -> list[str]:
+    """Finish the replacements in ``out`` that a killed ``--overwrite`` left half done (its process gone): the old
+    run is put back unless the new one had written its circuit. Call it before reading or writing a run
+    directory. Returns what was done, one line each (empty: nothing to recover)."""
+    done = []
+    if not out.is_dir():
+        return done
+    for backup in sorted(out.glob(f"{BACKUP_PREFIX}*")):
+        pid = backup.name.removeprefix(BACKUP_PREFIX)
+        if not backup.is_dir() or (pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid))):
+            continue  # a replacement still under way in another process
+        outcome = _settle(out, backup)
+        lock = out / LOCK_FILE
+        try:
+            holder = int(lock.read_text().strip() or 0) if lock.exists() else 0
+        except (OSError, ValueError):
+            holder = 0
+        if holder and holder != os.getpid() and not _alive(holder):
+            lock.unlink(missing_ok=True)  # the killed process's
+        done.append(f"{out}: an interrupted --overwrite (PID {pid}) was "
+                    + ("finished: the new run had written its circuit" if outcome == "replaced" else
+                       "rolled back: the previous run is back in place"))
+    return done

@@ -94,7 +94,7 @@ def test_2_a_second_run_on_the_same_out_is_refused_while_the_first_holds_it(tmp_
 def test_2_a_started_run_counts_as_a_run_and_a_stale_lock_is_taken_over(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "config.json").write_text("{}")  # a run that has started (no circuit.json yet)
+    (out / "config.json").write_text('{"config": {}, "cli": {}}')  # a run that has started (no circuit.json yet)
     (out / LOCK_FILE).write_text("999999999")  # its process is gone
     monkeypatch.setattr(cli, "_load_model", lambda *a: pytest.fail("loaded"))
     assert main(["discover", *COMMON, "--out", str(out)]) == 2
@@ -357,3 +357,101 @@ def test_11_data_mistakes_warn_or_fail_naming_the_file_line(tmp_path):
     with pytest.raises(ValueError, match=r"row 0: the prompt is 11 tokens, longer than the model's context of 8"):
         PromptPairTask.from_strings(_ShortContext(), ["one two three four five six seven eight nine ten eleven"],
                                     ["one two three four five six seven eight nine ten twelve"], [" x"], [" y"])
+
+
+# ------------------------------------------------------------ nothing lost, for real: --overwrite, recovery, inputs
+def test_overwrite_refuses_a_directory_that_is_not_a_run_and_touches_nothing(tmp_path, no_model, capsys):
+    project = tmp_path / "P"
+    (project / "src").mkdir(parents=True)
+    (project / "config.json").write_text("{}")
+    (project / "src" / "main.py").write_text("x")
+    for extra in ([], ["--overwrite"]):
+        assert main(["discover", *COMMON, "--out", str(project), *extra]) == 2
+        err = capsys.readouterr().err
+        no_traceback(err)
+        assert "holds files that are not a run's (src/)" in err and "--overwrite will not touch it" in err
+    assert (project / "src" / "main.py").read_text() == "x" and (project / "config.json").read_text() == "{}"
+
+
+def test_overwrite_refuses_a_run_with_someone_elses_files_beside_it(finished, capsys):
+    out, path = finished
+    (out / "NOTES.md").write_text("mine")
+    before = run_files(out)
+    assert main(["discover", *COMMON, "--model", str(path), "--out", str(out), "--overwrite"]) == 2
+    assert "(NOTES.md)" in capsys.readouterr().err and run_files(out) == before
+
+
+def test_an_interrupted_overwrite_is_rolled_back_by_the_next_command(finished, capsys):
+    """A killed --overwrite left the old run in .mgnp-replaced-PID/, a new config.json and a stale lock: the next
+    command puts the old run back (it is never deleted)."""
+    out, path = finished
+    before = run_files(out)
+    backup = out / ".mgnp-replaced-99999999"  # no such process
+    backup.mkdir()
+    for f in list(out.iterdir()):
+        if f.is_file():
+            f.rename(backup / f.name)
+    (out / "config.json").write_text(json.dumps({"config": {}, "cli": {}}))
+    (out / LOCK_FILE).write_text("99999999")
+    assert main(["report", str(out)]) == 0
+    assert "rolled back: the previous run is back in place" in capsys.readouterr().err
+    assert not backup.exists()
+    assert {k: v for k, v in run_files(out).items() if k != "report.html"} == \
+        {k: v for k, v in before.items() if k != "report.html"}
+
+
+def test_files_a_new_run_would_overwrite_are_refused(tmp_path, no_model, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "report.html").write_text("my report")
+    (out / "summary.csv").write_text("a,b")
+    assert main(["discover", *COMMON, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "holds report.html, summary.csv, which a run would overwrite, but no run" in err
+    assert (out / "report.html").read_text() == "my report"
+
+
+@pytest.mark.parametrize("value", [2, -1])
+def test_a_mask_value_other_than_0_or_1_is_named(tmp_path, value):
+    circuit = mg.Circuit.full(micro_model("gpt2"))
+    data = circuit.to_dict()
+    data["masks"]["attn_head"][0][1] = value
+    (tmp_path / "circuit.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=rf"masks.attn_head holds {value}; a mask value must be 0 \(pruned\) or 1"):
+        mg.Circuit.load(tmp_path / "circuit.json")
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"clean": NaN, "corrupted": "c d", "correct": " x", "incorrect": " y"}', "line 2: NaN is not text"),
+    ('{"clean": "a b", "corrupted": "c d", "correct": null, "incorrect": " y"}', "line 2: correct is null; expected"),
+    ('{"clean": "a b", "corrupted": "c d", "correct": " x"}', "line 2: incorrect is missing"),
+    ('{"clean": 3, "corrupted": "c d", "correct": " x", "incorrect": " y"}', "line 2: clean is int 3; expected text")])
+def test_nan_null_and_missing_jsonl_fields_are_named_before_the_model_loads(tmp_path, no_model, capsys, line, message):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"clean": "a b", "corrupted": "c d", "correct": " x", "incorrect": " y"}\n' + line + "\n")
+    assert main(["discover", "--data", str(data), "--steps", "2", "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    no_traceback(err)
+    assert f"pairs.jsonl {message}" in err
+
+
+@pytest.mark.parametrize("device, message", [("cuda", "no CUDA GPU that torch can use"),
+                                             ("gpu0", "not a torch device"),
+                                             ("mps", "MPS is not available here")])
+def test_an_unavailable_device_is_refused_before_the_model_loads(tmp_path, monkeypatch, capsys, device, message):
+    from mgnp_lens import models
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert main(["discover", *COMMON, "--device", device, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    no_traceback(err)
+    assert f"--device {device}: " in err and message in err
+
+
+def test_the_data_path_is_recorded_absolute(tmp_path, monkeypatch, no_model, capsys):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"clean": "a b", "corrupted": "c d", "correct": " x", "incorrect": " y"}\n')
+    monkeypatch.chdir(tmp_path)
+    assert cli._check_data_file("pairs.jsonl") == data.resolve()

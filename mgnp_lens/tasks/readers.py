@@ -56,18 +56,37 @@ def read_jsonl(path) -> tuple[list[dict], list[str]]:
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: an empty or non-UTF-8 file, or a line that is not a JSON object (named by its line).
+        ValueError: an empty or non-UTF-8 file, a line that is not a JSON object, or one whose clean, corrupted,
+            correct or incorrect is missing, null, a number or NaN (each named by its line).
     """
     path, text = _text(path)
     records, labels = [], []
     for n, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             try:
-                record = json.loads(line)
+                record = json.loads(line, parse_constant=_no_constant)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            except ValueError as e:
+                raise ValueError(f"{path.name} line {n}: {e}") from None
             if not isinstance(record, dict):
                 raise ValueError(f"{path}:{n}: expected a JSON object with clean, corrupted, correct, incorrect")
+            _check_fields(record, f"{path.name} line {n}")
             records.append(record)
             labels.append(f"{path.name} line {n}")
     return records, labels
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not text; every field of a prompt pair is a string")
+
+
+def _check_fields(record: dict, label: str) -> None:
+    """``ValueError`` naming ``label`` when a field of :data:`COLUMNS` is missing or not a string."""
+    for column in COLUMNS:
+        if column not in record:
+            raise ValueError(f"{label}: {column} is missing; each line needs {', '.join(COLUMNS)}")
+        value = record[column]
+        if not isinstance(value, str):
+            kind = "null" if value is None else f"{type(value).__name__} {value!r}"
+            raise ValueError(f"{label}: {column} is {kind}; expected text")
