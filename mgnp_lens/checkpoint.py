@@ -119,9 +119,13 @@ def check_resumable(state: dict, saved_config: dict, config: dict, identity: dic
         raise ValueError(f"cannot resume: the saved state is for a model shaped {state['model_dims']}, "
                          f"this model is {identity['model_dims']}")
     same_task = all(state["task"].get(k) == identity["task"].get(k) for k in ("name", "metric"))
-    if not same_task or state["train_fingerprint"] != identity["train_fingerprint"]:  # held-out splits may differ
-        raise ValueError(f"cannot resume: the saved state was trained on other pairs ({state['task']}); "
+    if not same_task:
+        raise ValueError(f"cannot resume: the saved state was trained on another task ({state['task']}); "
                          f"this task is {identity['task']}")
+    if state["train_fingerprint"] != identity["train_fingerprint"]:  # held-out splits may differ
+        raise ValueError(f"cannot resume: the training pairs differ from the saved run's (same task "
+                         f"{identity['task'].get('name')!r}, other pairs: its data file or generator changed since); "
+                         "restore the data the run was started with, or start a new run")
     if "n_experts" not in identity["model_dims"]:  # a dense model: a run saved before mlp_expert existed is the same
         saved_config, config = _without_experts(saved_config), _without_experts(config)
     differ = [f"{k} ({saved_config[k]!r} → {config[k]!r})" for k in config

@@ -237,7 +237,8 @@ class Circuit:
         try:
             return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
         except (ValueError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path} is damaged: {e}") from None
+            raise ValueError(f"{path} is damaged: {e}; in a run directory with state.pt, mgnp discover --resume "
+                             f"{path.parent} rewrites it") from None
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Circuit) and self.dims == other.dims and all(

@@ -174,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--reference", choices=REFERENCE_NAMES, default=None,
                    help="reference circuit to compare with (GPT-2-small-shaped circuits only)")
     r.add_argument("--out", default=None, help="report path (default DIR/report.html)")
+    r.add_argument("--views", action="store_true",
+                   help="first (re)compute the edges, heads, attention and example files that mgnp discover writes "
+                        "(loads the run's model; for a run stopped while writing them)")
+    r.add_argument("--edge-examples", type=_non_negative_int, default=EDGE_EXAMPLES, metavar="N",
+                   help=f"with --views: evaluation pairs the edges are scored on (default {EDGE_EXAMPLES}; 0: none)")
+    r.add_argument("--device", default="auto", help="with --views: torch device (default auto)")
 
     e = sub.add_parser("evaluate", help="re-evaluate a saved circuit on a task split",
                        description="Re-evaluate DIR/circuit.json on the run's task (rebuilt from config.json) "
@@ -186,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=_positive_int, default=32, help="pairs per forward pass (default 32)")
     e.add_argument("--model", default=None, help="override the model recorded in config.json")
     e.add_argument("--device", default="auto", help="torch device: auto (CUDA when available, else CPU; the default), cpu, cuda, cuda:1, ...")
+    e.add_argument("--out", default=None, metavar="FILE",
+                   help="where to write the evaluation (default DIR/evaluation_<split>.json; e.g. for a read-only run)")
 
     c = sub.add_parser("compare", help="compare a saved circuit with another run's or a published reference",
                        description="Compare DIR's circuit with OTHER's (two runs, seeds or λ of one model: kept nodes, "
@@ -515,6 +523,8 @@ def cmd_report(args) -> int:
     from .rundir import announce_recovery
 
     announce_recovery(Path(args.dir))
+    if args.views:
+        _recompute_views(args)
     if (Path(args.dir) / CURVE_FILE).exists() and not (Path(args.dir) / "circuit.json").exists():
         path = build_comparison_report(args.dir, out=args.out)  # faithfulness.compare_methods' directory
     else:
@@ -523,12 +533,29 @@ def cmd_report(args) -> int:
     return 0
 
 
-def _run_cli_info(directory: Path) -> dict:
+def _recompute_views(args) -> None:
+    """``mgnp report DIR --views``: the run's edges, heads, attention and example files written again from its
+    circuit (the model and task rebuilt from config.json)."""
+    from types import SimpleNamespace
+
+    from .config import PruningConfig
+
+    info = _run_cli_info(Path(args.dir), need_evaluation=False)
+    run, cli = info["run"], info["cli"]
+    model = _load_model(cli.get("model"), args.device, cli.get("backend"))
+    task = _build_task(model, cli)
+    config = PruningConfig.from_dict({**run["config"]["config"], "progress": True})
+    result = SimpleNamespace(interrupted=False, circuit=run["circuit"], config=config)
+    _write_edges(model, task, result, Path(args.dir), args.edge_examples)
+    _write_views(model, task, result, Path(args.dir))
+
+
+def _run_cli_info(directory: Path, need_evaluation: bool = True) -> dict:
     from .report import load_run
     from .rundir import announce_recovery
 
     announce_recovery(Path(directory))
-    run = load_run(directory)
+    run = load_run(directory, need_evaluation=need_evaluation)
     cfg = run["config"]
     cli = dict(cfg.get("cli") or {})
     if not cli:  # a run saved from Python: rebuild the task from its description if it is a built-in one
@@ -548,13 +575,20 @@ def _run_cli_info(directory: Path) -> dict:
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate
 
-    info = _run_cli_info(Path(args.dir))
+    from .result import write_json
+    from .rundir import check_writable
+
+    info = _run_cli_info(Path(args.dir), need_evaluation=False)  # a damaged evaluation.json is not needed here
     run, cli = info["run"], info["cli"]
+    path = Path(args.out) if args.out else Path(args.dir) / f"evaluation_{args.split}.json"
+    try:
+        check_writable(path.parent)
+    except ValueError as e:
+        raise CliError(f"{e} (pass --out FILE to write the evaluation elsewhere)") from None
     model = _load_model(args.model if args.model is not None else cli.get("model"), args.device, cli.get("backend"))
     task = _build_task(model, cli)
     ev = evaluate(model, task, run["circuit"], args.split, args.batch_size, args.max_examples)
-    path = Path(args.dir) / f"evaluation_{args.split}.json"
-    path.write_text(json.dumps(ev.to_dict(), indent=2))
+    write_json(path, ev.to_dict())
     print(ev.to_frame().to_string(index=False))
     print(f"wrote {path}")
     return 0

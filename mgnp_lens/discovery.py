@@ -395,7 +395,7 @@ def _train_step(model, interp: Interpolator, run: _Run, data: _Data, step: int) 
                 la.clamp_(*clamp)
     row = {"step": step + 1, "loss": kl + factor * float(sparsity.detach()), "kl": kl, "lambda_factor": factor,
            "lr": lr_now, "noise_scale": noise, "seconds": time.perf_counter() - t_step,
-           "hard_key": targets.circuit_key(make_consistent(gates.binarize()))}
+           "hard_key": targets.circuit_key(make_consistent(gates.open_on_cpu()))}
     with torch.no_grad():
         row.update({f"l0_{g}": float(l0[g]) for g in gates.trainable})
         row.update({f"active_{g}": float(expected_l0[g].sum()) for g in gates.trainable})

@@ -151,11 +151,12 @@ class HardConcreteGates(nn.Module):
     def open_probability(self, log_alpha: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Each node's probability of being kept, along the hierarchy: the chance that a sampled gate (Eq. 6)
         exceeds the binarisation threshold, ``σ(log α − β·logit((threshold − γ)/(ζ − γ)))`` (``σ(log α)`` at the
-        default threshold 0.5), times its ancestors'. Binarisation keeps a gate exactly when its own value is
-        above 0.5, so ranking nodes by it ranks them by how firmly the gates keep them.
+        default threshold 0.5), times its ancestors'. It rises with log α, so it ranks nodes as binarisation sorts them; at
+        the default threshold a gate is kept exactly when its own probability exceeds 1/2.
 
         Args:
-            log_alpha: ``{granularity: log α}`` to score instead of the gates' own (e.g. a saved state's).
+            log_alpha: ``{granularity: log α}`` to score instead of the gates' own (e.g. a saved state's); the
+                granularities it lacks count as always kept.
 
         Returns:
             ``{granularity: tensor shaped dims.shape(g)}`` in [0, 1] for every granularity of the model (1 for the
@@ -180,6 +181,16 @@ class HardConcreteGates(nn.Module):
     def expected_active(self) -> dict[str, float]:
         """Expected number of non-zero gates per trainable granularity."""
         return {g: float(v.sum()) for g, v in self.expected_l0().items()}
+
+    @torch.no_grad()
+    def open_on_cpu(self) -> dict[str, torch.Tensor]:
+        """:meth:`binarize`'s masks by one comparison per gate, ``log α > logit((threshold − γ)/(ζ − γ))`` (the
+        same rule without computing the gate values; cheap enough to run every step to track the hard circuit)."""
+        p = self.params
+        q = (p.threshold - p.gamma) / (p.zeta - p.gamma)
+        cut = math.log(q / (1 - q))
+        return {g: (self.log_alpha[g].detach() > cut).cpu() if g in self.log_alpha else
+                torch.ones(self.dims.shape(g), dtype=torch.bool) for g in self.dims.granularities}
 
     @torch.no_grad()
     def binarize(self) -> dict[str, torch.Tensor]:

@@ -19,6 +19,7 @@ import pandas as pd
 
 from . import targets
 from .circuit import Circuit
+from .rundir import check_consistent
 
 REQUIRED = ("circuit.json",)
 #: the circuit's edge scores (:func:`mgnp_lens.interactions.interactions`), written by ``mgnp discover``
@@ -47,8 +48,13 @@ pre { background: #f6f8fa; padding: 0.8rem; overflow-x: auto; font-size: 0.8rem;
 
 def _damaged(path: Path, problem) -> ValueError:
     intact = [p.name for p in sorted(path.parent.iterdir()) if p.name in RUN_FILES and p != path]
+    way_out = {"circuit.json": "mgnp discover --resume DIR rewrites it from state.pt",
+               "config.json": "the run's settings are lost: start a new run (its circuit.json is still readable "
+                              "from Python with mgnp_lens.Circuit.load)",
+               "evaluation.json": "mgnp evaluate DIR re-evaluates the circuit without it"}.get(
+        path.name, "mgnp discover --resume DIR rewrites the run's files from state.pt")
     return ValueError(f"{path} is damaged ({problem}); the run's other files ({', '.join(intact) or 'none'}) are "
-                      "not affected")
+                      f"not affected; {way_out.replace('DIR', str(path.parent))}")
 
 
 def _read_json(path: Path):
@@ -73,8 +79,12 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
         raise _damaged(path, e) from None
 
 
-def load_run(directory: str | Path) -> dict:
+def load_run(directory: str | Path, need_evaluation: bool = True) -> dict:
     """Read a run directory: ``{"circuit", "history", "evaluation", "config"}`` (missing parts are None).
+
+    Args:
+        need_evaluation: whether a damaged ``evaluation.json`` stops the reading (False: it reads as empty, for
+            commands that do not use it, such as ``mgnp evaluate``).
 
     Raises:
         FileNotFoundError: the directory or its ``circuit.json`` is missing.
@@ -86,7 +96,8 @@ def load_run(directory: str | Path) -> dict:
         raise FileNotFoundError(f"no run directory at {d}")
     for name in REQUIRED:
         if not (d / name).exists():
-            raise FileNotFoundError(f"{d} is not a run directory: {name} is missing")
+            raise FileNotFoundError(f"{d} is not a run directory: {name} is missing (a run writes it at its first "
+                                    "checkpoint; mgnp discover --resume DIR continues a run that has state.pt)")
     config = _read_json(d / "config.json") or {}
     if "config" not in config:  # a bare PruningConfig dict (older layout)
         config = {"config": config}
@@ -95,8 +106,15 @@ def load_run(directory: str | Path) -> dict:
     if isinstance(dims, dict) and dims != circuit.dims.to_dict():
         raise ValueError(f"{d}: circuit.json is for a model shaped {circuit.dims.to_dict()}, but config.json "
                          f"records the run's model as {dims}")
+    try:
+        evaluation = _read_json(d / "evaluation.json") or {}
+    except ValueError:
+        if need_evaluation:
+            raise
+        evaluation = {}
+    check_consistent(d, ignore=() if need_evaluation else ("evaluation.json",))  # no files of two saves mixed
     return {"circuit": circuit, "history": _read_csv(d / "history.csv"),
-            "evaluation": _read_json(d / "evaluation.json") or {}, "config": config, "dir": d,
+            "evaluation": evaluation, "config": config, "dir": d,
             "edges": _read_csv(d / EDGES_FILE), "heads": _read_csv(d / HEADS_FILE),
             "patterns": _read_json(d / PATTERNS_FILE), "examples": _read_csv(d / EXAMPLES_FILE)}
 
@@ -317,8 +335,11 @@ def _write_page(path: Path, title: str, parts: list[str]) -> Path:
             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>"
             f"<body>\n{chr(10).join(parts)}\n</body></html>\n")
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half page behind
     return path
 
 

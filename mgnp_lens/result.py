@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from . import checkpoint
+from .rundir import MANIFEST, MANIFEST_FILES, file_digest
 from .circuit import Circuit, score_table
 from .config import PruningConfig
 from .evaluate import Evaluation
@@ -172,12 +173,27 @@ def deferred_interrupt():
             raise KeyboardInterrupt(signal.Signals(caught[0][0]).name)
 
 
+def _torch_save(obj, path: Path) -> None:
+    """``torch.save``, whose failures on a full disk (a ``RuntimeError`` about file positions) become an ``OSError``
+    that says what was being written and how much space is left."""
+    try:
+        torch.save(obj, path)
+    except RuntimeError as e:
+        import errno
+        import shutil
+
+        free = shutil.disk_usage(path.parent).free
+        name = path.name.removesuffix(".tmp")
+        raise OSError(errno.ENOSPC if free < 2**20 else errno.EIO,
+                      f"could not write {name} ({free / 2**20:.1f} MB free on that disk; is it full?): {e}") from e
+
+
 def _staged_files(result: DiscoveryResult) -> dict[str, Callable[[Path], None]]:
     """Each file of the run directory and how to write it to a given path."""
     circuit, ev, train_ev = result.circuit, result.evaluation, result.train_evaluation
     files = {
         "circuit.json": circuit.save,
-        "gates.pt": lambda p: torch.save({g: v.detach().cpu() for g, v in result.gates.log_alpha.items()}, p),
+        "gates.pt": lambda p: _torch_save({g: v.detach().cpu() for g, v in result.gates.log_alpha.items()}, p),
         "history.csv": lambda p: result.history.to_csv(p, index=False),
         "per_layer.csv": lambda p: circuit.per_layer().to_csv(p, index=False),
         "summary.csv": lambda p: circuit.summary().to_csv(p, index=False),
@@ -190,7 +206,7 @@ def _staged_files(result: DiscoveryResult) -> dict[str, Callable[[Path], None]]:
             indent=2, default=str)),
     }
     if result.state is not None:
-        files[checkpoint.STATE_FILE] = lambda p: torch.save(checkpoint.to_cpu(result.state), p)
+        files[checkpoint.STATE_FILE] = lambda p: _torch_save(checkpoint.to_cpu(result.state), p)
     return files
 
 
@@ -214,9 +230,14 @@ def write_run(out: Path, result: DiscoveryResult) -> Path:
     files = {**_staged_files(result),
              "config.json": lambda p: p.write_text(json.dumps(payload, indent=2, default=str))}
     temps = {name: out / (name + ".tmp") for name in files}
+    digests = {}
+    files[MANIFEST] = lambda p: p.write_text(json.dumps({"step": result.steps_completed, "files": digests}, indent=1))
+    temps[MANIFEST] = out / (MANIFEST + ".tmp")  # written and switched last
     try:
         for name, write in files.items():
             write(temps[name])
+            if name in MANIFEST_FILES:
+                digests[name] = file_digest(temps[name])
         with deferred_interrupt():
             for name, tmp in temps.items():
                 tmp.replace(out / name)

@@ -21,9 +21,48 @@ RUN_MARKERS = ("config.json", "circuit.json", "state.pt", "evaluation.json")
 #: and ``export`` add, and their temporary names while being written. Nothing else is ever moved or deleted.
 RUN_FILE_PATTERNS = ("config.json", "circuit.json", "state.pt", "gates.pt", "evaluation.json", "history.csv",
                      "per_layer.csv", "summary.csv", "edges.csv", "heads.csv", "attention.json", "examples.csv",
-                     "report.html", "evaluation_*.json", "patching_effects.csv", "circuit.*", "*.tmp", LOCK_FILE)
+                     "report.html", "evaluation_*.json", "patching_effects.csv", "compare_*.csv", "circuit.*", "*.tmp", LOCK_FILE,
+                     ".mgnp-files.json")
+#: Written last by every save of a run: the SHA-256 of each file that save wrote, so that a reader can tell a
+#: complete set from one that a killed process left half switched.
+MANIFEST = ".mgnp-files.json"
+#: The files a save lists in the manifest (config.json is left out: the command line adds entries to it).
+MANIFEST_FILES = ("circuit.json", "gates.pt", "history.csv", "per_layer.csv", "summary.csv", "evaluation.json",
+                  "state.pt")
 #: The folder an ``--overwrite`` moves the old run into until the new one has written its circuit (``.PID``).
 BACKUP_PREFIX = ".mgnp-replaced-"
+
+
+def file_digest(path: Path) -> str:
+    """The SHA-256 of a file's bytes, in hex."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_consistent(out: Path, ignore: tuple[str, ...] = ()) -> None:
+    """Raise ``ValueError`` when ``out``'s files (but those in ``ignore``) are not the set its last save wrote
+    (:data:`MANIFEST`): a process killed while switching a checkpoint's files left some from two saves. Runs saved
+    before manifests pass."""
+    manifest = out / MANIFEST
+    if not manifest.exists():
+        return
+    try:
+        listed = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise ValueError(f"{out}: {MANIFEST} is damaged, so whether the run's files belong together cannot be "
+                         f"checked; delete {MANIFEST} to read them anyway") from None
+    stale = [name for name, digest in listed.items()
+             if name not in ignore and (out / name).exists() and file_digest(out / name) != digest]
+    if stale:
+        raise ValueError(f"{', '.join(str(out / n) for n in stale)} {'is' if len(stale) == 1 else 'are'} damaged or "
+                         "not from the run's last complete save (a process killed while switching a checkpoint's "
+                         f"files leaves files of two saves); mgnp discover --resume {out} --steps N rewrites them all "
+                         "from state.pt")
 
 
 def is_run_file(name: str) -> bool:

@@ -22,7 +22,7 @@ import mgnp_lens as mg
 from mgnp_lens import cli, result as result_module
 from mgnp_lens.cli import main
 from mgnp_lens.report import RUN_FILES
-from mgnp_lens.rundir import LOCK_FILE
+from mgnp_lens.rundir import LOCK_FILE, MANIFEST
 from mgnp_lens.tasks import PromptPairTask
 
 from conftest import gpt2_tokenizer, micro_model, random_pairs
@@ -73,7 +73,7 @@ def test_1_overwrite_replaces_every_file_of_the_old_run(finished, capsys):
     assert main(["discover", *COMMON, "--model", str(path), "--out", str(out), "--overwrite", "--seed", "5"]) == 0
     assert not (out / "evaluation_validation.json").exists()  # the old run's extra file went with it
     assert json.loads((out / "config.json").read_text())["seed"] == 5
-    assert sorted(p.name for p in out.iterdir()) == sorted(n for n in RUN_FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*RUN_FILES, MANIFEST])
 
 
 def test_2_a_second_run_on_the_same_out_is_refused_while_the_first_holds_it(tmp_path, no_model, capsys):
@@ -425,7 +425,7 @@ def test_a_mask_value_other_than_0_or_1_is_named(tmp_path, value):
     ('{"clean": NaN, "corrupted": "c d", "correct": " x", "incorrect": " y"}', "line 2: NaN is not text"),
     ('{"clean": "a b", "corrupted": "c d", "correct": null, "incorrect": " y"}', "line 2: correct is null; expected"),
     ('{"clean": "a b", "corrupted": "c d", "correct": " x"}', "line 2: incorrect is missing"),
-    ('{"clean": 3, "corrupted": "c d", "correct": " x", "incorrect": " y"}', "line 2: clean is int 3; expected text")])
+    ('{"clean": ["a"], "corrupted": "c d", "correct": " x", "incorrect": " y"}', 'line 2: clean is ["a"]; expected')])
 def test_nan_null_and_missing_jsonl_fields_are_named_before_the_model_loads(tmp_path, no_model, capsys, line, message):
     data = tmp_path / "pairs.jsonl"
     data.write_text('{"clean": "a b", "corrupted": "c d", "correct": " x", "incorrect": " y"}\n' + line + "\n")
@@ -450,8 +450,128 @@ def test_an_unavailable_device_is_refused_before_the_model_loads(tmp_path, monke
     assert f"--device {device}: " in err and message in err
 
 
+def test_a_prompt_longer_than_the_context_is_refused_not_cut():
+    model = micro_model("gpt2")  # n_ctx is small
+    model.set_tokenizer(gpt2_tokenizer())
+    long = " ".join(["word"] * (model.cfg.n_ctx + 5))
+    with pytest.raises(ValueError, match=rf"row 0: the prompt is {model.cfg.n_ctx + 5 + 1} tokens, longer than the "
+                                         rf"model's context of {model.cfg.n_ctx} tokens"):
+        PromptPairTask.from_strings(model, [long], [long.replace("word", "term", 1)], [" x"], [" y"])
+
+
+def test_torchs_full_disk_error_is_named_as_one(tmp_path, monkeypatch):
+    model, task = _pairs()
+    real, calls = torch.save, []
+
+    def fill_disk(obj, path, *a, **k):  # what torch raises when the disk fills under its zip writer
+        calls.append(path)
+        if len(calls) > 2:
+            raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0")
+        return real(obj, path, *a, **k)
+
+    monkeypatch.setattr(result_module.torch, "save", fill_disk)
+    with pytest.raises(mg.DiscoveryError, match=r"could not write gates.pt \(.* MB free on that disk; is it full\?\)"):
+        mg.discover(model, task, steps=6, batch_size=8, autocast="float32", progress=False,
+                    checkpoint_dir=str(tmp_path), checkpoint_every=2)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_report_that_cannot_be_written_leaves_no_temporary(finished, monkeypatch):
+    out, _ = finished
+    real = Path.write_text
+
+    def full(self, *a, **k):
+        if self.name == "report.html.tmp":
+            real(self, "<half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    assert main(["report", str(out)]) == 1
+    assert not (out / "report.html.tmp").exists()
+
+
 def test_the_data_path_is_recorded_absolute(tmp_path, monkeypatch, no_model, capsys):
     data = tmp_path / "pairs.jsonl"
     data.write_text('{"clean": "a b", "corrupted": "c d", "correct": " x", "incorrect": " y"}\n')
     monkeypatch.chdir(tmp_path)
     assert cli._check_data_file("pairs.jsonl") == data.resolve()
+
+
+def test_a_mixed_set_of_checkpoint_files_is_refused_with_the_way_out(tmp_path, capsys):
+    """A process killed while switching a checkpoint's files (SIGKILL, power loss) can leave files of two saves:
+    simulated by putting the step-2 checkpoint's gates.pt and state.pt beside the step-4 files."""
+    model, task = _pairs()
+    early, late = tmp_path / "early", tmp_path / "late"
+    mg.discover(model, task, steps=2, batch_size=8, autocast="float32", progress=False, checkpoint_dir=str(early))
+    mg.discover(model, task, steps=4, batch_size=8, autocast="float32", progress=False, checkpoint_dir=str(late))
+    from mgnp_lens import report
+
+    report.load_run(late)  # a complete set reads
+    for name in ("gates.pt", "state.pt"):
+        (late / name).write_bytes((early / name).read_bytes())
+    with pytest.raises(ValueError, match=r"gates.pt, .*state.pt are damaged or not from the run's last complete "
+                                         r"save .*mgnp discover --resume .* --steps N rewrites them"):
+        report.load_run(late)
+    capsys.readouterr()
+    assert main(["report", str(late)]) == 2
+    no_traceback(capsys.readouterr().err)
+
+
+def test_evaluate_needs_no_evaluation_json_and_writes_elsewhere_when_the_run_is_read_only(finished, tmp_path,
+                                                                                        monkeypatch, capsys):
+    out, _ = finished
+    (out / "evaluation.json").write_text("{damaged")
+    assert main(["evaluate", str(out), "--split", "test", "--max-examples", "4"]) == 0
+    assert json.loads((out / "evaluation_test.json").read_text())["n_examples"] == 4
+    from mgnp_lens import rundir
+
+    real = rundir.os.access
+    monkeypatch.setattr(rundir.os, "access", lambda p, mode: False if Path(p) == out else real(p, mode))
+    monkeypatch.setattr(cli, "_load_model", lambda *a, **k: pytest.fail("loaded before the write was checked"))
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--split", "test"]) == 2
+    assert "pass --out FILE to write the evaluation elsewhere" in capsys.readouterr().err
+    monkeypatch.undo()
+    elsewhere = tmp_path / "ev.json"
+    assert main(["evaluate", str(out), "--split", "test", "--max-examples", "4", "--out", str(elsewhere)]) == 0
+    assert json.loads(elsewhere.read_text())["split"] == "test"
+
+
+@pytest.mark.parametrize("name, way_out", [("circuit.json", "mgnp discover --resume"),
+                                           ("config.json", "start a new run")])
+def test_a_damaged_run_file_is_named_with_the_way_out(finished, capsys, name, way_out):
+    out, _ = finished
+    (out / name).write_text("{damaged")
+    assert main(["report", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{name} is damaged" in err and way_out in err
+
+
+def test_report_views_regenerates_the_files_a_stopped_run_did_not_write(finished, capsys):
+    out, _ = finished
+    for name in ("heads.csv", "attention.json", "examples.csv", "edges.csv"):
+        (out / name).unlink(missing_ok=True)
+    assert main(["report", str(out), "--views", "--edge-examples", "4"]) == 0
+    assert all((out / n).exists() for n in ("heads.csv", "attention.json", "examples.csv", "edges.csv"))
+
+
+def test_resuming_after_the_data_file_changed_says_so_once(tiny_gpt2_checkpoint, tmp_path, monkeypatch, capsys):
+    names = ["Mary", "John", "Anne", "James", "Paul", "Lisa", "Mark", "Sarah"]
+    rows = [{"clean": f"When {a} and {b} went out, {b} gave a book to", "corrupted":
+             f"When {a} and {b} went out, {a} gave a book to", "correct": f" {a}", "incorrect": f" {b}"}
+            for a in names for b in names if a != b]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows[:40]) + "\n")
+    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)
+    assert main(["discover", "--data", "pairs.jsonl", "--model", str(tiny_gpt2_checkpoint[0]), "--steps", "2",
+                 "--batch-size", "4", "--quiet", "--edge-examples", "0", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["cli"]["data"] == str(data.resolve())
+    data.write_text("\n".join(json.dumps(r) for r in rows[10:50]) + "\n")
+    monkeypatch.chdir(out)  # from elsewhere: the recorded path is absolute
+    capsys.readouterr()
+    assert main(["discover", "--resume", str(out), "--steps", "4", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "the training pairs differ from the saved run's" in err and "restore the data" in err
+    assert err.count("{") == 0  # no task descriptions printed twice

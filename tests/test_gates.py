@@ -94,3 +94,21 @@ def test_bad_hard_concrete_params():
         HardConcreteParams(beta=0)
     with pytest.raises(ValueError, match="threshold"):
         HardConcreteParams(threshold=1.5)
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.3])
+def test_the_cheap_open_masks_equal_binarize_and_the_scores_follow_the_same_rule(threshold):
+    dims = ModelDims(n_layers=3, n_heads=2, d_head=4, d_mlp=8, d_model=6)
+    gates = HardConcreteGates(dims, HardConcreteParams(threshold=threshold), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for la in gates.log_alpha.values():
+            la.normal_(0, 3)
+    cheap, exact = gates.open_on_cpu(), gates.binarize()
+    assert all(torch.equal(cheap[g], exact[g]) for g in dims.granularities)
+    probs = gates.open_probability({g: la for g, la in gates.log_alpha.items() if g == "embedding"})
+    assert probs["embedding"].item() == pytest.approx(float(torch.sigmoid(
+        gates.log_alpha["embedding"] - gates.params.beta * torch.logit(torch.tensor((threshold + 0.1) / 1.2)))))
+    assert (probs["attn_head"] == 1).all()  # untrained here: always kept
+    if threshold == 0.5:  # then a gate is kept exactly when its own probability of being kept exceeds 1/2
+        own = gates.open_probability({g: gates.log_alpha[g] for g in ("mlp_hidden",)})["mlp_hidden"]
+        assert torch.equal(own > 0.5, exact["mlp_hidden"])

@@ -99,3 +99,44 @@ def test_the_handlers_are_restored_and_an_ignored_signal_stays_ignored():
         assert signal.getsignal(signal.SIGTERM) is before
     finally:
         signal.signal(signal.SIGHUP, previous_hup)
+
+
+SWITCH_PAUSE = """
+import pathlib, sys, time
+real = pathlib.Path.replace
+paused = []
+def replace(self, target):  # pause inside the switch of the {which} save's files, and say so
+    if self.name == "circuit.json.tmp" and not paused and (pathlib.Path(target).parent / "{marker}").exists():
+        paused.append(1)
+        print("SWITCHING", file=sys.stderr, flush=True)
+        time.sleep(3)
+    return real(self, target)
+pathlib.Path.replace = replace
+from mgnp_lens.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("which, marker, steps", [("checkpoint", "gates.pt", "100000"), ("final", "state.pt", "3")])
+def test_a_sigterm_while_a_save_switches_its_files_leaves_one_consistent_set(which, marker, steps, tiny_gpt2_checkpoint,
+                                                                            model_cache_dir, tmp_path):
+    """A real mgnp discover, sent SIGTERM from outside while it renames a save's files into place (at the step-5
+    checkpoint, or in the final writes): the switch completes, the run stops as on Ctrl-C, and every file is of one
+    save."""
+    from mgnp_lens import report
+
+    out = tmp_path / "run"
+    code = SWITCH_PAUSE.replace("{which}", which).replace("{marker}", marker)
+    argv = [sys.executable, "-c", code, "discover", *COMMON, "--steps", steps, "--set", "checkpoint_every=5",
+            "--model", str(tiny_gpt2_checkpoint[0]), "--out", str(out)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    end = time.monotonic() + 120
+    while proc.stderr.readline().strip() != "SWITCHING":
+        assert proc.poll() is None and time.monotonic() < end, "mgnp never reached the switch"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    run = report.load_run(out)  # refuses a mixed set
+    state = torch.load(out / "state.pt", weights_only=True)
+    assert state["step"] == run["evaluation"]["steps_completed"] == len(run["history"])
+    assert not list(out.glob("*.tmp"))

@@ -82,11 +82,12 @@ def _no_constant(name: str):
 
 
 def _check_fields(record: dict, label: str) -> None:
-    """``ValueError`` naming ``label`` when a field of :data:`COLUMNS` is missing or not a string."""
+    """``ValueError`` naming ``label`` when a field of :data:`COLUMNS` is missing, null or not text (a number is
+    text written out, as ``PromptPairTask.from_records`` reads it; NaN never gets here)."""
     for column in COLUMNS:
         if column not in record:
             raise ValueError(f"{label}: {column} is missing; each line needs {', '.join(COLUMNS)}")
         value = record[column]
-        if not isinstance(value, str):
-            kind = "null" if value is None else f"{type(value).__name__} {value!r}"
+        if value is None or isinstance(value, (bool, list, dict)):
+            kind = "null" if value is None else json.dumps(value)
             raise ValueError(f"{label}: {column} is {kind}; expected text")

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 def encode(tokenizer_or_model, text: str, prepend_bos: bool) -> list[int]:
-    """Token ids of ``text`` (with BOS first if ``prepend_bos``), by a model's ``to_tokens`` or a tokenizer."""
+    """Token ids of ``text`` (with BOS first if ``prepend_bos``), by a model's ``to_tokens`` or a tokenizer; never cut
+    to the model's context (a prompt longer than it is the caller's to refuse)."""
     if hasattr(tokenizer_or_model, "to_tokens"):  # HookedTransformer / TransformerBridge
-        return tokenizer_or_model.to_tokens(text, prepend_bos=prepend_bos)[0].tolist()
+        try:
+            return tokenizer_or_model.to_tokens(text, prepend_bos=prepend_bos, truncate=False)[0].tolist()
+        except TypeError:  # a to_tokens without truncate (it does not cut, then)
+            return tokenizer_or_model.to_tokens(text, prepend_bos=prepend_bos)[0].tolist()
     tok = tokenizer_or_model
     ids = tok.encode(text, add_special_tokens=False)
     if prepend_bos:
