@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from .names import BACKENDS
+from .rundir import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +84,6 @@ def _distribution_version(name: str, module) -> str:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return getattr(module, "__version__", "unknown")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _no_processing(model, state_dict) -> None:
@@ -307,7 +300,7 @@ def _load_gguf_hf(path: Path, dtype):
 def _cache_key(path: Path, dtype) -> tuple[str, dict]:
     """The cache entry's name and what it must match: the GGUF's content (sha256, not its path, so every
     environment and copy of one file shares one entry), the dtype and the library versions."""
-    meta = {"gguf_sha256": _sha256(path), "dtype": str(dtype), **library_versions()}
+    meta = {"gguf_sha256": file_digest(path), "dtype": str(dtype), **library_versions()}
     key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
     return f"{path.stem}-{key}", meta
 
@@ -350,7 +343,7 @@ def _read_cache(entry: Path, meta: dict, device):
             log.info("mgnp-lens cache entry %s is stale; rebuilding", entry)
             return None
         weights = entry / "model.safetensors"
-        if _sha256(weights) != saved["weights_sha256"]:
+        if file_digest(weights) != saved["weights_sha256"]:
             log.warning("mgnp-lens cache entry %s failed its checksum; rebuilding", entry)
             return None
         cfg = _cfg_from_json(json.loads((entry / "tl_config.json").read_text()), device)
@@ -374,7 +367,7 @@ def _write_cache(entry: Path, meta: dict, model) -> None:
         save_file(state, str(tmp / "model.safetensors"))
         (tmp / "tl_config.json").write_text(json.dumps(_cfg_to_json(model.cfg)))
         model.tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        saved = {**meta, "weights_sha256": _sha256(tmp / "model.safetensors"),
+        saved = {**meta, "weights_sha256": file_digest(tmp / "model.safetensors"),
                  "hf_logits": getattr(model, HF_CHECK_ATTR, None)}
         (tmp / "meta.json").write_text(json.dumps(saved, indent=2))
         if entry.exists():

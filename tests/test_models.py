@@ -61,7 +61,7 @@ def test_the_cache_is_keyed_by_content_so_a_copy_elsewhere_shares_the_entry(defa
     info = default_model_loads[0].mgnp_load_info
     assert model.mgnp_load_info["cache"] == "hit" and model.mgnp_load_info["cache_dir"] == info["cache_dir"]
     meta = json.loads((Path(info["cache_dir"]) / "meta.json").read_text())
-    assert meta["gguf_sha256"] == models._sha256(copy) and "source" not in meta
+    assert meta["gguf_sha256"] == models.file_digest(copy) and "source" not in meta
     assert meta["transformer_lens"] == importlib.metadata.version("transformer-lens") != "unknown"
 
 
