@@ -49,14 +49,14 @@ def main() -> None:
         return
 
     import mgnp_lens as mg
-    from mgnp_lens import faithfulness as ff
+    from mgnp_lens import faithfulness as ff, methods
     from mgnp_lens.report import build_comparison_report
 
     runs = Path(args.runs or f"runs/faithfulness_{args.task}")
     model = mg.load_model(args.model, device=args.device)
     task = mg.tasks.get_task(args.task, model, n_test=args.max_examples, n_heldout=args.max_examples)  # as the CLI
     t0 = time.perf_counter()
-    comp = ff.compare_methods(model, task, args.scales, args.coarse_scales, args.splits, out_dir=runs,
+    comp = methods.compare_methods(model, task, args.scales, args.coarse_scales, args.splits, out_dir=runs,
                               max_examples=args.max_examples, steps=args.steps, eval_split=None, progress=False)
     seconds = time.perf_counter() - t0
     report = build_comparison_report(runs)

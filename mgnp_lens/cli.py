@@ -526,7 +526,7 @@ def cmd_report(args) -> int:
     if args.views:
         _recompute_views(args)
     if (Path(args.dir) / CURVE_FILE).exists() and not (Path(args.dir) / "circuit.json").exists():
-        path = build_comparison_report(args.dir, out=args.out)  # faithfulness.compare_methods' directory
+        path = build_comparison_report(args.dir, out=args.out)  # methods.compare_methods' directory
     else:
         path = build_report(args.dir, out=args.out, reference=args.reference)
     print(f"report: {path.resolve()}")

@@ -326,7 +326,7 @@ def build_report(directory: str | Path, out: str | Path | None = None, reference
                        parts)
 
 
-#: The file that marks a method-comparison directory (:func:`mgnp_lens.faithfulness.compare_methods`).
+#: The file that marks a method-comparison directory (:func:`mgnp_lens.methods.compare_methods`).
 CURVE_FILE = "curve.csv"
 
 

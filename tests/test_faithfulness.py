@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 import mgnp_lens as mg
-from mgnp_lens import faithfulness as ff
+from mgnp_lens import faithfulness as ff, methods
 from mgnp_lens.baselines import random_circuit
 from mgnp_lens.cli import main
 from mgnp_lens.evaluate import evaluate, evaluate_many
@@ -98,7 +98,7 @@ def test_sweep_table_has_faithfulness_and_areas(micro_task):
 
 def test_compare_methods_scores_four_methods_on_the_same_pairs(micro_task, tmp_path, capsys):
     model, task = micro_task
-    comp = ff.compare_methods(model, task, scales=[1.0, 8.0], splits=("test", "train"), out_dir=tmp_path, **RUN)
+    comp = methods.compare_methods(model, task, scales=[1.0, 8.0], splits=("test", "train"), out_dir=tmp_path, **RUN)
     table = comp.curve
     assert set(table["method"]) == {"mgnp", "coarse", "attribution", "random"}
     assert set(table["split"]) == {"test", "train"}
@@ -123,7 +123,7 @@ def test_compare_methods_scores_four_methods_on_the_same_pairs(micro_task, tmp_p
     page = (tmp_path / "report.html").read_text()
     assert "CPR" in page and "coarse" in page and "attribution" in page and page.count("<table") >= 2
     # a second call resumes the finished sweeps: same circuits
-    again = ff.compare_methods(model, task, scales=[1.0, 8.0], splits=("test",), out_dir=tmp_path, **RUN)
+    again = methods.compare_methods(model, task, scales=[1.0, 8.0], splits=("test",), out_dir=tmp_path, **RUN)
     assert all(a == b for a, b in zip(again.circuits["mgnp"], comp.circuits["mgnp"]))
 
 
