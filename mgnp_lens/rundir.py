@@ -17,15 +17,15 @@ from pathlib import Path
 LOCK_FILE = ".mgnp.lock"
 #: Files whose presence means a directory holds (the start of) a run.
 RUN_MARKERS = ("config.json", "circuit.json", "state.pt", "evaluation.json")
+#: Written last by every save of a run: the SHA-256 of each file that save wrote, so that a reader can tell a
+#: complete set from one that a killed process left half switched.
+MANIFEST = ".mgnp-files.json"
 #: Every name a run directory's files may have: what ``mgnp discover`` writes, what ``mgnp evaluate``, ``compare``
 #: and ``export`` add, and their temporary names while being written. Nothing else is ever moved or deleted.
 RUN_FILE_PATTERNS = ("config.json", "circuit.json", "state.pt", "gates.pt", "evaluation.json", "history.csv",
                      "per_layer.csv", "summary.csv", "edges.csv", "heads.csv", "attention.json", "examples.csv",
-                     "report.html", "evaluation_*.json", "patching_effects.csv", "compare_*.csv", "circuit.*", "*.tmp", LOCK_FILE,
-                     ".mgnp-files.json")
-#: Written last by every save of a run: the SHA-256 of each file that save wrote, so that a reader can tell a
-#: complete set from one that a killed process left half switched.
-MANIFEST = ".mgnp-files.json"
+                     "report.html", "evaluation_*.json", "patching_effects.csv", "compare_*.csv", "circuit.*", "*.tmp",
+                     LOCK_FILE, MANIFEST)
 #: The files a save lists in the manifest (config.json is left out: the command line adds entries to it).
 MANIFEST_FILES = ("circuit.json", "gates.pt", "history.csv", "per_layer.csv", "summary.csv", "evaluation.json",
                   "state.pt")
@@ -146,6 +146,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _lock_holder(lock: Path) -> int:
+    """The PID written in a lock file (0: none, or unreadable)."""
+    try:
+        return int(lock.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
 @contextmanager
 def run_lock(out: Path):
     """Hold ``out/.mgnp.lock`` (this process's PID) for the ``with``; the directory is made if needed and
@@ -163,10 +171,7 @@ def run_lock(out: Path):
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             break
         except FileExistsError:
-            try:
-                holder = int(lock.read_text().strip() or 0)
-            except (OSError, ValueError):
-                holder = 0
+            holder = _lock_holder(lock)
             if holder and holder != os.getpid() and _alive(holder):
                 raise ValueError(f"another mgnp run (PID {holder}) is writing to {out}; wait for it to finish, "
                                  "or choose another --out") from None
@@ -227,13 +232,9 @@ def recover(out: Path) -> list[str]:
         if not backup.is_dir() or (pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid))):
             continue  # a replacement still under way in another process
         outcome = _settle(out, backup)
-        lock = out / LOCK_FILE
-        try:
-            holder = int(lock.read_text().strip() or 0) if lock.exists() else 0
-        except (OSError, ValueError):
-            holder = 0
+        holder = _lock_holder(out / LOCK_FILE)
         if holder and holder != os.getpid() and not _alive(holder):
-            lock.unlink(missing_ok=True)  # the killed process's
+            (out / LOCK_FILE).unlink(missing_ok=True)  # the killed process's
         done.append(f"{out}: an interrupted --overwrite (PID {pid}) was "
                     + ("finished: the new run had written its circuit" if outcome == "replaced" else
                        "rolled back: the previous run is back in place"))
