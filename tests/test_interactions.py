@@ -47,6 +47,49 @@ def test_interactions_match_a_finite_difference(kind):
     assert isinstance(edges, pd.DataFrame) and edges.score.abs().is_monotonic_decreasing
 
 
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_a_head_to_head_edge_is_the_first_order_change_through_that_heads_own_input(kind):
+    """score(L0 H0 → L1 H1): the metric's first-order change when L0 H0's clean − corrupted output is added to
+    L1 H1's own query input and (shared evenly among the kept heads of its key/value group) to its group's key and
+    value inputs, measured with TransformerLens' split per-head inputs (the path interactions no longer takes)."""
+    model = micro_model(kind)
+    clean, corrupted = random_pairs(model, n=4)
+    task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0],
+                                      split_fractions={"train": 1.0})
+    edges = interactions(model, task, mg.Circuit.full(model), batch_size=4)
+    assert not model.cfg.use_split_qkv_input and not model.cfg.use_hook_mlp_in  # settings put back
+    batch = task.split("train").buckets[0]
+    _, cc = model.run_with_cache(batch.clean)
+    _, cx = model.run_with_cache(batch.corrupted)
+    delta = (cc["blocks.0.attn.hook_z"] - cx["blocks.0.attn.hook_z"])[:, :, 0] @ model.blocks[0].attn.W_O[0]
+    n_kv = model.cfg.n_key_value_heads or model.cfg.n_heads
+    group = model.cfg.n_heads // n_kv
+    head, share = 1, model.cfg.n_heads // n_kv  # every head kept: a group's heads share its key and value
+    kv = head // group if n_kv != model.cfg.n_heads else head
+    eps = 1e-3
+
+    def metric_with(scale):
+        def add(index, amount):
+            def hook(act, hook):
+                act = act.clone()
+                act[:, :, index] += amount * scale * delta
+                return act
+            return hook
+        hooks = [("blocks.1.hook_q_input", add(head, 1.0)), ("blocks.1.hook_k_input", add(kv, 1 / share)),
+                 ("blocks.1.hook_v_input", add(kv, 1 / share))]
+        logits = model.run_with_hooks(batch.clean, fwd_hooks=hooks)[:, -1]
+        return task.metric(logits, batch).mean()
+
+    model.set_use_split_qkv_input(True)
+    try:
+        with torch.no_grad():
+            fd = (metric_with(eps) - metric_with(-eps)) / (2 * eps)
+    finally:
+        model.set_use_split_qkv_input(False)
+    score = edges[(edges.src == "L0 H0") & (edges.dst == "L1 H1")].score.item()
+    assert abs(score) > 1e-4 and score == pytest.approx(float(fd), rel=1e-2, abs=1e-5)
+
+
 def test_interactions_only_between_kept_nodes():
     model = micro_model("gpt2")
     clean, corrupted = random_pairs(model, n=4)
