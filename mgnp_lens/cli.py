@@ -16,10 +16,13 @@ last finished step are on disk; --resume continues).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import sys
 from pathlib import Path
 
+from .phases import Phases
 from .names import ABLATIONS, BACKENDS, EVAL_SPLITS, REFERENCE_NAMES, TASK_NAMES
 
 EXIT_BAD_INPUT = 2
@@ -276,6 +279,29 @@ def _load_model(name, device, backend: str | None = None, n_devices: int = 1):
         raise ModelLoadError(str(e)) from e
 
 
+def _model_and_task(name, device, backend, n_devices: int, cli: dict, phases: Phases):
+    """:func:`_load_model` and :func:`_build_task`, each a timed phase; without progress the loaders' own
+    messages are silenced too (``--quiet``)."""
+    quiet = contextlib.redirect_stdout(io.StringIO()) if not phases.progress else contextlib.nullcontext()
+    with phases("load model"), quiet, _loader_bars(phases.progress):
+        model = _load_model(name, device, backend, n_devices)
+    with phases("build task"):
+        return model, _build_task(model, cli)
+
+
+@contextlib.contextmanager
+def _loader_bars(show: bool):
+    """``transformers``' own progress bars (the weights' loading) on or off for the ``with``."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if show else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
+
+
 def _build_task(model, cli: dict):
     from .tasks import PromptPairTask, get_task
 
@@ -293,6 +319,17 @@ def _build_task(model, cli: dict):
                     **sizes)
 
 
+def _print_timings(out: Path) -> None:
+    """One line: the session's seconds, phase by phase (``timings.json``)."""
+    from .rundir import TIMINGS_FILE
+
+    try:
+        phases = json.loads((out / TIMINGS_FILE).read_text())["phases"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    print(f"time: {sum(phases.values()):.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items()) + ")")
+
+
 def _print_result(result) -> None:
     print()
     print(result.circuit.per_layer().to_string(index=False))
@@ -302,8 +339,9 @@ def _print_result(result) -> None:
         if e is not None:
             recovered = "" if e.recovered is None else f" ({e.recovered:.0%} of the full model's, from the empty circuit's)"
             loss = "" if e.loss is None else f", {e.loss_name} loss {e.loss:.3f}"
+            se = "" if e.kl_se is None else f" ± {e.kl_se:.3f}"
             print(f"{e.split} ({e.n_examples} pairs): {e.metric_name} full {e.base_metric:.3f} -> circuit "
-                  f"{e.circuit_metric:.3f}{recovered}, KL {e.kl:.3f}{loss}")
+                  f"{e.circuit_metric:.3f}{recovered}, KL {e.kl:.3f}{se}{loss}")
     if result.target is not None:
         from .targets import outcome_text
 
@@ -396,12 +434,12 @@ def cmd_discover(args) -> int:
                 raise CliError(f"{out} already holds a run; choose another --out or pass --overwrite")
         else:
             check_new_out(out)
-        model = _load_model(args.model, args.device, args.backend, args.n_devices)
-        task = _build_task(model, cli)
+        phases = Phases(progress=not args.quiet)
+        model, task = _model_and_task(args.model, args.device, args.backend, args.n_devices, cli, phases)
         with replacing(out, holds_run(out)):
             write_json(out / "config.json", {"config": config.to_dict(), "cli": cli, "command": ["mgnp", *args.argv]})
             result = discover(model, task, config)
-        return _finish(result, out, model, task, args.edge_examples)
+        return _finish(result, out, model, task, args.edge_examples, phases)
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -454,14 +492,15 @@ def _resume(args) -> int:
                        "pass a larger --steps to train it longer")
     load_state(out)  # a damaged state.pt is named now, before the model loads
     with run_lock(out):
-        model = _load_model(saved["cli"].get("model"), args.device, saved["cli"].get("backend"), args.n_devices)
-        task = _build_task(model, saved["cli"])
+        phases = Phases(progress=not args.quiet)
+        model, task = _model_and_task(saved["cli"].get("model"), args.device, saved["cli"].get("backend"),
+                                      args.n_devices, saved["cli"], phases)
         saved["resumed"] = [*saved.get("resumed", []), ["mgnp", *args.argv]]
         write_json(out / "config.json", saved)
-        return _finish(discover(model, task, config, resume_from=out), out, model, task, args.edge_examples)
+        return _finish(discover(model, task, config, resume_from=out), out, model, task, args.edge_examples, phases)
 
 
-def _write_edges(model, task, result, out: Path, n: int) -> None:
+def _write_edges(model, task, result, out: Path, n: int, phases: Phases | None = None) -> None:
     """Score the finished circuit's edges on the evaluation split into ``out/edges.csv`` for the report's graph
     (HookedTransformer only, and only for the corrupted ablation, the one edge scores assume; otherwise, or
     for a run that stopped early, the graph has no edges)."""
@@ -472,13 +511,12 @@ def _write_edges(model, task, result, out: Path, n: int) -> None:
             result.config.ablation != "corrupted":
         return
     split = result.config.eval_split or "train"
-    if result.config.progress:
-        print(f"scoring the circuit's edges on {n} {split} pairs for the report's graph ...", file=sys.stderr)
-    edges = interactions(model, task, result.circuit, split=split, max_examples=n)
+    with (phases or Phases(progress=False))("edges", total=min(n, len(task.split(split))), unit="pairs") as bar:
+        edges = interactions(model, task, result.circuit, split=split, max_examples=n, bar=bar)
     edges.to_csv(out / EDGES_FILE, index=False)
 
 
-def _write_views(model, task, result, out: Path) -> None:
+def _write_views(model, task, result, out: Path, phases: Phases | None = None) -> None:
     """The kept heads' direct logit attribution, attention patterns and example answers on the evaluation split
     (``heads.csv``, ``attention.json``, ``examples.csv``; HookedTransformer only, not for a run that stopped)."""
     from . import views
@@ -488,27 +526,46 @@ def _write_views(model, task, result, out: Path) -> None:
     if result.interrupted or not hasattr(model, "W_O"):
         return
     split, circuit = result.config.eval_split or "train", result.circuit
-    views.head_attribution(model, task, circuit, split=split).to_csv(out / HEADS_FILE, index=False)
-    write_json(out / PATTERNS_FILE, views.attention_patterns(model, task, circuit, split=split), indent=None)
-    views.example_answers(model, task, circuit, split=split).to_csv(out / EXAMPLES_FILE, index=False)
+    with (phases or Phases(progress=False))("views"):
+        views.head_attribution(model, task, circuit, split=split).to_csv(out / HEADS_FILE, index=False)
+        write_json(out / PATTERNS_FILE, views.attention_patterns(model, task, circuit, split=split), indent=None)
+        views.example_answers(model, task, circuit, split=split).to_csv(out / EXAMPLES_FILE, index=False)
 
 
-def _finish(result, out: Path, model=None, task=None, edge_examples: int = 0) -> int:
+def _write_timings(out: Path, result, phases: Phases) -> None:
+    """``timings.json``: the seconds of every phase of this session, the CLI's (model load, task, edges, views,
+    report) around the run's own (:attr:`DiscoveryResult.timings`)."""
+    from .result import write_json
+    from .rundir import TIMINGS_FILE
+
+    order = ("load model", "build task")
+    cli = phases.seconds
+    merged = {**{k: cli[k] for k in order if k in cli}, **result.timings,
+              **{k: v for k, v in cli.items() if k not in order}}
+    write_json(out / TIMINGS_FILE, {"phases": merged, "total": sum(merged.values())})
+
+
+def _finish(result, out: Path, model=None, task=None, edge_examples: int = 0, phases: Phases | None = None) -> int:
     """Score the circuit's edges and heads, build the report, print the tables and where the outputs are; the
     exit code."""
     from .report import RUN_FILES, build_report
 
+    phases = phases or Phases(progress=result.config.progress)
     try:
         if model is not None:
-            _write_edges(model, task, result, out, edge_examples)
-            _write_views(model, task, result, out)
-        report = build_report(out)
+            _write_edges(model, task, result, out, edge_examples, phases)
+            _write_views(model, task, result, out, phases)
+        _write_timings(out, result, phases)
+        with phases("report"):
+            report = build_report(out)
+        _write_timings(out, result, phases)
     except KeyboardInterrupt:
         print(f"mgnp: interrupted while building the report; the run's files are complete "
               f"({result.steps_completed} steps): mgnp report {out} builds it"
               + (f", mgnp discover --resume {out} continues the run" if result.interrupted else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
     _print_result(result)
+    _print_timings(out)
     print(f"\noutputs in {out}/: {', '.join(n for n in RUN_FILES if (out / n).exists())}")
     print(f"report: {report.resolve()}")
     if result.interrupted:

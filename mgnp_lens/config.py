@@ -109,6 +109,10 @@ class PruningConfig:
         eval_max_examples: cap on the evaluated examples of each split evaluated at the end, the training
             pairs included (1024; ``None``: the whole split).
         eval_batch_size: batch size of the precompute and the evaluations (32).
+        eval_kl_se: stop evaluating a split at the end once its KL's standard error is at most this (0.01),
+            after at least :data:`mgnp_lens.evaluate.MIN_PAIRS_FOR_SE` pairs taken evenly from every length
+            bucket (template), up to ``eval_max_examples``; ``None``: every pair up to the cap. A circuit close
+            to the full model is measured in a few batches; an unfaithful one on the whole cap.
         checkpoint_dir: if set, outputs and the resumable state are written there every
             ``checkpoint_every`` steps, at the end, and after Ctrl-C or an error.
         checkpoint_every: steps between checkpoints (50).
@@ -155,6 +159,7 @@ class PruningConfig:
     eval_heldout: bool = True
     eval_max_examples: int | None = 1024
     eval_batch_size: int = 32
+    eval_kl_se: float | None = 0.01
     checkpoint_dir: str | None = None
     checkpoint_every: int = 50
     progress: bool = True
@@ -371,7 +376,8 @@ FIELD_RULES: dict[str, Rule] = {
     "validate_every": _optional(_integer(1)), "validate_max_examples": _integer(1),
     "select": _choice(SELECT_CHOICES, "select"),
     "eval_split": _optional(_choice(EVAL_SPLITS, "eval_split")), "eval_max_examples": _optional(_integer(1)),
-    "eval_heldout": _boolean, "eval_batch_size": _integer(1), "checkpoint_dir": _optional(_path), "checkpoint_every": _integer(1),
+    "eval_heldout": _boolean, "eval_batch_size": _integer(1), "eval_kl_se": _optional(_positive_float),
+    "checkpoint_dir": _optional(_path), "checkpoint_every": _integer(1),
     "progress": _boolean,
 }
 

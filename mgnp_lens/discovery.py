@@ -29,6 +29,7 @@ from .gates import HardConcreteGates
 from .granularity import ModelDims
 from .hooks import Interpolator, check_hook_points, masked_answer_logits
 from .losses import FullModelTarget
+from .phases import Phases
 from .precompute import Precomputed, available_bytes, precompute, precompute_bytes
 from .result import DiscoveryError, DiscoveryResult, run_meta, write_run
 from .speedups import TrainingSpeedups
@@ -69,7 +70,7 @@ def discover(model, task, config: PruningConfig | None = None, *, resume_from=No
     data, error = None, None
     try:
         data = _precompute_run(model, run)  # the full model's answer logits, the corrupted activations
-        with run.fast.applied():
+        with run.fast.applied(), run.phases("training", show=False):
             interp = Interpolator(run.dims, run.config.corruption, skip_dead_sites=run.config.skip_dead_sites,
                                   shared_hooks=run.fast.compiled, constants=data.constants)
             for step in _progress(run):
@@ -152,6 +153,7 @@ class _Run:
     t0: float = field(default_factory=time.perf_counter)
     last: dict | None = None
     selected: dict | None = None  # the best validation check so far: step, key, val_kl, masks
+    phases: Phases = field(default_factory=Phases)
 
     @classmethod
     def start(cls, model, task, config: PruningConfig | None, resume_from, overrides: dict) -> "_Run":
@@ -187,7 +189,7 @@ class _Run:
         if auto_target:
             meta["auto_target"] = auto_target
         run = cls(model, task, config, dims, train, validation, gates, optimizer, generators, lambdas, fast,
-                  streaming, meta, identity)
+                  streaming, meta, identity, phases=Phases(progress=config.progress))
         if state is not None:
             checkpoint.restore(state, gates, optimizer, generators)
             run.rows, run.step, run.seconds_before = list(state["history"]), int(state["step"]), float(state["seconds"])
@@ -241,7 +243,8 @@ class _Run:
         circuit = Circuit(self.dims, masks, task=self.task.describe(), config=self.config.to_dict())
         return DiscoveryResult(circuit, pd.DataFrame(self.rows), None, None, self.config, self.gates, self.step,
                                self.interrupted, seconds, self.meta, self.last, selection=self.selection(),
-                               scored_log_alpha=chosen.get("log_alpha") if chosen else None)
+                               scored_log_alpha=chosen.get("log_alpha") if chosen else None,
+                               timings=self.phases.seconds)
 
     def selection(self) -> dict | None:
         """Which step's circuit the run returns and why (None without validation checks)."""
@@ -318,12 +321,13 @@ def _precompute_run(model, run: _Run) -> _Data:
     config = run.config
     size = min(config.eval_batch_size, config.micro_batch_size or config.eval_batch_size)
     train = targets = None
-    constants = ablation_values(model, run.dims, config.ablation, run.train, size)
-    if not run.streaming:
-        train = precompute(model, run.dims, run.train, size, config.caches_corrupted)
-        targets = [FullModelTarget.from_logits(b, task_loss(run.task)) for b in train.base]  # once, not per step
-    validation = None if run.validation is None else \
-        precompute(model, run.dims, run.validation, size, config.ablation == "corrupted")
+    with run.phases("precompute"):
+        constants = ablation_values(model, run.dims, config.ablation, run.train, size)
+        if not run.streaming:
+            train = precompute(model, run.dims, run.train, size, config.caches_corrupted)
+            targets = [FullModelTarget.from_logits(b, task_loss(run.task)) for b in train.base]  # once, not per step
+        validation = None if run.validation is None else \
+            precompute(model, run.dims, run.validation, size, config.ablation == "corrupted")
     return _Data(train, targets, validation, size, constants)
 
 
@@ -475,20 +479,28 @@ def _final_evaluations(model, task, circuit: Circuit, run: _Run, data: _Data
     """The circuit on the training pairs (from the loop's precomputed outputs in cache mode), on
     ``config.eval_split`` and (with ``eval_heldout``) on the task's held-out splits, each up to
     ``eval_max_examples`` pairs."""
-    config = run.config
+    config, phases = run.config, run.phases
     cap = config.eval_max_examples
     if config.corruption == "cache" and not run.streaming:
         pairs = run.train if cap is None else run.train.head(cap)  # the first rows of the first buckets
-        train = evaluate_cached(model, task, circuit, pairs, data.train, config.eval_batch_size,
-                                constants=data.constants)
+        with phases("evaluate train", total=len(pairs), unit="pairs") as bar:
+            train = evaluate_cached(model, task, circuit, pairs, data.train, config.eval_batch_size,
+                                    constants=data.constants, bar=bar)
     else:
-        train = evaluate(model, task, circuit, "train", config.eval_batch_size, cap, constants=data.constants)
+        train = _evaluate_split(model, task, circuit, "train", run, data)
     if config.eval_split is None:
         return train, None, {}
-    held_out = evaluate(model, task, circuit, config.eval_split, config.eval_batch_size, cap, constants=data.constants)
+    held_out = _evaluate_split(model, task, circuit, config.eval_split, run, data)
     extra = task.heldout_splits() if config.eval_heldout and hasattr(task, "heldout_splits") else []
-    return train, held_out, {s: evaluate(model, task, circuit, s, config.eval_batch_size, cap, constants=data.constants)
+    return train, held_out, {s: _evaluate_split(model, task, circuit, s, run, data)
                              for s in extra if s != config.eval_split}
+
+
+def _evaluate_split(model, task, circuit: Circuit, split: str, run: _Run, data: _Data) -> Evaluation:
+    """One split's evaluation at the end of a run, up to ``eval_max_examples`` pairs or ``eval_kl_se``."""
+    config = run.config
+    return evaluate(model, task, circuit, split, config.eval_batch_size, config.eval_max_examples,
+                    constants=data.constants, phases=run.phases, kl_se=config.eval_kl_se)
 
 
 def _target_outcome(run: _Run, circuit: Circuit) -> dict | None:

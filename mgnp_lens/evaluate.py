@@ -13,6 +13,7 @@ from .circuit import Circuit
 from .hooks import Interpolator, check_hook_points, logits_at, masked_answer_logits
 from .granularity import ModelDims
 from .losses import FullModelTarget, kl_full_circuit  # noqa: F401  (re-exported)
+from .phases import Phases, silent
 from .precompute import Precomputed, chunks
 
 
@@ -24,6 +25,8 @@ class Evaluation:
     ``recovered`` is the MIB normalisation of faithfulness, ``(m(C) − m(∅)) / (m(N) − m(∅))``: 1 when the
     circuit's metric is the full model's, 0 when it is the empty circuit's (the corrupted run). A task trained
     on another loss than KL (:mod:`mgnp_lens.losses`) has it in ``loss`` (``loss_name``) beside the KL.
+    ``kl_se``, ``circuit_metric_se`` and ``loss_se`` are the standard errors of those means over the pairs
+    (None for a single pair, or in files written before they were recorded).
     """
 
     split: str
@@ -35,6 +38,9 @@ class Evaluation:
     empty_metric: float | None = None
     loss_name: str = "kl"
     loss: float | None = None
+    kl_se: float | None = None
+    circuit_metric_se: float | None = None
+    loss_se: float | None = None
 
     @property
     def objective(self) -> float:
@@ -73,10 +79,16 @@ def _resolve_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+#: An evaluation that stops at a standard error (``kl_se``) first measures at least this many pairs, so that the
+#: standard error itself rests on enough pairs from every template.
+MIN_PAIRS_FOR_SE = 128
+
+
 @torch.inference_mode()
 def evaluate(model, task, circuit: Circuit, split: str = "test", batch_size: int = 32,
              max_examples: int | None = None, ablation: str | None = None,
-             constants: dict[str, torch.Tensor] | None = None) -> Evaluation:
+             constants: dict[str, torch.Tensor] | None = None, phases: Phases | None = None,
+             kl_se: float | None = None) -> Evaluation:
     """Evaluate ``circuit`` on a task split.
 
     Args:
@@ -90,28 +102,42 @@ def evaluate(model, task, circuit: Circuit, split: str = "test", batch_size: int
             found with (``"corrupted"`` if it records none).
         constants: the zero/mean ablation's values, when already computed (default: computed here, the
             mean over the task's training pairs).
+        phases: time the evaluation as phase ``"evaluate SPLIT"`` and show its progress (:mod:`mgnp_lens.phases`).
+        kl_se: stop once the KL's standard error is at most this, after at least :data:`MIN_PAIRS_FOR_SE`
+            pairs; the batches then alternate between the split's length buckets (templates), so the pairs
+            measured are spread over all of them, and ``max_examples`` caps the pairs in that order.
 
     Returns:
-        an :class:`Evaluation` with means over the examples.
+        an :class:`Evaluation` with means over the examples (and their standard errors).
     """
+    return evaluate_many(model, task, [circuit], split, batch_size, max_examples, ablation or ablation_of(circuit),
+                         constants, phases, kl_se)[0]
+
+
+def _split_batches(task, split: str, batch_size: int, max_examples: int | None, kl_se: float | None):
+    """The split's batches to evaluate and how many pairs they hold: the first ``max_examples`` pairs bucket by
+    bucket, or (with ``kl_se``, which may stop early) interleaved over the buckets up to ``max_examples``."""
     pairs = task.split(split)
-    if max_examples is not None:
-        pairs = pairs.head(max_examples)
-    check_circuit_fits(model, circuit)
-    device = _resolve_device(model)
-    ablation = ablation or ablation_of(circuit)
-    if constants is None and ablation != "corrupted":
-        constants = ablation_values(model, circuit.dims, ablation, task.split("train"), batch_size)
-    interp, empty_interp = (_interpolator(circuit.dims, m, constants) for m in (circuit.masks, None))
+    if kl_se is None:
+        pairs = pairs if max_examples is None else pairs.head(max_examples)
+        return pairs.batches(batch_size), len(pairs)
+    cap = len(pairs) if max_examples is None else min(max_examples, len(pairs))
 
-    def passes():
-        for batch in pairs.batches(batch_size):
-            batch = batch.to(device)
-            base = logits_at(model, batch.clean, batch.answer_pos, len(batch))
-            circ = masked_answer_logits(model, interp, batch.clean, batch.corrupted, batch.answer_pos)
-            yield batch, base, circ, _empty_logits(model, empty_interp, batch)
+    def capped():
+        left = cap
+        for batch in pairs.batches(batch_size, interleave=True):
+            if left <= 0:
+                return
+            yield batch if len(batch) <= left else batch.select(torch.arange(left))
+            left -= len(batch)
+    return capped(), cap
 
-    return summarize(task, split, passes())
+
+def _precise_enough(sums: list, kl_se: float | None) -> bool:
+    """Whether every circuit's KL has reached ``kl_se`` on at least :data:`MIN_PAIRS_FOR_SE` pairs."""
+    if kl_se is None or sums[0].n < MIN_PAIRS_FOR_SE:
+        return False
+    return all((_standard_error(s.kl, s.kl_sq, s.n) or 0.0) <= kl_se for s in sums)
 
 
 def _interpolator(dims: ModelDims, masks, constants) -> Interpolator | None:
@@ -133,14 +159,30 @@ def _empty_logits(model, empty_interp: Interpolator | None, batch) -> torch.Tens
     return masked_answer_logits(model, empty_interp, batch.clean, batch.corrupted, batch.answer_pos)
 
 
+def _circuit_and_empty(model, interp: Interpolator, empty_interp: Interpolator | None, batch,
+                       need_empty: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[B, (P,) d_vocab] answer logits of the circuit and (with ``need_empty``) of the empty circuit.
+
+    Under the corrupted ablation a batch-mode pass runs the corrupted prompts unmasked beside the clean ones, so
+    its second half is the empty circuit (the corrupted run): one [2B, pos] pass gives both."""
+    if not need_empty or empty_interp is not None or interp.mode != "batch":
+        circ = masked_answer_logits(model, interp, batch.clean, batch.corrupted, batch.answer_pos)
+        return circ, _empty_logits(model, empty_interp, batch) if need_empty else None
+    n = len(batch)
+    with interp.attached(model):
+        both = logits_at(model, torch.cat([batch.clean, batch.corrupted]), torch.cat([batch.answer_pos] * 2), 2 * n)
+    return both[:n], both[n:]
+
+
 @torch.inference_mode()
 def evaluate_cached(model, task, circuit: Circuit, pairs, pre: Precomputed, batch_size: int,
                     split: str = "train", with_empty: bool = True,
-                    constants: dict[str, torch.Tensor] | None = None) -> Evaluation:
+                    constants: dict[str, torch.Tensor] | None = None, bar=None) -> Evaluation:
     """:func:`evaluate` on ``pairs`` from their precomputed full-model logits and corrupted activations
     (a run's, for its training pairs): one masked clean pass per batch instead of three (and, with
     ``with_empty``, one more for the empty circuit's metric). With zero/mean ablation ``constants`` the
-    corrupted activations are not needed (``pre.cache`` may be empty)."""
+    corrupted activations are not needed (``pre.cache`` may be empty). ``bar``: a progress bar to ``update``
+    with each batch's pairs (:class:`mgnp_lens.phases.Phases`)."""
     device = _resolve_device(model)
     interp = Interpolator(circuit.dims, "cache", constants=constants)
     interp.set_masks(circuit.masks)
@@ -153,27 +195,48 @@ def evaluate_cached(model, task, circuit: Circuit, pairs, pre: Precomputed, batc
             circ = masked_answer_logits(model, interp, b.clean, b.corrupted, b.answer_pos)
             empty = _empty_logits(model, empty_interp, b) if with_empty else None
             yield b, pre.base[i][idx.to(pre.base[i].device)], circ, empty
+            if bar is not None:
+                bar.update(len(b))
 
     return summarize(task, split, passes())
 
 
+def _squares(values: torch.Tensor) -> float:
+    """Σ values² in float64 (for a standard error)."""
+    v = values.detach().double()
+    return float((v * v).sum())
+
+
+def _standard_error(total: float, squares: float, n: int) -> float | None:
+    """Standard error of a mean from the sum and the sum of squares of its ``n`` values (None for n < 2)."""
+    if n < 2:
+        return None
+    variance = max(0.0, (squares - total * total / n) / (n - 1))
+    return (variance / n) ** 0.5
+
+
 class _Sums:
-    """Running sums of one circuit's KL and task metrics (full model, circuit, empty circuit) over batches."""
+    """Running sums (and sums of squares, for standard errors) of one circuit's KL and task metrics (full model,
+    circuit, empty circuit) over batches."""
 
     def __init__(self):
         self.n, self.kl, self.base, self.circuit, self.empty, self.with_empty = 0, 0.0, 0.0, 0.0, 0.0, True
         self.loss = 0.0
+        self.kl_sq = self.circuit_sq = self.loss_sq = 0.0
 
     def add(self, task, batch, base: torch.Tensor, circ: torch.Tensor, empty: torch.Tensor | None,
             target: FullModelTarget | None = None, base_metric: float | None = None) -> None:
         """One batch's [B, (P,) d_vocab] logits (``target`` and ``base_metric``: the full model's, if already
         made)."""
         target = target or FullModelTarget.from_logits(base, task_loss(task))
-        self.kl += float(target.kl(circ).sum())
+        kl = target.kl(circ)
+        self.kl, self.kl_sq = self.kl + float(kl.sum()), self.kl_sq + _squares(kl)
         if target.loss != "kl":
-            self.loss += float(target.loss_of(circ, batch).sum())
+            loss = target.loss_of(circ, batch)
+            self.loss, self.loss_sq = self.loss + float(loss.sum()), self.loss_sq + _squares(loss)
         self.base += float(task.metric(base, batch).sum()) if base_metric is None else base_metric
-        self.circuit += float(task.metric(circ, batch).sum())
+        metric = task.metric(circ, batch)
+        self.circuit, self.circuit_sq = self.circuit + float(metric.sum()), self.circuit_sq + _squares(metric)
         if empty is None:
             self.with_empty = False
         else:
@@ -188,7 +251,9 @@ class _Sums:
         return Evaluation(split=split, n_examples=n, base_metric=self.base / n, circuit_metric=self.circuit / n,
                           kl=self.kl / n, metric_name=getattr(task, "metric_name", "metric"),
                           empty_metric=self.empty / n if self.with_empty else None, loss_name=loss,
-                          loss=None if loss == "kl" else self.loss / n)
+                          loss=None if loss == "kl" else self.loss / n, kl_se=_standard_error(self.kl, self.kl_sq, n),
+                          circuit_metric_se=_standard_error(self.circuit, self.circuit_sq, n),
+                          loss_se=None if loss == "kl" else _standard_error(self.loss, self.loss_sq, n))
 
 
 def task_loss(task) -> str:
@@ -214,13 +279,16 @@ def summarize(task, split: str, passes) -> Evaluation:
 @torch.inference_mode()
 def evaluate_many(model, task, circuits: Sequence[Circuit], split: str = "test", batch_size: int = 32,
                   max_examples: int | None = None, ablation: str | None = None,
-                  constants: dict[str, torch.Tensor] | None = None) -> list[Evaluation]:
+                  constants: dict[str, torch.Tensor] | None = None, phases: Phases | None = None,
+                  kl_se: float | None = None) -> list[Evaluation]:
     """:func:`evaluate` for several circuits of one model on the same pairs, at the cost of one masked pass
-    per circuit and batch: the full model and the empty circuit run once per batch for all of them.
+    per circuit and batch: the full model and the empty circuit run once per batch for all of them (under the
+    corrupted ablation the empty circuit comes with the first circuit's pass, its corrupted half).
 
     Args:
         circuits: circuits of ``model``'s shape, all with one ablation (or pass ``ablation``).
-        split, batch_size, max_examples, ablation, constants: as in :func:`evaluate`.
+        split, batch_size, max_examples, ablation, constants, phases: as in :func:`evaluate`.
+        kl_se: as in :func:`evaluate`, once every circuit's KL is that precise.
 
     Returns:
         one :class:`Evaluation` per circuit, in order; each equals what :func:`evaluate` gives it.
@@ -238,22 +306,25 @@ def evaluate_many(model, task, circuits: Sequence[Circuit], split: str = "test",
                          "ablation= to evaluate them all under one")
     ablation = ablation or kinds.pop()
     dims = circuits[0].dims
-    pairs = task.split(split)
-    if max_examples is not None:
-        pairs = pairs.head(max_examples)
+    batches, n_pairs = _split_batches(task, split, batch_size, max_examples, kl_se)
     if constants is None and ablation != "corrupted":
         constants = ablation_values(model, dims, ablation, task.split("train"), batch_size)
     empty_interp = _interpolator(dims, None, constants)
     interps = [_interpolator(dims, c.masks, constants) for c in circuits]
     sums = [_Sums() for _ in circuits]
     device = _resolve_device(model)
-    for batch in pairs.batches(batch_size):
-        batch = batch.to(device)
-        base = logits_at(model, batch.clean, batch.answer_pos, len(batch))
-        target = FullModelTarget.from_logits(base, task_loss(task))
-        base_metric = float(task.metric(base, batch).sum())
-        empty = _empty_logits(model, empty_interp, batch)
-        for interp, s in zip(interps, sums):
-            circ = masked_answer_logits(model, interp, batch.clean, batch.corrupted, batch.answer_pos)
-            s.add(task, batch, base, circ, empty, target, base_metric)
+    with (phases or silent())(f"evaluate {split}", total=n_pairs, unit="pairs") as bar:
+        for batch in batches:
+            if _precise_enough(sums, kl_se):
+                break
+            batch = batch.to(device)
+            base = logits_at(model, batch.clean, batch.answer_pos, len(batch))
+            target = FullModelTarget.from_logits(base, task_loss(task))
+            base_metric = float(task.metric(base, batch).sum())
+            empty = None
+            for i, (interp, s) in enumerate(zip(interps, sums)):
+                circ, first_empty = _circuit_and_empty(model, interp, empty_interp, batch, need_empty=i == 0)
+                empty = first_empty if i == 0 else empty
+                s.add(task, batch, base, circ, empty, target, base_metric)
+            bar.update(len(batch))
     return [s.result(task, split) for s in sums]

@@ -19,7 +19,7 @@ import pandas as pd
 
 from . import targets
 from .circuit import Circuit
-from .rundir import check_consistent
+from .rundir import TIMINGS_FILE, check_consistent
 
 REQUIRED = ("circuit.json",)
 #: the circuit's edge scores (:func:`mgnp_lens.interactions.interactions`), written by ``mgnp discover``
@@ -27,7 +27,7 @@ EDGES_FILE = "edges.csv"
 #: the kept heads' direct logit attribution, attention patterns and example answers (:mod:`mgnp_lens.views`)
 HEADS_FILE, PATTERNS_FILE, EXAMPLES_FILE = "heads.csv", "attention.json", "examples.csv"
 RUN_FILES = ("circuit.json", "per_layer.csv", "summary.csv", "evaluation.json", "history.csv", "config.json",
-             EDGES_FILE, HEADS_FILE, PATTERNS_FILE, EXAMPLES_FILE, "gates.pt", "state.pt", "report.html")
+             EDGES_FILE, HEADS_FILE, PATTERNS_FILE, EXAMPLES_FILE, TIMINGS_FILE, "gates.pt", "state.pt", "report.html")
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1200px;
@@ -116,7 +116,16 @@ def load_run(directory: str | Path, need_evaluation: bool = True) -> dict:
     return {"circuit": circuit, "history": _read_csv(d / "history.csv"),
             "evaluation": evaluation, "config": config, "dir": d,
             "edges": _read_csv(d / EDGES_FILE), "heads": _read_csv(d / HEADS_FILE),
-            "patterns": _read_json(d / PATTERNS_FILE), "examples": _read_csv(d / EXAMPLES_FILE)}
+            "patterns": _read_json(d / PATTERNS_FILE), "examples": _read_csv(d / EXAMPLES_FILE),
+            "timings": _timings(d, evaluation)}
+
+
+def _timings(d: Path, evaluation: dict) -> dict[str, float]:
+    """The seconds of each phase: ``timings.json`` (``mgnp discover``'s whole session) or else the run's own
+    phases from ``evaluation.json`` (a run saved from Python); ``{}`` for runs that recorded none."""
+    whole = _read_json(d / TIMINGS_FILE)
+    phases = whole.get("phases") if isinstance(whole, dict) else None
+    return phases if isinstance(phases, dict) else (evaluation.get("timings") or {})
 
 
 def _table(frame: pd.DataFrame, float_format: str = "{:,.4g}") -> str:
@@ -206,11 +215,12 @@ def _tables(run: dict, task: str | None, ref) -> list[str]:
                         *(ev.get("heldout_evaluations") or {}).values()) if e]
     if rows:
         frame = pd.DataFrame(rows).reindex(columns=["split", "n_examples", "metric_name", "base_metric",
-                                                    "circuit_metric", "empty_metric", "recovered", "kl"])
+                                                    "circuit_metric", "empty_metric", "recovered", "kl", "kl_se"])
         frame.insert(1, "pairs", frame.pop("split").map(lambda s: SPLIT_DESCRIPTIONS.get(s, s)))
         parts.append(_table(frame))
         parts.append("<p><i>recovered</i> = (circuit − empty) / (full − empty): the fraction of the full model's "
-                     "metric the circuit keeps, measured from the empty circuit's (every node ablated). Held-out "
+                     "metric the circuit keeps, measured from the empty circuit's (every node ablated); "
+                     "<i>kl_se</i>: the standard error of the KL over the pairs. Held-out "
                      "templates were used neither in training nor for validation.</p>")
     else:
         parts.append("<p>No evaluation in this run directory (run <code>mgnp evaluate DIR</code>).</p>")
@@ -296,6 +306,17 @@ def _figures(run: dict, ref) -> list[str]:
     return parts
 
 
+def _time_table(timings: dict[str, float] | None) -> list[str]:
+    """Where the run's wall time went, phase by phase (nothing for runs that recorded no phases)."""
+    if not timings:
+        return []
+    total = sum(timings.values())
+    frame = pd.DataFrame({"phase": list(timings), "seconds": list(timings.values())})
+    frame["share_pct"] = 100 * frame["seconds"] / total if total else 0.0
+    return ["<h2>Where the time went</h2>", _table(frame, "{:,.1f}"),
+            f"<p>{total:,.1f} s in all (this session of the run; the report itself is not included).</p>"]
+
+
 def build_report(directory: str | Path, out: str | Path | None = None, reference: str | None = None) -> Path:
     """Build ``report.html`` for a run directory.
 
@@ -320,7 +341,7 @@ def build_report(directory: str | Path, out: str | Path | None = None, reference
     ref = get_reference(reference) if reference else None
     parts = [*_header(run, task), *_tables(run, task, ref), *_kept_heads(circuit, run.get("heads")),
              *_examples(run.get("examples")), *_figures(run, ref),
-             "<h2>Per-layer table (Appendix D)</h2>", _table(circuit.per_layer()),
+             "<h2>Per-layer table (Appendix D)</h2>", _table(circuit.per_layer()), *_time_table(run.get("timings")),
              "<h2>Run configuration</h2>", f"<pre>{html.escape(json.dumps(run['config'], indent=2, default=str))}</pre>"]
     return _write_page(Path(out) if out else run["dir"] / "report.html", f"mgnp-lens report: {task or 'custom'}",
                        parts)

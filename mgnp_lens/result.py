@@ -49,6 +49,8 @@ class DiscoveryResult:
         steps_completed: optimizer steps that finished.
         interrupted: True if the run stopped early (Ctrl-C or an error).
         seconds: wall time of the optimisation loop (summed over resumed sessions).
+        timings: wall seconds of each phase of this session's run (``precompute``, ``training``, ``evaluate
+            SPLIT`` ...; :mod:`mgnp_lens.phases`), in the order they ran.
         meta: task description, model source and library versions (written to config.json).
         state: the training state after ``steps_completed`` steps (gates, AdamW moments, random
             generators, history): ``discover(..., resume_from=result)`` or a saved directory continues from it
@@ -70,6 +72,7 @@ class DiscoveryResult:
     target: dict | None = None
     selection: dict | None = None
     scored_log_alpha: dict | None = field(default=None, repr=False)
+    timings: dict[str, float] = field(default_factory=dict)
 
     def scores(self) -> pd.DataFrame:
         """Each node's probability of being kept (:meth:`HardConcreteGates.open_probability`) from the same gate
@@ -202,7 +205,7 @@ def _staged_files(result: DiscoveryResult) -> dict[str, Callable[[Path], None]]:
             "seconds": result.seconds, "evaluation": ev.to_dict() if ev else None,
             "train_evaluation": train_ev.to_dict() if train_ev else None,
             "heldout_evaluations": {k: e.to_dict() for k, e in result.heldout_evaluations.items()},
-            "target": result.target, "selection": result.selection},
+            "target": result.target, "selection": result.selection, "timings": result.timings},
             indent=2, default=str)),
     }
     if result.state is not None:

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 LOCK_FILE = ".mgnp.lock"
+#: The seconds of each phase of the last ``mgnp discover`` session (model load, training, evaluations, edges ...).
+TIMINGS_FILE = "timings.json"
 #: Files whose presence means a directory holds (the start of) a run.
 RUN_MARKERS = ("config.json", "circuit.json", "state.pt", "evaluation.json")
 #: Written last by every save of a run: the SHA-256 of each file that save wrote, so that a reader can tell a
@@ -24,8 +26,8 @@ MANIFEST = ".mgnp-files.json"
 #: and ``export`` add, and their temporary names while being written. Nothing else is ever moved or deleted.
 RUN_FILE_PATTERNS = ("config.json", "circuit.json", "state.pt", "gates.pt", "evaluation.json", "history.csv",
                      "per_layer.csv", "summary.csv", "edges.csv", "heads.csv", "attention.json", "examples.csv",
-                     "report.html", "evaluation_*.json", "patching_effects.csv", "compare_*.csv", "circuit.*", "*.tmp",
-                     LOCK_FILE, MANIFEST)
+                     "report.html", TIMINGS_FILE, "evaluation_*.json", "patching_effects.csv", "compare_*.csv",
+                     "circuit.*", "*.tmp", LOCK_FILE, MANIFEST)
 #: The files a save lists in the manifest (config.json is left out: the command line adds entries to it).
 MANIFEST_FILES = ("circuit.json", "gates.pt", "history.csv", "per_layer.csv", "summary.csv", "evaluation.json",
                   "state.pt")

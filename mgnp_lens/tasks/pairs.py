@@ -151,14 +151,20 @@ class PairSet:
         return cls(buckets)
 
     def batches(self, batch_size: int, shuffle: bool = False,
-                generator: torch.Generator | None = None) -> Iterator[PairBatch]:
-        """Yield batches of at most ``batch_size`` pairs, each from a single bucket."""
+                generator: torch.Generator | None = None, interleave: bool = False) -> Iterator[PairBatch]:
+        """Yield batches of at most ``batch_size`` pairs, each from a single bucket.
+
+        Bucket by bucket; with ``shuffle`` in random order; with ``interleave`` the buckets' batches take turns in
+        proportion to their sizes, so that the pairs of any first few batches are spread over every bucket
+        (template) as the whole set is (for an evaluation that may stop early)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         order = []
         for b in self.buckets:
             rows = torch.randperm(len(b), generator=generator) if shuffle else torch.arange(len(b))
-            order += [(b, rows[i:i + batch_size]) for i in range(0, len(b), batch_size)]
+            n = -(-len(b) // batch_size)
+            order += [((j + 0.5) / n, b, rows[i:i + batch_size]) for j, i in enumerate(range(0, len(b), batch_size))]
+        order = [(b, rows) for _, b, rows in (sorted(order, key=lambda o: o[0]) if interleave else order)]
         if shuffle:
             perm = torch.randperm(len(order), generator=generator).tolist()
             order = [order[i] for i in perm]
