@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import micro_model, random_pairs, with_heads
+from helpers import micro_model, random_pairs, with_heads
 
 import mgnp_lens as mg
 from mgnp_lens.ablation import ablation_values

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from mgnp_lens.report import RUN_FILES
 from mgnp_lens.rundir import LOCK_FILE, MANIFEST
 from mgnp_lens.tasks import PromptPairTask
 
-from conftest import gpt2_tokenizer, micro_model, random_pairs
+from helpers import gpt2_tokenizer, micro_model, random_pairs
 
 COMMON = ["--task", "ioi", "--steps", "3", "--batch-size", "4", "--n-test", "8", "--autocast", "float32", "--quiet"]
 
@@ -38,12 +39,25 @@ def no_traceback(err: str) -> None:
     assert "Traceback" not in err and err.startswith("mgnp: ")
 
 
-@pytest.fixture
-def finished(tiny_gpt2_checkpoint, tmp_path):
-    """A finished run (with an extra file an earlier `mgnp evaluate` left) and the tiny checkpoint's path."""
+@pytest.fixture(scope="module")
+def finished_once(tiny_gpt2_checkpoint, tmp_path_factory):
+    """One finished run of the module, for :func:`finished` to copy."""
     path = tiny_gpt2_checkpoint[0]
-    out = tmp_path / "run"
+    out = tmp_path_factory.mktemp("finished") / "run"
     assert main(["discover", *COMMON, "--model", str(path), "--out", str(out)]) == 0
+    return out, path
+
+
+@pytest.fixture
+def finished(finished_once, tmp_path):
+    """A finished run of its own (a copy, its settings pointing at it; with an extra file an earlier
+    `mgnp evaluate` left) and the tiny checkpoint's path."""
+    template, path = finished_once
+    out = tmp_path / "run"
+    shutil.copytree(template, out)
+    config = json.loads((out / "config.json").read_text())
+    config["config"]["checkpoint_dir"] = str(out)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
     (out / "evaluation_validation.json").write_text("{}")
     return out, path
 

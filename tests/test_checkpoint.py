@@ -10,7 +10,7 @@ import torch
 import mgnp_lens as mg
 from mgnp_lens.tasks import PromptPairTask
 
-from conftest import _pairs_task, _same_run, _task_that_stops, micro_model, random_pairs
+from helpers import pairs_task, same_run, task_that_stops, micro_model, random_pairs
 
 # an integer noise warm-up: "auto" scales with ``steps``, so a 3-step run would not be the first 3 steps
 # of an 8-step one
@@ -20,18 +20,18 @@ RESUME_KW = dict(batch_size=4, progress=False, eval_split=None, autocast="float3
 @pytest.fixture(scope="module")
 def uninterrupted():
     model = micro_model("gpt2")
-    return model, mg.discover(model, _pairs_task(model), steps=8, **RESUME_KW)
+    return model, mg.discover(model, pairs_task(model), steps=8, **RESUME_KW)
 
 
 def test_resuming_after_ctrl_c_equals_the_uninterrupted_run(uninterrupted):
     model, full = uninterrupted
-    stopped = mg.discover(model, _task_that_stops(model, 5, KeyboardInterrupt()), steps=8, **RESUME_KW)
+    stopped = mg.discover(model, task_that_stops(model, 5, KeyboardInterrupt()), steps=8, **RESUME_KW)
     assert stopped.interrupted and stopped.steps_completed == 5 and stopped.state["step"] == 5
-    resumed = mg.discover(model, _pairs_task(model), resume_from=stopped)  # the saved config, 8 steps
+    resumed = mg.discover(model, pairs_task(model), resume_from=stopped)  # the saved config, 8 steps
     assert not resumed.interrupted and resumed.meta["resumed_at_steps"] == [5]
-    _same_run(resumed, full)
+    same_run(resumed, full)
     assert resumed.train_evaluation.kl == full.train_evaluation.kl
-    _same_run(mg.discover(model, _pairs_task(model), resume_from=stopped), full)  # its state was not used up
+    same_run(mg.discover(model, pairs_task(model), resume_from=stopped), full)  # its state was not used up
 
 
 def test_an_error_inside_an_update_rolls_back_and_resumes_from_disk(uninterrupted, tmp_path, monkeypatch):
@@ -47,22 +47,22 @@ def test_an_error_inside_an_update_rolls_back_and_resumes_from_disk(uninterrupte
 
     monkeypatch.setattr(torch.optim.AdamW, "step", failing_step)
     with pytest.raises(mg.DiscoveryError, match="after 3 steps") as info:
-        mg.discover(model, _pairs_task(model), steps=8, checkpoint_dir=str(tmp_path), **RESUME_KW)
+        mg.discover(model, pairs_task(model), steps=8, checkpoint_dir=str(tmp_path), **RESUME_KW)
     monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
-    three = mg.discover(model, _pairs_task(model), steps=3, **RESUME_KW)
-    _same_run(info.value.result, three)  # the half-done 4th update is not in the saved circuit
+    three = mg.discover(model, pairs_task(model), steps=3, **RESUME_KW)
+    same_run(info.value.result, three)  # the half-done 4th update is not in the saved circuit
     assert (tmp_path / "state.pt").exists() and mg.Circuit.load(tmp_path / "circuit.json") == three.circuit
-    resumed = mg.discover(model, _pairs_task(model), resume_from=tmp_path)
-    _same_run(resumed, full)
+    resumed = mg.discover(model, pairs_task(model), resume_from=tmp_path)
+    same_run(resumed, full)
     assert json.loads((tmp_path / "evaluation.json").read_text())["steps_completed"] == 8  # it kept checkpointing
 
 
 def test_a_finished_run_resumes_for_more_steps(uninterrupted, tmp_path):
     model, full = uninterrupted
-    five = mg.discover(model, _pairs_task(model), steps=5, checkpoint_dir=str(tmp_path), **RESUME_KW)
+    five = mg.discover(model, pairs_task(model), steps=5, checkpoint_dir=str(tmp_path), **RESUME_KW)
     assert five.steps_completed == 5 and (tmp_path / "state.pt").exists()
-    longer = mg.discover(model, _pairs_task(model), resume_from=tmp_path / "state.pt", steps=8)
-    _same_run(longer, full)
+    longer = mg.discover(model, pairs_task(model), resume_from=tmp_path / "state.pt", steps=8)
+    same_run(longer, full)
 
 
 @pytest.mark.parametrize("change, match", [
@@ -74,12 +74,12 @@ def test_a_finished_run_resumes_for_more_steps(uninterrupted, tmp_path):
 def test_resuming_refuses_what_would_not_continue_the_run(tmp_path, change, match):
     from transformer_lens import HookedTransformer
 
-    from conftest import micro_config
+    from helpers import micro_config
 
     model = micro_model("gpt2")
-    saved = mg.discover(model, _pairs_task(model), steps=5, checkpoint_dir=str(tmp_path), **RESUME_KW)
+    saved = mg.discover(model, pairs_task(model), steps=5, checkpoint_dir=str(tmp_path), **RESUME_KW)
     other = HookedTransformer(micro_config("gpt2", **change["model"])) if "model" in change else model
-    task = _pairs_task(other)
+    task = pairs_task(other)
     if "pairs_seed" in change:
         clean, corrupted = random_pairs(other, n=12, seed=change["pairs_seed"])
         task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
@@ -89,11 +89,11 @@ def test_resuming_refuses_what_would_not_continue_the_run(tmp_path, change, matc
 
 def test_resuming_without_a_state_is_a_clear_error(gpt2_micro, tmp_path):
     with pytest.raises(ValueError, match="no state.pt"):
-        mg.discover(gpt2_micro, _pairs_task(gpt2_micro), resume_from=tmp_path)
+        mg.discover(gpt2_micro, pairs_task(gpt2_micro), resume_from=tmp_path)
     (tmp_path / "state.pt").write_bytes(b"")
     torch.save({"format": "something else"}, tmp_path / "state.pt")
     with pytest.raises(ValueError, match="not a mgnp-state/1"):
-        mg.discover(gpt2_micro, _pairs_task(gpt2_micro), resume_from=tmp_path)
+        mg.discover(gpt2_micro, pairs_task(gpt2_micro), resume_from=tmp_path)
 
 
 def test_resuming_with_other_held_out_splits_is_allowed(tmp_path):

@@ -12,7 +12,7 @@ from mgnp_lens.circuit import hierarchy_violations, make_consistent
 from mgnp_lens.granularity import GRANULARITIES, ModelDims
 from mgnp_lens.hooks import Interpolator, masked_answer_logits
 
-from conftest import micro_model, random_pairs
+from helpers import micro_model, random_pairs
 
 
 def random_masks(dims, seed, p=0.5):

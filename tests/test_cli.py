@@ -346,6 +346,7 @@ def test_the_package_names_stay_the_functions_after_their_modules_load():
         mg.nonsense  # noqa: B018
 
 
+@pytest.mark.slow  # TransformerBridge, a second backend
 def test_discover_on_the_bridge_backend_records_it_and_resumes_on_it(tiny_gpt2_checkpoint, tmp_path):
     path, _, _ = tiny_gpt2_checkpoint
     out = tmp_path / "bridge"

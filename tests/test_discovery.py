@@ -16,7 +16,7 @@ from mgnp_lens.gates import HardConcreteGates
 from mgnp_lens.granularity import GRANULARITIES, ModelDims
 from mgnp_lens.tasks import PromptPairTask
 
-from conftest import _pairs_task, _same_run, _task_that_stops, micro_model, random_pairs
+from helpers import pairs_task, same_run, task_that_stops, micro_model, random_pairs
 
 LIVE_HEADS = {(0, 1), (1, 2)}
 LIVE_MLP = list(range(8))
@@ -116,7 +116,7 @@ def test_noise_warmup_ramps_the_gate_noise_and_starts_noise_free(gpt2_micro):
 
 
 def test_ctrl_c_returns_the_circuit_so_far_and_saves_it(gpt2_micro, tmp_path):
-    task = _task_that_stops(gpt2_micro, 3, KeyboardInterrupt())
+    task = task_that_stops(gpt2_micro, 3, KeyboardInterrupt())
     r = mg.discover(gpt2_micro, task, steps=50, batch_size=4, progress=False, checkpoint_dir=str(tmp_path))
     assert r.interrupted and r.steps_completed == 3 and len(r.history) == 3
     assert isinstance(r.circuit, mg.Circuit)
@@ -126,7 +126,7 @@ def test_ctrl_c_returns_the_circuit_so_far_and_saves_it(gpt2_micro, tmp_path):
 
 
 def test_error_mid_run_raises_with_the_partial_result_saved(gpt2_micro, tmp_path):
-    task = _task_that_stops(gpt2_micro, 4, RuntimeError("disk on fire"))
+    task = task_that_stops(gpt2_micro, 4, RuntimeError("disk on fire"))
     with pytest.raises(mg.DiscoveryError, match="after 4 steps.*disk on fire") as info:
         mg.discover(gpt2_micro, task, steps=50, batch_size=4, progress=False, checkpoint_dir=str(tmp_path))
     assert info.value.result.steps_completed == 4
@@ -259,7 +259,7 @@ def test_validation_curve_is_the_hard_circuit_on_held_out_pairs_and_leaves_train
     # select="last": the last step's circuit, to compare with the unchecked run (tests/test_selection.py: the other)
     checked = mg.discover(gpt2_micro, task, validate_every=3, validate_max_examples=5, select="last", **kw)
     assert "val_kl" not in plain.history
-    _same_run(checked, plain)  # the checks run in float32 between steps and change nothing
+    same_run(checked, plain)  # the checks run in float32 between steps and change nothing
     val = checked.history.dropna(subset=["val_kl"])
     assert val.step.tolist() == [3, 6, 7]  # every 3 steps and after the last
     final = evaluate(gpt2_micro, task, checked.circuit, "validation", max_examples=5)
@@ -273,7 +273,7 @@ def test_validation_curve_is_the_hard_circuit_on_held_out_pairs_and_leaves_train
 
 
 def test_validation_curve_needs_a_validation_split(gpt2_micro):
-    task = _pairs_task(gpt2_micro)
+    task = pairs_task(gpt2_micro)
     if "validation" in task.splits:
         del task.splits["validation"]
     with pytest.raises(ValueError, match="no split 'validation'"):

@@ -65,7 +65,7 @@ def test_recovered_is_one_for_the_full_model_and_zero_for_the_empty_circuit(micr
 
 
 def test_discover_evaluates_the_held_out_splits_unless_told_not_to(gpt2_micro):
-    from conftest import random_pairs
+    from helpers import random_pairs
 
     def pairs(seed):
         clean, corrupted = random_pairs(gpt2_micro, n=6, seed=seed)

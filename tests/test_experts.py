@@ -16,7 +16,7 @@ from mgnp_lens.baselines import random_circuit
 from mgnp_lens.circuit import hierarchy_violations
 from mgnp_lens.speedups import use_compile
 
-from conftest import gpt2_tokenizer
+from helpers import gpt2_tokenizer
 
 V = 128
 MOE = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,

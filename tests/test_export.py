@@ -15,7 +15,7 @@ from mgnp_lens import export
 from mgnp_lens.cli import main
 from mgnp_lens.granularity import ModelDims
 
-from conftest import micro_model, random_pairs
+from helpers import micro_model, random_pairs
 
 
 def _random_circuit(model, seed=0, p=0.6) -> mg.Circuit:

@@ -13,7 +13,7 @@ from mgnp_lens.gates import HardConcreteGates
 from mgnp_lens.granularity import GRANULARITIES, ModelDims
 from mgnp_lens.hooks import Interpolator, check_hook_points, corrupted_activations, masked_answer_logits
 
-from conftest import micro_model, random_pairs
+from helpers import micro_model, random_pairs
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama", "neox"])

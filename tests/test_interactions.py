@@ -10,7 +10,7 @@ import mgnp_lens as mg
 from mgnp_lens.interactions import interactions
 from mgnp_lens.tasks import PromptPairTask
 
-from conftest import micro_model, random_pairs, with_heads
+from helpers import micro_model, random_pairs, with_heads
 
 
 # ------------------------------------------------------------------------------------------ interactions

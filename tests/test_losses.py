@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import micro_model, random_pairs
+from helpers import micro_model, random_pairs
 
 import mgnp_lens as mg
 from mgnp_lens.losses import LOSSES, FullModelTarget, logit_diff, prob_diff

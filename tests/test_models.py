@@ -137,6 +137,7 @@ def test_a_temporary_directory_named_like_a_model_family_does_not_change_the_mod
             assert (model(tokens) - hf(tokens).logits).abs().max() <= 1e-4
 
 
+@pytest.mark.slow  # TransformerBridge, a second backend
 def test_bridge_and_hooked_give_the_same_circuit_results(tiny_gpt2_checkpoint):
     """Tolerance: 1e-4 on logits and on every step's KL."""
     path, hf, tok = tiny_gpt2_checkpoint
@@ -226,7 +227,7 @@ def test_the_device_plan_follows_transformer_lens_s_forward_pass():
 
 
 def test_several_devices_are_refused_clearly_where_there_are_not_enough(tiny_gpt2_checkpoint):
-    from conftest import micro_model
+    from helpers import micro_model
 
     path = tiny_gpt2_checkpoint[0]
     seen = torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -14,7 +14,7 @@ from mgnp_lens.evaluate import Evaluation, evaluate
 from mgnp_lens.phases import Phases
 from mgnp_lens.tasks import PromptPairTask
 
-from conftest import micro_model, random_pairs
+from helpers import micro_model, random_pairs
 
 CLI_PHASES = ["load model", "build task", "precompute", "training", "evaluate train", "evaluate test",
               "edges", "views", "report"]

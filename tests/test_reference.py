@@ -8,7 +8,7 @@ import pytest
 import mgnp_lens as mg
 from mgnp_lens import reference
 
-from conftest import with_heads
+from helpers import with_heads
 
 GPT2 = mg.ModelDims(n_layers=12, n_heads=12, d_head=64, d_mlp=3072, d_model=768)
 
@@ -88,7 +88,7 @@ def test_paper_tables_are_keyed_by_our_names():
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
 def test_patching_effects_agree_with_mgnp_ablation_of_one_node(kind):
     """TransformerLens's patching and mgnp-lens's hooks, two independent implementations, give the same effect."""
-    from conftest import micro_model, random_pairs
+    from helpers import micro_model, random_pairs
 
     from mgnp_lens.reference import patching_effects
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import micro_model, random_pairs
+from helpers import micro_model, random_pairs
 
 import mgnp_lens as mg
 from mgnp_lens import targets

@@ -20,7 +20,9 @@ from mgnp_lens.cli import main
 from mgnp_lens.result import stop_signals_interrupt
 from mgnp_lens.rundir import LOCK_FILE
 
-from conftest import micro_model, random_pairs
+from helpers import micro_model, random_pairs
+
+pytestmark = pytest.mark.slow  # the edit loop skips it: pytest -m "not slow"
 
 COMMON = ["--task", "ioi", "--batch-size", "4", "--n-test", "8", "--autocast", "float32", "--quiet",
           "--edge-examples", "0"]

@@ -12,7 +12,7 @@ from mgnp_lens.granularity import ModelDims
 from mgnp_lens.hooks import Interpolator, corrupted_activations, masked_answer_logits
 from mgnp_lens.tasks import PromptPairTask
 
-from conftest import micro_model, random_pairs
+from helpers import micro_model, random_pairs
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama", "neox"])
@@ -95,6 +95,7 @@ def test_model_weights_stay_frozen_and_untouched(gpt2_micro):
     assert sum(p.numel() for p in result.gates.parameters()) == mg.ModelDims.from_model(model).total_gates()
 
 
+@pytest.mark.slow  # compiles
 @pytest.mark.parametrize("mode", ["cache", "batch"])
 def test_compiled_blocks_train_like_eager_blocks(mode):
     """torch.compile'd blocks (one shared graph, dynamic batch sizes from micro-batches of 3, 3, 2)

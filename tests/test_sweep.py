@@ -75,6 +75,7 @@ def test_stability_in_out_dir_resumes_its_runs(micro_task, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ executors
+@pytest.mark.slow  # starts Ray
 def test_a_sweep_through_ray_gives_the_local_circuits_in_their_own_directories_and_resumes(micro_task, tmp_path):
     import ray
 

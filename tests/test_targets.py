@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from conftest import _same_run, micro_model, random_pairs
+from helpers import same_run, micro_model, random_pairs
 
 import mgnp_lens as mg
 from mgnp_lens import targets
@@ -91,7 +91,7 @@ def test_a_target_run_resumes_exactly(setup, tmp_path):
     full = mg.discover(model, task, steps=30, **kw)
     first = mg.discover(model, task, steps=30, checkpoint_dir=str(tmp_path), checkpoint_every=10, **kw)
     part = mg.discover(model, task, steps=12, **kw)
-    _same_run(mg.discover(model, task, steps=30, resume_from=part, **kw), full)
+    same_run(mg.discover(model, task, steps=30, resume_from=part, **kw), full)
     assert math.isclose(first.history["scale_attn_head"].iloc[-1], full.history["scale_attn_head"].iloc[-1])
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import SHARED
+from helpers import SHARED
 
 
 def test_task_data_is_a_copy_of_shared():

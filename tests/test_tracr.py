@@ -14,6 +14,8 @@ from mgnp_lens import reference
 from mgnp_lens.reference import TRACR_TRUTH
 from mgnp_lens.tasks import tracr
 
+pytestmark = pytest.mark.slow  # the edit loop skips it: pytest -m "not slow"
+
 
 @pytest.fixture(scope="module", params=["reverse", "xproportion"])
 def compiled(request):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import micro_model, random_pairs, with_heads
+from helpers import micro_model, random_pairs, with_heads
 
 import mgnp_lens as mg
 from mgnp_lens.tasks import PromptPairTask

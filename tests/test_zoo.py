@@ -21,9 +21,11 @@ from mgnp_lens import export
 from mgnp_lens.families import FAMILIES
 from mgnp_lens.names import BACKENDS
 
-from conftest import gpt2_tokenizer
+from helpers import gpt2_tokenizer
 from test_experts import moe_invariants
 from test_export import _random_circuit
+
+pytestmark = pytest.mark.slow  # the edit loop skips it: pytest -m "not slow"
 
 V = 128  # vocabulary: the GPT-2 tokenizer is saved beside each checkpoint, the tests feed token ids below V
 DENSE = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
