@@ -92,7 +92,7 @@ def main() -> None:
     overrides = {"eval_max_examples": 512, **parse_sets(args.set)}
     result = mg.discover(model, task, **overrides)
     t_total = time.perf_counter() - t0
-    report = result.report(args.run_dir)
+    report = mg.write_report(result, args.run_dir)
     c, dims = result.circuit, result.circuit.dims
     sparsity = {g: 100 * (1 - c.count(g) / dims.count(g)) for g in mg.GRANULARITIES}
     r = {"templates": args.templates, "overrides": overrides, "n_devices": args.n_devices, "seconds_total": t_total, "seconds_model_load": t_model,

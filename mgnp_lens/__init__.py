@@ -25,7 +25,7 @@ _EXPORTS = {
     "evaluate": "evaluate", "HardConcreteGates": "gates", "HardConcreteParams": "gates",
     "GRANULARITIES": "granularity", "ALL_GRANULARITIES": "granularity", "PAPER_LAMBDAS": "granularity", "ModelDims": "granularity",
     "ModelLoadError": "models", "load_model": "models", "DiscoveryError": "result", "DiscoveryResult": "result",
-    "PromptPairTask": "tasks",
+    "PromptPairTask": "tasks", "write_report": "report", "build_report": "report",
 }
 
 __all__ = [*sorted(_EXPORTS), "tasks"]

@@ -31,7 +31,7 @@ EXIT_INTERRUPTED = 130
 
 DEFAULT_OUT = "runs/latest"
 #: pairs of the evaluation split whose edge scores (mgnp_lens.interactions) go into DIR/edges.csv
-EDGE_EXAMPLES = 32
+EDGE_EXAMPLES = 32  # PruningConfig.edge_examples, for the help (tests check the two agree)
 #: ``mgnp compare --reference patching``: the reference computed from the run's own model by activation patching
 PATCHING = "patching"
 DEFAULT_N_TEST = 1024
@@ -159,9 +159,10 @@ def _add_discover(sub, tasks) -> None:
                         "exactly as if it had not stopped; with --steps, train a finished run longer. Only "
                         "--steps, --device, --n-devices and --quiet may be given with it")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
-    d.add_argument("--edge-examples", type=_non_negative_int, default=EDGE_EXAMPLES, metavar="N",
+    d.add_argument("--edge-examples", type=_non_negative_int, default=None, metavar="N",
                    help=f"score the circuit's edges on N evaluation pairs for the report's graph (edges.csv; "
-                        f"default {EDGE_EXAMPLES}: 2-3 minutes for the default model on 2 CPU cores; 0 skips it)")
+                        f"default {EDGE_EXAMPLES}: seconds for the default model on 2 CPU cores; 0 skips it; "
+                        "the setting edge_examples)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -369,7 +370,8 @@ def _discover_config(args, out: Path):
         overrides["lambdas"] = dict(args.lambdas)
     if args.target_sparsity:
         overrides["target_sparsity"] = dict(args.target_sparsity)
-    given = {k: v for k, v in (("seed", args.seed), ("eval_max_examples", args.n_test)) if v is not None}
+    given = {k: v for k, v in (("seed", args.seed), ("eval_max_examples", args.n_test),
+                               ("edge_examples", args.edge_examples)) if v is not None}
     settings = {"seed": 0, "eval_max_examples": DEFAULT_N_TEST, **_config_file(args.config), **given, **overrides,
                 **parse_overrides(args.settings)}
     for fixed in ("checkpoint_dir", "progress"):
@@ -439,7 +441,7 @@ def cmd_discover(args) -> int:
         with replacing(out, holds_run(out)):
             write_json(out / "config.json", {"config": config.to_dict(), "cli": cli, "command": ["mgnp", *args.argv]})
             result = discover(model, task, config)
-        return _finish(result, out, model, task, args.edge_examples, phases)
+        return _finish(result, out, phases)
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -484,7 +486,9 @@ def _resume(args) -> int:
         raise CliError(f"--resume {out}: the run was not started by mgnp discover; resume it from Python with "
                        "mgnp_lens.discover(model, task, resume_from=DIR)")
     config = PruningConfig.from_dict({**saved["config"], "progress": not args.quiet, "checkpoint_dir": str(out),
-                                      **({"steps": args.steps} if args.steps is not None else {})})
+                                      **({"steps": args.steps} if args.steps is not None else {}),
+                                      **({"edge_examples": args.edge_examples} if args.edge_examples is not None
+                                         else {})})
     status = _read_json(out / "evaluation.json", "the run's status") if (out / "evaluation.json").exists() else {}
     if status.get("interrupted") is False and status.get("train_evaluation") \
             and status.get("steps_completed", 0) >= config.steps:  # trained and evaluated
@@ -497,39 +501,7 @@ def _resume(args) -> int:
                                       args.n_devices, saved["cli"], phases)
         saved["resumed"] = [*saved.get("resumed", []), ["mgnp", *args.argv]]
         write_json(out / "config.json", saved)
-        return _finish(discover(model, task, config, resume_from=out), out, model, task, args.edge_examples, phases)
-
-
-def _write_edges(model, task, result, out: Path, n: int, phases: Phases | None = None) -> None:
-    """Score the finished circuit's edges on the evaluation split into ``out/edges.csv`` for the report's graph
-    (HookedTransformer only, and only for the corrupted ablation, the one edge scores assume; otherwise, or
-    for a run that stopped early, the graph has no edges)."""
-    from .interactions import interactions
-    from .report import EDGES_FILE
-
-    if result.interrupted or not n or not hasattr(model, "set_use_attn_result") or \
-            result.config.ablation != "corrupted":
-        return
-    split = result.config.eval_split or "train"
-    with (phases or Phases(progress=False))("edges", total=min(n, len(task.split(split))), unit="pairs") as bar:
-        edges = interactions(model, task, result.circuit, split=split, max_examples=n, bar=bar)
-    edges.to_csv(out / EDGES_FILE, index=False)
-
-
-def _write_views(model, task, result, out: Path, phases: Phases | None = None) -> None:
-    """The kept heads' direct logit attribution, attention patterns and example answers on the evaluation split
-    (``heads.csv``, ``attention.json``, ``examples.csv``; HookedTransformer only, not for a run that stopped)."""
-    from . import views
-    from .report import EXAMPLES_FILE, HEADS_FILE, PATTERNS_FILE
-    from .result import write_json
-
-    if result.interrupted or not hasattr(model, "W_O"):
-        return
-    split, circuit = result.config.eval_split or "train", result.circuit
-    with (phases or Phases(progress=False))("views"):
-        views.head_attribution(model, task, circuit, split=split).to_csv(out / HEADS_FILE, index=False)
-        write_json(out / PATTERNS_FILE, views.attention_patterns(model, task, circuit, split=split), indent=None)
-        views.example_answers(model, task, circuit, split=split).to_csv(out / EXAMPLES_FILE, index=False)
+        return _finish(discover(model, task, config, resume_from=out), out, phases)
 
 
 def _write_timings(out: Path, result, phases: Phases) -> None:
@@ -545,16 +517,11 @@ def _write_timings(out: Path, result, phases: Phases) -> None:
     write_json(out / TIMINGS_FILE, {"phases": merged, "total": sum(merged.values())})
 
 
-def _finish(result, out: Path, model=None, task=None, edge_examples: int = 0, phases: Phases | None = None) -> int:
-    """Score the circuit's edges and heads, build the report, print the tables and where the outputs are; the
-    exit code."""
+def _finish(result, out: Path, phases: Phases) -> int:
+    """Build the report, print the tables and where the outputs are; the exit code."""
     from .report import RUN_FILES, build_report
 
-    phases = phases or Phases(progress=result.config.progress)
     try:
-        if model is not None:
-            _write_edges(model, task, result, out, edge_examples, phases)
-            _write_views(model, task, result, out, phases)
         _write_timings(out, result, phases)
         with phases("report"):
             report = build_report(out)
@@ -593,18 +560,20 @@ def cmd_report(args) -> int:
 def _recompute_views(args) -> None:
     """``mgnp report DIR --views``: the run's edges, heads, attention and example files written again from its
     circuit (the model and task rebuilt from config.json)."""
-    from types import SimpleNamespace
-
     from .config import PruningConfig
+    from .views import run_views
 
     info = _run_cli_info(Path(args.dir), need_evaluation=False)
     run, cli = info["run"], info["cli"]
     model = _load_model(cli.get("model"), args.device, cli.get("backend"))
     task = _build_task(model, cli)
     config = PruningConfig.from_dict({**run["config"]["config"], "progress": True})
-    result = SimpleNamespace(interrupted=False, circuit=run["circuit"], config=config)
-    _write_edges(model, task, result, Path(args.dir), args.edge_examples)
-    _write_views(model, task, result, Path(args.dir))
+    views = run_views(model, task, run["circuit"], config.eval_split or "train", config.ablation, args.edge_examples,
+                      phases=Phases(progress=True))
+    for name, write in views.files().items():  # each written whole, then renamed: never half a file
+        tmp = Path(args.dir) / (name + ".tmp")
+        write(tmp)
+        tmp.replace(Path(args.dir) / name)
 
 
 def _run_cli_info(directory: Path, need_evaluation: bool = True) -> dict:

@@ -113,6 +113,10 @@ class PruningConfig:
             after at least :data:`mgnp_lens.evaluate.MIN_PAIRS_FOR_SE` pairs taken evenly from every length
             bucket (template), up to ``eval_max_examples``; ``None``: every pair up to the cap. A circuit close
             to the full model is measured in a few batches; an unfaithful one on the whole cap.
+        edge_examples: at the end, score the circuit's edges on this many ``eval_split`` pairs for the report's
+            graph (32; 0: none; HookedTransformer and the corrupted ablation only: :mod:`mgnp_lens.interactions`).
+        views: at the end, the kept heads' attribution, attention patterns and example answers (True;
+            :mod:`mgnp_lens.views`).
         checkpoint_dir: if set, outputs and the resumable state are written there every
             ``checkpoint_every`` steps, at the end, and after Ctrl-C or an error.
         checkpoint_every: steps between checkpoints (50).
@@ -160,6 +164,8 @@ class PruningConfig:
     eval_max_examples: int | None = 1024
     eval_batch_size: int = 32
     eval_kl_se: float | None = 0.01
+    edge_examples: int = 32
+    views: bool = True
     checkpoint_dir: str | None = None
     checkpoint_every: int = 50
     progress: bool = True
@@ -377,6 +383,7 @@ FIELD_RULES: dict[str, Rule] = {
     "select": _choice(SELECT_CHOICES, "select"),
     "eval_split": _optional(_choice(EVAL_SPLITS, "eval_split")), "eval_max_examples": _optional(_integer(1)),
     "eval_heldout": _boolean, "eval_batch_size": _integer(1), "eval_kl_se": _optional(_positive_float),
+    "edge_examples": _integer(0), "views": _boolean,
     "checkpoint_dir": _optional(_path), "checkpoint_every": _integer(1),
     "progress": _boolean,
 }

@@ -33,6 +33,7 @@ from .phases import Phases
 from .precompute import Precomputed, available_bytes, precompute, precompute_bytes
 from .result import DiscoveryError, DiscoveryResult, run_meta, write_run
 from .speedups import TrainingSpeedups
+from .views import run_views
 from .tasks.pairs import PairSet
 
 #: Validation pairs on which ``auto_target_fraction`` measures the loss at stake (one batch: a second or two).
@@ -587,6 +588,19 @@ def _warn_if_empty(run: _Run, result: DiscoveryResult) -> None:
                   "lambda_scale", stacklevel=4)
 
 
+def _views(model, task, result: DiscoveryResult, run: _Run):
+    """The finished circuit's edges and head views (:func:`mgnp_lens.views.run_views`); None, with a warning, if
+    Ctrl-C stops them (the run itself is complete)."""
+    config = run.config
+    try:
+        return run_views(model, task, result.circuit, config.eval_split or "train", config.ablation,
+                         config.edge_examples, config.views, run.phases)
+    except KeyboardInterrupt:
+        warnings.warn("interrupted while scoring the circuit's edges and heads: the run is complete without them; "
+                      "mgnp report DIR --views computes them", stacklevel=4)
+        return None
+
+
 def _save(result: DiscoveryResult, ckpt: Path | None) -> str | None:
     """Write the run directory; on an I/O error (a full disk, a lost mount) say what happened instead."""
     if ckpt is None:
@@ -615,11 +629,13 @@ def _finish(model, task, run: _Run, data: _Data | None, error: Exception | None)
             result.target = _target_outcome(run, result.circuit)
             result.meta["convergence"] = _convergence(run, result)
             _warn_if_empty(run, result)
-            problem = _save(result, ckpt)
+            problem = _save(result, ckpt)  # evaluated: what the views below add is not worth losing this for
+            result.views = _views(model, task, result, run)
+            problem = problem or _save(result, ckpt)
     except KeyboardInterrupt:  # the trained circuit is kept, labelled as not finished (resuming evaluates it)
         result.interrupted = True
         result.train_evaluation = result.evaluation = None
-        result.heldout_evaluations = {}
+        result.heldout_evaluations, result.views = {}, None
         problem = _save(result, ckpt)
     if error is not None or problem is not None:
         where = f"; the last circuit is saved in {ckpt}" if ckpt and problem is None else f"; {problem}" if problem \

@@ -126,3 +126,14 @@ def at_sizes(table: pd.DataFrame, sizes: Sequence[float], size: str = "param_fra
             rows.append({"method": method, "split": split, size: s,
                          faithfulness: float(np.interp(s, x, f)) if inside else float("nan")})
     return pd.DataFrame(rows)
+
+
+def pareto_frontier(runs: pd.DataFrame, size: str = "n_params", faithfulness: str = "kl") -> pd.DataFrame:
+    """Rows not dominated by a smaller-or-equal and at-least-as-faithful run, sorted by size."""
+    ordered = runs.dropna(subset=[size, faithfulness]).sort_values([size, faithfulness], kind="stable")
+    keep, best = [], float("inf")
+    for idx, row in ordered.iterrows():
+        if row[faithfulness] < best:
+            keep.append(idx)
+            best = row[faithfulness]
+    return ordered.loc[keep]

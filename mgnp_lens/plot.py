@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .circuit import Circuit
+from .faithfulness import pareto_frontier  # noqa: F401  (a metric; plot draws it)
 from .granularity import GRANULARITIES
 
 #: Okabe & Ito (2008) colour-blind-safe categorical palette.
@@ -290,17 +291,6 @@ def faithfulness_curves(table: pd.DataFrame, split: str | None = None, size: str
                       yaxis_title="recovered = (m(C) − m(∅)) / (m(N) − m(∅))" if faithfulness == "recovered"
                       else f"{faithfulness} (nats, lower is better)" if faithfulness == "kl" else faithfulness)
     return fig
-
-
-def pareto_frontier(runs: pd.DataFrame, size: str = "n_params", faithfulness: str = "kl") -> pd.DataFrame:
-    """Rows not dominated by a smaller-or-equal and at-least-as-faithful run, sorted by size."""
-    ordered = runs.dropna(subset=[size, faithfulness]).sort_values([size, faithfulness], kind="stable")
-    keep, best = [], float("inf")
-    for idx, row in ordered.iterrows():
-        if row[faithfulness] < best:
-            keep.append(idx)
-            best = row[faithfulness]
-    return ordered.loc[keep]
 
 
 def roc_curve(curves: dict, title: str | None = None) -> go.Figure:

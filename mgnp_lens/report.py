@@ -19,13 +19,9 @@ import pandas as pd
 
 from . import targets
 from .circuit import Circuit
-from .rundir import TIMINGS_FILE, check_consistent
+from .rundir import EDGES_FILE, EXAMPLES_FILE, HEADS_FILE, PATTERNS_FILE, TIMINGS_FILE, check_consistent
 
 REQUIRED = ("circuit.json",)
-#: the circuit's edge scores (:func:`mgnp_lens.interactions.interactions`), written by ``mgnp discover``
-EDGES_FILE = "edges.csv"
-#: the kept heads' direct logit attribution, attention patterns and example answers (:mod:`mgnp_lens.views`)
-HEADS_FILE, PATTERNS_FILE, EXAMPLES_FILE = "heads.csv", "attention.json", "examples.csv"
 RUN_FILES = ("circuit.json", "per_layer.csv", "summary.csv", "evaluation.json", "history.csv", "config.json",
              EDGES_FILE, HEADS_FILE, PATTERNS_FILE, EXAMPLES_FILE, TIMINGS_FILE, "gates.pt", "state.pt", "report.html")
 
@@ -349,6 +345,13 @@ def build_report(directory: str | Path, out: str | Path | None = None, reference
 
 #: The file that marks a method-comparison directory (:func:`mgnp_lens.methods.compare_methods`).
 CURVE_FILE = "curve.csv"
+
+
+def write_report(result, directory: str | Path) -> Path:
+    """Save ``result`` (a :class:`mgnp_lens.DiscoveryResult`) into ``directory`` with its views and build its
+    ``report.html``, as ``mgnp discover`` does; returns the report's path."""
+    result.save(directory)
+    return build_report(directory)
 
 
 def _write_page(path: Path, title: str, parts: list[str]) -> Path:

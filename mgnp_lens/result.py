@@ -20,7 +20,8 @@ import pandas as pd
 import torch
 
 from . import checkpoint
-from .rundir import MANIFEST, MANIFEST_FILES, file_digest
+from .rundir import MANIFEST, MANIFEST_FILES, check_consistent, file_digest
+from .views import RunViews
 from .circuit import Circuit, score_table
 from .config import PruningConfig
 from .evaluate import Evaluation
@@ -49,6 +50,8 @@ class DiscoveryResult:
         steps_completed: optimizer steps that finished.
         interrupted: True if the run stopped early (Ctrl-C or an error).
         seconds: wall time of the optimisation loop (summed over resumed sessions).
+        views: the finished circuit's edges, head attribution, attention patterns and example answers
+            (:class:`mgnp_lens.views.RunViews`; None for a run that stopped early or saved none).
         timings: wall seconds of each phase of this session's run (``precompute``, ``training``, ``evaluate
             SPLIT`` ...; :mod:`mgnp_lens.phases`), in the order they ran.
         meta: task description, model source and library versions (written to config.json).
@@ -73,6 +76,7 @@ class DiscoveryResult:
     selection: dict | None = None
     scored_log_alpha: dict | None = field(default=None, repr=False)
     timings: dict[str, float] = field(default_factory=dict)
+    views: RunViews | None = field(default=None, repr=False)
 
     def scores(self) -> pd.DataFrame:
         """Each node's probability of being kept (:meth:`HardConcreteGates.open_probability`) from the same gate
@@ -88,16 +92,19 @@ class DiscoveryResult:
         return pd.DataFrame([e.to_dict() for e in rows])
 
     def save(self, directory: str | Path) -> Path:
-        """Write the run directory (see the module docstring) into ``directory``; returns its path."""
+        """Write the run directory (see the module docstring) into ``directory``, views included; returns its
+        path. ``mgnp discover`` writes the same files."""
         return write_run(Path(directory), self)
 
-    def report(self, directory: str | Path) -> Path:
-        """Save the run into ``directory`` and build its ``report.html``; returns the report's path."""
-        from .report import build_report
+    @classmethod
+    def load(cls, directory: str | Path) -> "DiscoveryResult":
+        """Read back a run directory that :meth:`save` (or ``mgnp discover``) wrote.
 
-        self.save(directory)
-        return build_report(directory)
-
+        Raises:
+            FileNotFoundError: no ``circuit.json`` or ``config.json`` there.
+            ValueError: files of two saves mixed (:func:`mgnp_lens.rundir.check_consistent`) or a damaged file.
+        """
+        return read_run(Path(directory))
 
 class DiscoveryError(RuntimeError):
     """Raised when discovery fails mid-run; ``.result`` holds the circuit from the last finished step."""
@@ -210,7 +217,43 @@ def _staged_files(result: DiscoveryResult) -> dict[str, Callable[[Path], None]]:
     }
     if result.state is not None:
         files[checkpoint.STATE_FILE] = lambda p: _torch_save(checkpoint.to_cpu(result.state), p)
+    if result.views is not None:
+        files.update(result.views.files())
     return files
+
+
+def read_run(d: Path) -> DiscoveryResult:
+    """:meth:`DiscoveryResult.load`: every file of a run directory back into a result (the gates from
+    ``gates.pt``, the resumable state and the returned check's gates from ``state.pt`` where there is one)."""
+    for name in ("circuit.json", "config.json"):
+        if not (d / name).exists():
+            raise FileNotFoundError(f"{d} holds no saved run: {name} is missing")
+    check_consistent(d)
+    try:
+        saved = json.loads((d / "config.json").read_text())
+        status = json.loads((d / "evaluation.json").read_text()) if (d / "evaluation.json").exists() else {}
+    except ValueError as e:
+        raise ValueError(f"{d}: a damaged JSON file ({e})") from None
+    config = PruningConfig.from_dict(saved["config"])
+    circuit = Circuit.load(d / "circuit.json")
+    gates = HardConcreteGates(circuit.dims, config.hard_concrete, config.granularities)
+    if (d / "gates.pt").exists():
+        with torch.no_grad():
+            for g, v in torch.load(d / "gates.pt", map_location="cpu", weights_only=True).items():
+                gates.log_alpha[g].copy_(v)
+    state = checkpoint.load_state(d) if (d / checkpoint.STATE_FILE).exists() else None
+    chosen = (state or {}).get("selected") if config.select == "validation" else None
+
+    def ev(row):
+        return Evaluation.from_dict(row) if row else None
+    return DiscoveryResult(
+        circuit, pd.read_csv(d / "history.csv") if (d / "history.csv").exists() else pd.DataFrame(),
+        ev(status.get("evaluation")), ev(status.get("train_evaluation")), config, gates,
+        int(status.get("steps_completed", (state or {}).get("step", 0))), bool(status.get("interrupted", False)),
+        float(status.get("seconds", 0.0)), {k: v for k, v in saved.items() if k not in ("config", "seed")}, state,
+        {k: Evaluation.from_dict(v) for k, v in (status.get("heldout_evaluations") or {}).items()},
+        status.get("target"), status.get("selection"), (chosen or {}).get("log_alpha"), status.get("timings") or {},
+        RunViews.read(d))
 
 
 def write_run(out: Path, result: DiscoveryResult) -> Path:

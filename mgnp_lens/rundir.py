@@ -15,6 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 LOCK_FILE = ".mgnp.lock"
+#: A finished run's views (:class:`mgnp_lens.views.RunViews`): edge scores, the kept heads' attribution, their
+#: attention patterns, example answers.
+EDGES_FILE, HEADS_FILE, PATTERNS_FILE, EXAMPLES_FILE = "edges.csv", "heads.csv", "attention.json", "examples.csv"
 #: The seconds of each phase of the last ``mgnp discover`` session (model load, training, evaluations, edges ...).
 TIMINGS_FILE = "timings.json"
 #: Files whose presence means a directory holds (the start of) a run.
@@ -25,7 +28,7 @@ MANIFEST = ".mgnp-files.json"
 #: Every name a run directory's files may have: what ``mgnp discover`` writes, what ``mgnp evaluate``, ``compare``
 #: and ``export`` add, and their temporary names while being written. Nothing else is ever moved or deleted.
 RUN_FILE_PATTERNS = ("config.json", "circuit.json", "state.pt", "gates.pt", "evaluation.json", "history.csv",
-                     "per_layer.csv", "summary.csv", "edges.csv", "heads.csv", "attention.json", "examples.csv",
+                     "per_layer.csv", "summary.csv", EDGES_FILE, HEADS_FILE, PATTERNS_FILE, EXAMPLES_FILE,
                      "report.html", TIMINGS_FILE, "evaluation_*.json", "patching_effects.csv", "compare_*.csv",
                      "circuit.*", "*.tmp", LOCK_FILE, MANIFEST)
 #: The files a save lists in the manifest (config.json is left out: the command line adds entries to it).

@@ -48,7 +48,7 @@ class SweepResult:
     table: pd.DataFrame
 
     def pareto(self, size: str = "n_params", faithfulness: str = "kl") -> pd.DataFrame:
-        from .plot import pareto_frontier
+        from .faithfulness import pareto_frontier
 
         return pareto_frontier(self.table, size, faithfulness)
 

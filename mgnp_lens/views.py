@@ -11,11 +11,17 @@ circuit's answers in :func:`example_answers`. HookedTransformer only.
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
 import pandas as pd
 import torch
 
 from .circuit import Circuit
 from .hooks import at_positions
+from .rundir import EDGES_FILE, EXAMPLES_FILE, HEADS_FILE, PATTERNS_FILE
 
 
 def _check(model, circuit: Circuit) -> None:
@@ -41,7 +47,7 @@ def _through_final_norm(model, x: torch.Tensor, scale: torch.Tensor) -> torch.Te
         x = x - x.mean(-1, keepdim=True)
     if norm is not None:
         x = x / scale
-    weight = getattr(model.ln_final, "w", None)
+    weight = getattr(getattr(model, "ln_final", None), "w", None)
     return x * weight if weight is not None else x
 
 
@@ -135,3 +141,56 @@ def _answer_rows(model, task, circuit: Circuit, batch) -> list[dict]:
              "full_top": text(first(full)[i].argmax()[None]), "circuit_top": text(first(pruned)[i].argmax()[None]),
              "full_metric": float(full_metric[i]), "circuit_metric": float(circuit_metric[i])}
             for i in range(len(batch))]
+
+
+@dataclass
+class RunViews:
+    """What a finished run shows beside its circuit: the edges between kept nodes
+    (:func:`mgnp_lens.interactions.interactions`), the kept heads' direct logit attribution, their attention
+    patterns and example answers. Any may be None (not computed for this model, ablation or run)."""
+
+    edges: pd.DataFrame | None = None
+    heads: pd.DataFrame | None = None
+    patterns: dict | None = None
+    examples: pd.DataFrame | None = None
+
+    def files(self) -> dict[str, Callable[[Path], None]]:
+        """``{file name: how to write it to a path}`` for the parts this holds (:mod:`mgnp_lens.rundir`'s names)."""
+        out: dict[str, Callable[[Path], None]] = {}
+        for name, frame in ((EDGES_FILE, self.edges), (HEADS_FILE, self.heads), (EXAMPLES_FILE, self.examples)):
+            if frame is not None:
+                out[name] = lambda p, f=frame: f.to_csv(p, index=False)
+        if self.patterns is not None:
+            out[PATTERNS_FILE] = lambda p: p.write_text(json.dumps(self.patterns, default=str))
+        return out
+
+    @classmethod
+    def read(cls, directory: Path) -> "RunViews":
+        """The parts a run directory holds (missing files: None)."""
+        def csv(name):
+            return pd.read_csv(directory / name) if (directory / name).exists() else None
+        patterns = json.loads((directory / PATTERNS_FILE).read_text()) if (directory / PATTERNS_FILE).exists() \
+            else None
+        return cls(csv(EDGES_FILE), csv(HEADS_FILE), patterns, csv(EXAMPLES_FILE))
+
+
+def run_views(model, task, circuit: Circuit, split: str, ablation: str = "corrupted", edge_examples: int = 32,
+              heads: bool = True, phases=None) -> RunViews:
+    """A finished run's views of ``circuit`` on ``split``: edges scored on its first ``edge_examples`` pairs
+    (HookedTransformer and the corrupted ablation only, the one the edge scores assume; 0 skips them) and, with
+    ``heads``, the kept heads' attribution, patterns and example answers (HookedTransformer only); each a timed
+    phase of ``phases`` (:class:`mgnp_lens.phases.Phases`)."""
+    from .interactions import interactions
+    from .phases import Phases
+
+    phases = phases or Phases(progress=False)
+    out = RunViews()
+    if edge_examples and hasattr(model, "set_use_hook_mlp_in") and hasattr(model, "W_O") and ablation == "corrupted":
+        with phases("edges", total=min(edge_examples, len(task.split(split))), unit="pairs") as bar:
+            out.edges = interactions(model, task, circuit, split=split, max_examples=edge_examples, bar=bar)
+    if heads and hasattr(model, "W_O"):
+        with phases("views"):
+            out.heads = head_attribution(model, task, circuit, split=split)
+            out.patterns = attention_patterns(model, task, circuit, split=split)
+            out.examples = example_answers(model, task, circuit, split=split)
+    return out

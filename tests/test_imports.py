@@ -59,3 +59,26 @@ def test_no_import_cycle_in_the_package():
 
 def test_the_cycle_check_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c"]
+
+
+#: The layers, bottom to top (docs/how-it-works.md, "Modules"); every other module is a foundation (layer 0).
+LAYERS = {"discovery": 1, "result": 1, "baselines": 2, "sweep": 2, "methods": 2, "executors": 2, "plot": 3,
+          "report": 3, "cli": 4}
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """``"a -> b"`` for each import from a module to one in a higher layer (the package's ``__init__`` aside)."""
+    def layer(m: str) -> int:
+        return LAYERS.get(m.removeprefix("mgnp_lens."), 0)
+    return sorted(f"{a} -> {b}" for a, targets in graph.items() if a != "mgnp_lens"
+                  for b in targets if layer(b) > layer(a))
+
+
+def test_no_module_imports_from_a_layer_above_its_own():
+    assert upward_imports(import_graph()) == []
+
+
+def test_the_layer_check_finds_an_upward_import():
+    graph = {"mgnp_lens.result": {"mgnp_lens.report", "mgnp_lens.circuit"}, "mgnp_lens.circuit": set(),
+             "mgnp_lens.report": {"mgnp_lens.result"}}
+    assert upward_imports(graph) == ["mgnp_lens.result -> mgnp_lens.report"]
