@@ -38,7 +38,7 @@ def cpu_info() -> dict:
 
     Runs of the same seed and code on CPUs with different kernels diverge from the first steps (the
     rounding of the reductions differs and the optimisation amplifies it), so results are only
-    comparable bit for bit on the same kind of CPU (docs/calibration.md, "The same code on another CPU").
+    comparable bit for bit on the same kind of CPU (docs/history/calibration.md, "The same code on another CPU").
     """
     import torch
 

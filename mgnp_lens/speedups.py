@@ -3,7 +3,7 @@
 Each is a context manager that undoes itself; :class:`TrainingSpeedups` decides which a run uses and
 applies them together (``with training_speedups(model, config) as fast:``), and can suspend the ones
 that change precision or the call path for a float32, eager validation pass (``with fast.suspended():``).
-The measurements behind them are in ``docs/performance.md``.
+The measurements behind them are in ``docs/history/performance.md``.
 """
 
 from __future__ import annotations
