@@ -12,6 +12,8 @@ position of its activation ([d_model], [H, d_head] or [d_mlp]); the interpolatio
 
 from __future__ import annotations
 
+from enum import Enum
+
 import torch
 
 from .granularity import ModelDims
@@ -24,12 +26,67 @@ from .tasks.task import check_choice
 MEAN_MAX_PAIRS = 1024
 
 
-def ablation_of(circuit_or_config) -> str:
-    """The ablation recorded with a circuit (its discovery config) or in a config dict; ``"corrupted"`` when none is."""
-    config = getattr(circuit_or_config, "config", circuit_or_config)
-    if hasattr(config, "ablation"):
-        return config.ablation
-    return (config or {}).get("ablation", "corrupted") if isinstance(config, dict) else "corrupted"
+class Ablation(str, Enum):
+    """What a pruned node outputs, and how its replacement values are made. A ``str`` (``Ablation.ZERO ==
+    "zero"``), so configs and files keep the plain names of :data:`mgnp_lens.names.ABLATIONS`."""
+
+    CORRUPTED = "corrupted"
+    ZERO = "zero"
+    MEAN = "mean"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @classmethod
+    def of(cls, value) -> "Ablation":
+        """``value`` as an :class:`Ablation`: a name, an :class:`Ablation`, or what records one (a circuit, a
+        ``PruningConfig``, a config dict; ``CORRUPTED`` where none is recorded). ``ValueError`` for another name."""
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            check_choice("ablation", value, ABLATIONS)
+            return cls(value)
+        config = getattr(value, "config", value)
+        if hasattr(config, "ablation"):
+            return cls.of(config.ablation)
+        return cls.of((config or {}).get("ablation", "corrupted") if isinstance(config, dict) else "corrupted")
+
+    @property
+    def uses_corrupted_run(self) -> bool:
+        """Whether pruned nodes take the paired corrupted prompt's activations (so the corrupted run is needed,
+        batch by batch or cached), rather than one constant per unit."""
+        return self is Ablation.CORRUPTED
+
+    @property
+    def needs_corrupted_prompts(self) -> bool:
+        """Whether the replacement depends on the corrupted prompts at all (``ZERO`` does not)."""
+        return self is not Ablation.ZERO
+
+    def values(self, model, dims: ModelDims, pairs=None, batch_size: int = 32) -> dict[str, torch.Tensor] | None:
+        """The constants that replace pruned activations (None for ``CORRUPTED``); ``MEAN`` averages the corrupted
+        prompts of ``pairs`` (a :class:`~mgnp_lens.tasks.PairSet`, its first :data:`MEAN_MAX_PAIRS`)."""
+        if self is Ablation.CORRUPTED:
+            return None
+        if self is Ablation.ZERO:
+            return zero_values(model, dims)
+        if pairs is None:
+            raise ValueError("mean ablation needs prompt pairs to take the mean over")
+        pairs = pairs.head(MEAN_MAX_PAIRS)
+        return mean_values(model, dims, (b.corrupted for b in pairs.batches(batch_size)))
+
+    def values_for_prompts(self, model, dims: ModelDims, corrupted_tokens) -> dict[str, torch.Tensor] | None:
+        """The constants for one batch of [B, pos] corrupted prompts: ``MEAN`` averages these prompts."""
+        if self is Ablation.MEAN:
+            return mean_values(model, dims, [corrupted_tokens])
+        return self.values(model, dims)
+
+
+def ablation_of(circuit_or_config) -> Ablation:
+    """The ablation recorded with a circuit (its discovery config) or in a config dict; ``CORRUPTED`` when none is."""
+    return Ablation.of(circuit_or_config)
 
 
 def zero_values(model, dims: ModelDims) -> dict[str, torch.Tensor]:
@@ -63,20 +120,8 @@ def mean_values(model, dims: ModelDims, corrupted_batches) -> dict[str, torch.Te
     return {n: (s / count).to(dtype) for n, s in sums.items()}
 
 
-def ablation_values(model, dims: ModelDims, ablation: str, pairs=None,
+def ablation_values(model, dims: ModelDims, ablation, pairs=None,
                     batch_size: int = 32) -> dict[str, torch.Tensor] | None:
-    """The constants that replace pruned activations under ``ablation`` (None for ``"corrupted"``).
-
-    Args:
-        pairs: a :class:`~mgnp_lens.tasks.PairSet` whose corrupted prompts the mean is taken over (its
-            first :data:`MEAN_MAX_PAIRS`); needed for ``"mean"`` only.
-    """
-    check_choice("ablation", ablation, ABLATIONS)
-    if ablation == "corrupted":
-        return None
-    if ablation == "zero":
-        return zero_values(model, dims)
-    if pairs is None:
-        raise ValueError("mean ablation needs prompt pairs to take the mean over")
-    pairs = pairs.head(MEAN_MAX_PAIRS)
-    return mean_values(model, dims, (b.corrupted for b in pairs.batches(batch_size)))
+    """The constants that replace pruned activations under ``ablation`` (a name or an :class:`Ablation`; None for
+    ``"corrupted"``): :meth:`Ablation.values`."""
+    return Ablation.of(ablation).values(model, dims, pairs, batch_size)

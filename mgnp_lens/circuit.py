@@ -251,7 +251,7 @@ class Circuit:
 
     # ----------------------------------------------------------------- running
     def run(self, model, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor | None = None,
-            ablation: str | None = None, constants: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+            ablation: "Ablation | str | None" = None, constants: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Logits of ``model`` with every pruned node ablated: patched from the corrupted run (the default), set
         to zero, or set to its mean (see :mod:`mgnp_lens.ablation`).
 
@@ -265,21 +265,19 @@ class Circuit:
         Returns:
             [batch, pos, d_vocab] logits.
         """
-        from .ablation import ablation_of, mean_values, zero_values
+        from .ablation import Ablation
 
         if _dims(model) != self.dims:
             raise ValueError(f"circuit was made for {self.dims}, model has {_dims(model)}")
-        ablation = ablation or ablation_of(self)
-        if corrupted_tokens is None and constants is None and ablation != "zero":
-            raise ValueError(f"the {ablation!r} ablation needs corrupted_tokens")
+        ablation = Ablation.of(ablation or self)
+        if corrupted_tokens is None and constants is None and ablation.needs_corrupted_prompts:
+            raise ValueError(f"the {ablation.value!r} ablation needs corrupted_tokens")
         if corrupted_tokens is not None and clean_tokens.shape != corrupted_tokens.shape:
             raise ValueError(f"clean tokens {tuple(clean_tokens.shape)} and corrupted tokens "
                              f"{tuple(corrupted_tokens.shape)} must have the same shape")
         check_hook_points(model, self.dims)
-        if constants is None and ablation == "zero":
-            constants = zero_values(model, self.dims)
-        elif constants is None and ablation == "mean":
-            constants = mean_values(model, self.dims, [corrupted_tokens])
+        if constants is None:
+            constants = ablation.values_for_prompts(model, self.dims, corrupted_tokens)
         # a mixture of experts runs the corrupted prompts on their own first: its routed matmuls round differently
         # in a batch of 2B rows, so only separate passes give the clean and corrupted runs bit for bit
         separate = constants is None and bool(self.dims.n_experts)

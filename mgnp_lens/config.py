@@ -202,7 +202,9 @@ class PruningConfig:
     @property
     def caches_corrupted(self) -> bool:
         """Whether the run precomputes the corrupted activations (cache mode with the corrupted ablation)."""
-        return self.corruption == "cache" and self.ablation == "corrupted"
+        from .ablation import Ablation
+
+        return self.corruption == "cache" and Ablation.of(self.ablation).uses_corrupted_run
 
     @property
     def log_alpha_range(self) -> tuple[float, float] | None:

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint, targets
-from .ablation import ablation_values
+from .ablation import Ablation, ablation_values
 from .circuit import Circuit, make_consistent
 from .config import PRECOMPUTE_MEMORY_FRACTION, PruningConfig
 from .evaluate import Evaluation, evaluate, evaluate_cached, task_loss
@@ -328,7 +328,7 @@ def _precompute_run(model, run: _Run) -> _Data:
             train = precompute(model, run.dims, run.train, size, config.caches_corrupted)
             targets = [FullModelTarget.from_logits(b, task_loss(run.task)) for b in train.base]  # once, not per step
         validation = None if run.validation is None else \
-            precompute(model, run.dims, run.validation, size, config.ablation == "corrupted")
+            precompute(model, run.dims, run.validation, size, Ablation.of(config.ablation).uses_corrupted_run)
     return _Data(train, targets, validation, size, constants)
 
 

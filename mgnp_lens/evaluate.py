@@ -8,7 +8,7 @@ from typing import Sequence
 import pandas as pd
 import torch
 
-from .ablation import ablation_of, ablation_values
+from .ablation import Ablation, ablation_of, ablation_values
 from .circuit import Circuit
 from .hooks import Interpolator, check_hook_points, logits_at, masked_answer_logits
 from .granularity import ModelDims
@@ -86,7 +86,7 @@ MIN_PAIRS_FOR_SE = 128
 
 @torch.inference_mode()
 def evaluate(model, task, circuit: Circuit, split: str = "test", batch_size: int = 32,
-             max_examples: int | None = None, ablation: str | None = None,
+             max_examples: int | None = None, ablation: Ablation | str | None = None,
              constants: dict[str, torch.Tensor] | None = None, phases: Phases | None = None,
              kl_se: float | None = None) -> Evaluation:
     """Evaluate ``circuit`` on a task split.
@@ -278,7 +278,7 @@ def summarize(task, split: str, passes) -> Evaluation:
 
 @torch.inference_mode()
 def evaluate_many(model, task, circuits: Sequence[Circuit], split: str = "test", batch_size: int = 32,
-                  max_examples: int | None = None, ablation: str | None = None,
+                  max_examples: int | None = None, ablation: Ablation | str | None = None,
                   constants: dict[str, torch.Tensor] | None = None, phases: Phases | None = None,
                   kl_se: float | None = None) -> list[Evaluation]:
     """:func:`evaluate` for several circuits of one model on the same pairs, at the cost of one masked pass
@@ -307,7 +307,7 @@ def evaluate_many(model, task, circuits: Sequence[Circuit], split: str = "test",
     ablation = ablation or kinds.pop()
     dims = circuits[0].dims
     batches, n_pairs = _split_batches(task, split, batch_size, max_examples, kl_se)
-    if constants is None and ablation != "corrupted":
+    if constants is None and not Ablation.of(ablation).uses_corrupted_run:
         constants = ablation_values(model, dims, ablation, task.split("train"), batch_size)
     empty_interp = _interpolator(dims, None, constants)
     interps = [_interpolator(dims, c.masks, constants) for c in circuits]

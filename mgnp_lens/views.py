@@ -19,6 +19,7 @@ from typing import Callable
 import pandas as pd
 import torch
 
+from .ablation import Ablation
 from .circuit import Circuit
 from .hooks import at_positions
 from .rundir import EDGES_FILE, EXAMPLES_FILE, HEADS_FILE, PATTERNS_FILE
@@ -185,7 +186,8 @@ def run_views(model, task, circuit: Circuit, split: str, ablation: str = "corrup
 
     phases = phases or Phases(progress=False)
     out = RunViews()
-    if edge_examples and hasattr(model, "set_use_hook_mlp_in") and hasattr(model, "W_O") and ablation == "corrupted":
+    if edge_examples and hasattr(model, "set_use_hook_mlp_in") and hasattr(model, "W_O") and \
+            Ablation.of(ablation).uses_corrupted_run:
         with phases("edges", total=min(edge_examples, len(task.split(split))), unit="pairs") as bar:
             out.edges = interactions(model, task, circuit, split=split, max_examples=edge_examples, bar=bar)
     if heads and hasattr(model, "W_O"):

@@ -102,3 +102,33 @@ def test_discover_with_zero_and_mean_ablation_records_and_evaluates_it(corruptio
         assert empty.recovered == pytest.approx(0.0, abs=1e-4) and empty.empty_metric != corrupted_ev.empty_metric
     with pytest.raises(ValueError, match="ablation"):
         mg.PruningConfig(ablation="resample")
+
+
+def test_the_ablation_type_names_its_behaviour_and_reads_where_it_is_recorded(gpt2_micro):
+    from mgnp_lens.ablation import Ablation
+    from mgnp_lens.config import PruningConfig
+    from mgnp_lens.names import ABLATIONS
+
+    assert tuple(a.value for a in Ablation) == ABLATIONS
+    assert Ablation.of("zero") is Ablation.ZERO and Ablation.ZERO == "zero" and f"{Ablation.MEAN}" == "mean"
+    assert Ablation.of(PruningConfig(ablation="mean")) is Ablation.MEAN and Ablation.of({}) is Ablation.CORRUPTED
+    assert Ablation.of(mg.Circuit.full(gpt2_micro)) is Ablation.CORRUPTED  # a circuit that records none
+    assert [a.uses_corrupted_run for a in Ablation] == [True, False, False]
+    assert [a.needs_corrupted_prompts for a in Ablation] == [True, False, True]
+    with pytest.raises(ValueError, match="unknown ablation 'blank'; expected one of corrupted, zero, mean"):
+        Ablation.of("blank")
+    assert json.dumps({"ablation": Ablation.ZERO}) == '{"ablation": "zero"}'  # files keep the plain name
+
+
+def test_no_module_but_the_ablation_type_compares_ablation_names():
+    """Behaviour that depends on the ablation lives in mgnp_lens.ablation (tracr's ground truth is an independent
+    reference and keeps its own two cases)."""
+    import re
+    from pathlib import Path
+
+    root = Path(mg.__file__).parent
+    pattern = re.compile(r"""[!=]=\s*["'](corrupted|zero|mean)["']|["'](corrupted|zero|mean)["']\s*[!=]=""")
+    found = [f"{p.relative_to(root)}:{i}" for p in root.rglob("*.py") if p.name != "ablation.py"
+             and p.relative_to(root).as_posix() != "tasks/tracr.py"
+             for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert found == []
