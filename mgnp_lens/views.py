@@ -178,19 +178,20 @@ class RunViews:
 def run_views(model, task, circuit: Circuit, split: str, ablation: str = "corrupted", edge_examples: int = 32,
               heads: bool = True, phases=None) -> RunViews:
     """A finished run's views of ``circuit`` on ``split``: edges scored on its first ``edge_examples`` pairs
-    (HookedTransformer and the corrupted ablation only, the one the edge scores assume; 0 skips them) and, with
-    ``heads``, the kept heads' attribution, patterns and example answers (HookedTransformer only); each a timed
+    (a HookedTransformer, not a TransformerBridge, and the corrupted ablation only, the one the edge scores assume;
+    0 skips them) and, with
+    ``heads``, the kept heads' attribution, patterns and example answers (HookedTransformer only too); each a timed
     phase of ``phases`` (:class:`mgnp_lens.phases.Phases`)."""
     from .interactions import interactions
     from .phases import Phases
 
     phases = phases or Phases(progress=False)
     out = RunViews()
-    if edge_examples and hasattr(model, "set_use_hook_mlp_in") and hasattr(model, "W_O") and \
-            Ablation.of(ablation).uses_corrupted_run:
+    hooked = type(model).__name__ == "HookedTransformer"
+    if edge_examples and hooked and Ablation.of(ablation).uses_corrupted_run:
         with phases("edges", total=min(edge_examples, len(task.split(split))), unit="pairs") as bar:
             out.edges = interactions(model, task, circuit, split=split, max_examples=edge_examples, bar=bar)
-    if heads and hasattr(model, "W_O"):
+    if heads and hooked:
         with phases("views"):
             out.heads = head_attribution(model, task, circuit, split=split)
             out.patterns = attention_patterns(model, task, circuit, split=split)
