@@ -68,6 +68,9 @@ class PruningConfig:
             to the full noise of Eq. 6 over this many steps; ``"auto"`` (default) is
             :data:`NOISE_WARMUP_FRACTION` of ``steps`` (100 of 240), ``0`` the paper's schedule.
         noise_warmup_granularities: whose noise warms up (default the attention gates, ``None``: all).
+        neuron_start: a two-stage schedule: the neuron gates (attention neurons, MLP hidden and output neurons)
+            stay open, unpenalised and untrained for this fraction of the steps, while the node gates (embedding,
+            blocks, heads) train; then all train (None, default: all from the start).
         l0_penalty: ``"gate"`` (the paper: each gate's P(z > 0)) or ``"path"`` (times its ancestors').
         corruption: ``"cache"`` (corrupted activations precomputed, default) or ``"batch"`` (one 2B pass).
         ablation: what a pruned node outputs: ``"corrupted"`` (its activation on the paired corrupted prompt,
@@ -140,6 +143,7 @@ class PruningConfig:
     target_rate: float = 0.05
     noise_warmup_steps: int | str = "auto"
     noise_warmup_granularities: tuple[str, ...] | None = ATTENTION_GRANULARITIES
+    neuron_start: float | None = None
     l0_penalty: str = "gate"
     corruption: str = "cache"
     ablation: str = "corrupted"
@@ -373,6 +377,7 @@ FIELD_RULES: dict[str, Rule] = {
     "auto_target_fraction": _optional(_number(0, 1, low_open=True, high_open=True)),
     "noise_warmup_steps": _either(_integer(0), _choice(("auto",)), "an integer >= 0 or 'auto'"),
     "noise_warmup_granularities": _optional(_granularities(allow_empty=True)),
+    "neuron_start": _optional(_number(0, 1)),
     "l0_penalty": _choice(L0_PENALTIES, "l0_penalty"), "corruption": _choice(CORRUPTION_MODES, "corruption mode"),
     "ablation": _choice(ABLATIONS, "ablation"),
     "precompute": _choice(PRECOMPUTE_CHOICES, "precompute"),

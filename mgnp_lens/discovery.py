@@ -26,7 +26,7 @@ from .circuit import Circuit, make_consistent
 from .config import PRECOMPUTE_MEMORY_FRACTION, PruningConfig
 from .evaluate import Evaluation, evaluate, evaluate_cached, task_loss
 from .gates import HardConcreteGates
-from .granularity import ModelDims
+from .granularity import NEURON_GRANULARITIES, ModelDims
 from .hooks import Interpolator, check_hook_points, masked_answer_logits
 from .losses import FullModelTarget
 from .phases import Phases
@@ -367,6 +367,13 @@ def _noise_scales(run: _Run, step: int):
     return noise, noise if warm is None else {g: noise if g in warm else 1.0 for g in run.gates.trainable}
 
 
+def _held_open(config: PruningConfig, trainable, step: int) -> tuple[str, ...]:
+    """The granularities whose gates wait at 0-based ``step`` (``neuron_start``'s first stage; none by default)."""
+    if config.neuron_start is None or step >= config.neuron_start * config.steps:
+        return ()
+    return tuple(g for g in trainable if g in NEURON_GRANULARITIES)
+
+
 def _train_step(model, interp: Interpolator, run: _Run, data: _Data, step: int) -> dict:
     """One optimizer update (step ``step``, 0-based) on a freshly sampled batch; returns its history row.
 
@@ -381,13 +388,16 @@ def _train_step(model, interp: Interpolator, run: _Run, data: _Data, step: int) 
     noise, scales = _noise_scales(run, step)
     masks = gates.sample(generator=run.generators["noise"],
                          batch_size=len(batch) if config.mask_per_example else None, noise_scale=scales)
+    held = _held_open(config, gates.trainable, step)
+    for g in held:  # the first stage of a two-stage schedule: these gates wait, open, untrained and unpenalised
+        masks[g] = torch.ones_like(masks[g])
     kl = _kl_backward(model, interp, masks, batch, _batch_targets(model, run, data, batch_cpu), config, run.fast)
     factor = min(1.0, (step + 1) / config.lambda_warmup_steps) if config.lambda_warmup_steps else 1.0
     # per-gate P(z > 0) (times its ancestors' with l0_penalty="path"), shared by the loss and the history
     expected_l0 = gates.expected_l0(path=config.l0_penalty == "path")
     l0 = {g: v.mean() for g, v in expected_l0.items()}
     scales = targets.scales_from_history(run.rows, gates.trainable, targets.initial_scale(config))
-    sparsity = sum(run.lambdas[g] * scales[g] * l0[g] for g in gates.trainable)
+    sparsity = sum(run.lambdas[g] * scales[g] * l0[g] for g in gates.trainable if g not in held)
     (factor * sparsity).backward()
     lr_now = config.lr * _lr_factor(config, step)
     for group in optimizer.param_groups:

@@ -49,6 +49,10 @@ PARENT: dict[str, str | None] = {
 #: warms up by default (``PruningConfig.noise_warmup_granularities``).
 ATTENTION_GRANULARITIES: tuple[Granularity, ...] = ("attn_block", "attn_head", "attn_neuron")
 
+#: The neuron granularities (units inside a head or an MLP): those a two-stage schedule trains second
+#: (``PruningConfig.neuron_start``).
+NEURON_GRANULARITIES: tuple[Granularity, ...] = ("attn_neuron", "mlp_hidden", "mlp_output")
+
 #: Paper Appendix C sparsity weights λ_g (``embedding`` is ours; the paper does not gate it).
 PAPER_LAMBDAS: dict[str, float] = {
     "embedding": 0.0,

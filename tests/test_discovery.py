@@ -332,3 +332,23 @@ def test_auto_target_only_where_fixed_lambda_would_prune_everything(gpt2_micro):
     train_only = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])  # no validation split
     r = mg.discover(gpt2_micro, train_only, lambda_scale=100, **kw)
     assert "auto_target" not in r.meta and r.config.target_kl is None
+
+
+def test_a_two_stage_schedule_holds_the_neuron_gates_open_and_untrained_until_their_stage():
+    from mgnp_lens.gates import HardConcreteGates
+    from mgnp_lens.granularity import NEURON_GRANULARITIES
+
+    model = micro_model("gpt2")
+    clean, corrupted = random_pairs(model, n=16, seed=3)
+    task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
+    kw = dict(steps=6, batch_size=8, seed=4, autocast="float32", compile=False, progress=False, lr_warmup_steps=0)
+    waited = mg.discover(model, task, neuron_start=1.0, **kw)  # the neurons' stage never comes
+    init = HardConcreteGates(waited.circuit.dims, waited.config.hard_concrete, waited.config.granularities,
+                             generator=torch.Generator().manual_seed(4))
+    for g in NEURON_GRANULARITIES:
+        assert torch.equal(waited.gates.log_alpha[g].detach(), init.log_alpha[g].detach()), g
+    assert not torch.equal(waited.gates.log_alpha["attn_head"].detach(), init.log_alpha["attn_head"].detach())
+    half = mg.discover(model, task, neuron_start=0.5, **kw)  # from step 3 on they train
+    assert not torch.equal(half.gates.log_alpha["mlp_hidden"].detach(), init.log_alpha["mlp_hidden"].detach())
+    with pytest.raises(ValueError, match="neuron_start"):
+        mg.discover(model, task, neuron_start=1.5, **kw)
