@@ -568,12 +568,8 @@ def _recompute_views(args) -> None:
     model = _load_model(cli.get("model"), args.device, cli.get("backend"))
     task = _build_task(model, cli)
     config = PruningConfig.from_dict({**run["config"]["config"], "progress": True})
-    views = run_views(model, task, run["circuit"], config.eval_split or "train", config.ablation, args.edge_examples,
-                      phases=Phases(progress=True))
-    for name, write in views.files().items():  # each written whole, then renamed: never half a file
-        tmp = Path(args.dir) / (name + ".tmp")
-        write(tmp)
-        tmp.replace(Path(args.dir) / name)
+    run_views(model, task, run["circuit"], config.eval_split or "train", config.ablation, args.edge_examples,
+              phases=Phases(progress=True)).write(Path(args.dir))
 
 
 def _run_cli_info(directory: Path, need_evaluation: bool = True) -> dict:

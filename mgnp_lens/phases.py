@@ -48,15 +48,7 @@ class Phases:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
             bar.close()
 
-    def merged(self, other: dict[str, float]) -> dict[str, float]:
-        """``other``'s phases followed by these (an earlier part of the run, e.g. the CLI's model load, first)."""
-        out = dict(other)
-        for k, v in self.seconds.items():
-            out[k] = out.get(k, 0.0) + v
-        return out
 
-
-#: A :class:`Phases` that times but shows nothing (the default of functions that take ``phases=``).
 def silent() -> Phases:
     """A new :class:`Phases` that records seconds and draws nothing."""
     return Phases(progress=False)

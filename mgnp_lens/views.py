@@ -165,6 +165,17 @@ class RunViews:
             out[PATTERNS_FILE] = lambda p: p.write_text(json.dumps(self.patterns, default=str))
         return out
 
+    def write(self, directory: Path) -> None:
+        """Write the parts this holds into ``directory``, each to a temporary name first, then renamed (never half
+        a file)."""
+        for name, write in self.files().items():
+            tmp = directory / (name + ".tmp")
+            try:
+                write(tmp)
+                tmp.replace(directory / name)
+            finally:
+                tmp.unlink(missing_ok=True)
+
     @classmethod
     def read(cls, directory: Path) -> "RunViews":
         """The parts a run directory holds (missing files: None)."""

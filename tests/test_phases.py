@@ -36,7 +36,6 @@ def test_phases_add_up_the_seconds_of_each_name_and_draw_only_when_asked(capsys)
         pass
     err = capsys.readouterr().err
     assert "evaluate test" in err and "training" not in err and set(shown.seconds) == {"evaluate test", "training"}
-    assert Phases(progress=False).merged({"x": 1.0}) == {"x": 1.0}
 
 
 def _run(path, out, *extra):
