@@ -8,10 +8,13 @@ prompts.
 
 For ``zero`` and ``mean`` the replacement is one constant tensor per gated hook point, shaped like one
 position of its activation ([d_model], [H, d_head] or [d_mlp]); the interpolation hooks broadcast it.
+:class:`Replacement` carries the ablation and those values together through a run, its evaluations and
+:meth:`mgnp_lens.Circuit.run`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 
 import torch
@@ -84,6 +87,51 @@ class Ablation(str, Enum):
         return self.values(model, dims)
 
 
+@dataclass(frozen=True, eq=False)
+class Replacement:
+    """What pruned units output in one run: its :class:`Ablation` and, for ``ZERO`` and ``MEAN``, the per-site
+    constants (``values``: ``{hook_name: [*one position's shape]}``; None for ``CORRUPTED``, whose values come
+    from the corrupted run batch by batch)."""
+
+    ablation: Ablation
+    values: dict[str, torch.Tensor] | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "ablation", Ablation.of(self.ablation))
+        if (self.values is None) != self.ablation.uses_corrupted_run:
+            raise ValueError(f"the {self.ablation.value!r} ablation " + (
+                "takes the corrupted run's activations, not constants" if self.ablation.uses_corrupted_run
+                else "needs its constants (Replacement.build)"))
+
+    @classmethod
+    def build(cls, ablation, model, dims: ModelDims, pairs=None, batch_size: int = 32) -> "Replacement":
+        """``ablation``'s replacement for ``model`` (:meth:`Ablation.values`; ``MEAN`` over ``pairs``)."""
+        ablation = Ablation.of(ablation)
+        return cls(ablation, ablation.values(model, dims, pairs, batch_size))
+
+    @classmethod
+    def for_prompts(cls, ablation, model, dims: ModelDims, corrupted_tokens) -> "Replacement":
+        """``ablation``'s replacement for one batch of [B, pos] corrupted prompts (``MEAN`` averages these)."""
+        ablation = Ablation.of(ablation)
+        return cls(ablation, ablation.values_for_prompts(model, dims, corrupted_tokens))
+
+    @property
+    def is_constant(self) -> bool:
+        """Whether pruned units take constants (zero, mean) rather than the corrupted run's activations."""
+        return self.values is not None
+
+    def interpolation_mode(self, corruption: str) -> str:
+        """The :class:`~mgnp_lens.hooks.Interpolator` mode: ``"constant"`` for constants, else ``corruption``
+        (``"batch"`` or ``"cache"``: how the corrupted run is obtained)."""
+        return "constant" if self.is_constant else corruption
+
+    def site(self, hook_name: str) -> torch.Tensor:
+        """The constant of one gated site, [*one position's shape]."""
+        if self.values is None:
+            raise ValueError("the corrupted ablation has no constants: its values come from the corrupted run")
+        return self.values[hook_name]
+
+
 def ablation_of(circuit_or_config) -> Ablation:
     """The ablation recorded with a circuit (its discovery config) or in a config dict; ``CORRUPTED`` when none is."""
     return Ablation.of(circuit_or_config)
@@ -118,10 +166,3 @@ def mean_values(model, dims: ModelDims, corrupted_batches) -> dict[str, torch.Te
         raise ValueError("mean ablation needs at least one corrupted prompt")
     dtype = next(model.parameters()).dtype
     return {n: (s / count).to(dtype) for n, s in sums.items()}
-
-
-def ablation_values(model, dims: ModelDims, ablation, pairs=None,
-                    batch_size: int = 32) -> dict[str, torch.Tensor] | None:
-    """The constants that replace pruned activations under ``ablation`` (a name or an :class:`Ablation`; None for
-    ``"corrupted"``): :meth:`Ablation.values`."""
-    return Ablation.of(ablation).values(model, dims, pairs, batch_size)

@@ -251,42 +251,48 @@ class Circuit:
 
     # ----------------------------------------------------------------- running
     def run(self, model, clean_tokens: torch.Tensor, corrupted_tokens: torch.Tensor | None = None,
-            ablation: "Ablation | str | None" = None, constants: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+            ablation: "Ablation | str | None" = None, replacement: "Replacement | None" = None) -> torch.Tensor:
         """Logits of ``model`` with every pruned node ablated: patched from the corrupted run (the default), set
         to zero, or set to its mean (see :mod:`mgnp_lens.ablation`).
 
         Args:
             clean_tokens: [batch, pos] token ids.
             corrupted_tokens: [batch, pos] token ids, same shape (the mean ablation averages over them
-                unless ``constants`` are given; the zero ablation needs none).
-            ablation: ``"corrupted"``, ``"zero"`` or ``"mean"``; default the one the circuit was found with.
-            constants: the zero/mean ablation's per-site values (e.g. a task's training-pair means).
+                unless a ``replacement`` is given; the zero ablation needs none).
+            ablation: ``"corrupted"``, ``"zero"`` or ``"mean"``; default the one the circuit was found with (or
+                ``replacement``'s).
+            replacement: a zero/mean :class:`~mgnp_lens.ablation.Replacement` already built (e.g. with a task's
+                training-pair means); it sets the ablation.
 
         Returns:
             [batch, pos, d_vocab] logits.
         """
-        from .ablation import Ablation
+        from .ablation import Ablation, Replacement
 
         if _dims(model) != self.dims:
             raise ValueError(f"circuit was made for {self.dims}, model has {_dims(model)}")
-        ablation = Ablation.of(ablation or self)
-        if corrupted_tokens is None and constants is None and ablation.needs_corrupted_prompts:
+        if replacement is not None and ablation is not None and Ablation.of(ablation) is not replacement.ablation:
+            raise ValueError(f"ablation={Ablation.of(ablation).value!r} but the replacement given is the "
+                             f"{replacement.ablation.value!r} ablation's; pass one or the other")
+        ablation = replacement.ablation if replacement is not None else Ablation.of(ablation or self)
+        if corrupted_tokens is None and replacement is None and ablation.needs_corrupted_prompts:
             raise ValueError(f"the {ablation.value!r} ablation needs corrupted_tokens")
         if corrupted_tokens is not None and clean_tokens.shape != corrupted_tokens.shape:
             raise ValueError(f"clean tokens {tuple(clean_tokens.shape)} and corrupted tokens "
                              f"{tuple(corrupted_tokens.shape)} must have the same shape")
         check_hook_points(model, self.dims)
-        if constants is None:
-            constants = ablation.values_for_prompts(model, self.dims, corrupted_tokens)
+        if replacement is None:
+            replacement = Replacement.for_prompts(ablation, model, self.dims, corrupted_tokens)
         # a mixture of experts runs the corrupted prompts on their own first: its routed matmuls round differently
         # in a batch of 2B rows, so only separate passes give the clean and corrupted runs bit for bit
-        separate = constants is None and bool(self.dims.n_experts)
-        interp = Interpolator(self.dims, "cache" if separate else "batch", constants=constants)
+        separate = not replacement.is_constant and bool(self.dims.n_experts)
+        interp = Interpolator(self.dims, replacement.interpolation_mode("cache" if separate else "batch"),
+                              replacement=replacement)
         interp.set_masks(self.masks)
         with torch.no_grad():
             if separate:
                 interp.set_corrupted(corrupted_activations(model, self.dims, corrupted_tokens))
-            elif constants is None:
+            elif interp.mode == "batch":
                 return masked_full_logits(model, interp, clean_tokens, corrupted_tokens)
             with interp.attached(model):
                 return model(clean_tokens, return_type="logits")

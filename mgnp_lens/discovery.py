@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint, targets
-from .ablation import Ablation, ablation_values
+from .ablation import Ablation, Replacement
 from .circuit import Circuit, make_consistent
 from .config import PRECOMPUTE_MEMORY_FRACTION, PruningConfig
 from .evaluate import Evaluation, evaluate, evaluate_cached, task_loss
@@ -72,8 +72,9 @@ def discover(model, task, config: PruningConfig | None = None, *, resume_from=No
     try:
         data = _precompute_run(model, run)  # the full model's answer logits, the corrupted activations
         with run.fast.applied(), run.phases("training", show=False):
-            interp = Interpolator(run.dims, run.config.corruption, skip_dead_sites=run.config.skip_dead_sites,
-                                  shared_hooks=run.fast.compiled, constants=data.constants)
+            interp = Interpolator(run.dims, data.replacement.interpolation_mode(run.config.corruption),
+                                  skip_dead_sites=run.config.skip_dead_sites,
+                                  shared_hooks=run.fast.compiled, replacement=data.replacement)
             for step in _progress(run):
                 row = _train_step(model, interp, run, data, step)  # sample gates; KL + s·λ·L0; AdamW
                 if run.validation_due(step + 1):
@@ -96,13 +97,13 @@ def discover(model, task, config: PruningConfig | None = None, *, resume_from=No
 class _Data:
     """What the loop reads but never changes: the training pairs' full-model outputs and their KL targets
     (None with ``precompute="per_batch"``), the validation pairs' (None without ``validate_every``), and
-    the zero/mean ablation's constants (None for the corrupted ablation)."""
+    and what pruned units output (:class:`~mgnp_lens.ablation.Replacement`: the zero/mean ablation's constants)."""
 
     train: Precomputed | None
     targets: list[FullModelTarget] | None
     validation: Precomputed | None
     batch_size: int
-    constants: dict[str, torch.Tensor] | None = None
+    replacement: Replacement
 
 
 @dataclass
@@ -323,13 +324,13 @@ def _precompute_run(model, run: _Run) -> _Data:
     size = min(config.eval_batch_size, config.micro_batch_size or config.eval_batch_size)
     train = targets = None
     with run.phases("precompute"):
-        constants = ablation_values(model, run.dims, config.ablation, run.train, size)
+        replacement = Replacement.build(config.ablation, model, run.dims, run.train, size)
         if not run.streaming:
             train = precompute(model, run.dims, run.train, size, config.caches_corrupted)
             targets = [FullModelTarget.from_logits(b, task_loss(run.task)) for b in train.base]  # once, not per step
         validation = None if run.validation is None else \
             precompute(model, run.dims, run.validation, size, Ablation.of(config.ablation).uses_corrupted_run)
-    return _Data(train, targets, validation, size, constants)
+    return _Data(train, targets, validation, size, replacement)
 
 
 def _progress(run: _Run):
@@ -472,7 +473,7 @@ def _validate(model, run: _Run, data: _Data, step: int) -> dict:
     hard circuit changed); the run keeps it if it ranks first so far (:meth:`_Run.consider`)."""
     circuit = Circuit(run.dims, run.gates.binarize(), task=run.task.describe())
     ev = evaluate_cached(model, run.task, circuit, run.validation, data.validation, data.batch_size, "validation",
-                         with_empty=False, constants=data.constants)
+                         with_empty=False, replacement=data.replacement)
     row = {"val_kl": ev.objective, "val_metric": ev.circuit_metric,
            "val_penalty": run.consider(step, circuit, ev.objective)}
     config = run.config
@@ -496,7 +497,7 @@ def _final_evaluations(model, task, circuit: Circuit, run: _Run, data: _Data
         pairs = run.train if cap is None else run.train.head(cap)  # the first rows of the first buckets
         with phases("evaluate train", total=len(pairs), unit="pairs") as bar:
             train = evaluate_cached(model, task, circuit, pairs, data.train, config.eval_batch_size,
-                                    constants=data.constants, bar=bar)
+                                    replacement=data.replacement, bar=bar)
     else:
         train = _evaluate_split(model, task, circuit, "train", run, data)
     if config.eval_split is None:
@@ -511,7 +512,7 @@ def _evaluate_split(model, task, circuit: Circuit, split: str, run: _Run, data: 
     """One split's evaluation at the end of a run, up to ``eval_max_examples`` pairs or ``eval_kl_se``."""
     config = run.config
     return evaluate(model, task, circuit, split, config.eval_batch_size, config.eval_max_examples,
-                    constants=data.constants, phases=run.phases, kl_se=config.eval_kl_se)
+                    replacement=data.replacement, phases=run.phases, kl_se=config.eval_kl_se)
 
 
 def _target_outcome(run: _Run, circuit: Circuit) -> dict | None:

@@ -8,7 +8,7 @@ from typing import Sequence
 import pandas as pd
 import torch
 
-from .ablation import Ablation, ablation_of, ablation_values
+from .ablation import Ablation, Replacement, ablation_of
 from .circuit import Circuit
 from .hooks import Interpolator, check_hook_points, logits_at, masked_answer_logits
 from .granularity import ModelDims
@@ -87,7 +87,7 @@ MIN_PAIRS_FOR_SE = 128
 @torch.inference_mode()
 def evaluate(model, task, circuit: Circuit, split: str = "test", batch_size: int = 32,
              max_examples: int | None = None, ablation: Ablation | str | None = None,
-             constants: dict[str, torch.Tensor] | None = None, phases: Phases | None = None,
+             replacement: Replacement | None = None, phases: Phases | None = None,
              kl_se: float | None = None) -> Evaluation:
     """Evaluate ``circuit`` on a task split.
 
@@ -100,8 +100,8 @@ def evaluate(model, task, circuit: Circuit, split: str = "test", batch_size: int
         max_examples: evaluate only the first ``max_examples`` pairs of the split.
         ablation: what pruned nodes output (:mod:`mgnp_lens.ablation`); default the one the circuit was
             found with (``"corrupted"`` if it records none).
-        constants: the zero/mean ablation's values, when already computed (default: computed here, the
-            mean over the task's training pairs).
+        replacement: the ablation's :class:`~mgnp_lens.ablation.Replacement` when already built (the zero/mean
+            constants; default: built here, the mean over the task's training pairs); it sets the ablation.
         phases: time the evaluation as phase ``"evaluate SPLIT"`` and show its progress (:mod:`mgnp_lens.phases`).
         kl_se: stop once the KL's standard error is at most this, after at least :data:`MIN_PAIRS_FOR_SE`
             pairs; the batches then alternate between the split's length buckets (templates), so the pairs
@@ -110,8 +110,10 @@ def evaluate(model, task, circuit: Circuit, split: str = "test", batch_size: int
     Returns:
         an :class:`Evaluation` with means over the examples (and their standard errors).
     """
-    return evaluate_many(model, task, [circuit], split, batch_size, max_examples, ablation or ablation_of(circuit),
-                         constants, phases, kl_se)[0]
+    if ablation is None and replacement is None:
+        ablation = ablation_of(circuit)
+    return evaluate_many(model, task, [circuit], split, batch_size, max_examples, ablation, replacement, phases,
+                         kl_se)[0]
 
 
 def _split_batches(task, split: str, batch_size: int, max_examples: int | None, kl_se: float | None):
@@ -140,14 +142,20 @@ def _precise_enough(sums: list, kl_se: float | None) -> bool:
     return all((_standard_error(s.kl, s.kl_sq, s.n) or 0.0) <= kl_se for s in sums)
 
 
-def _interpolator(dims: ModelDims, masks, constants) -> Interpolator | None:
-    """A batch-mode (or, with ablation constants, clean-only) interpolator holding ``masks``; None masks:
-    the empty circuit's, or None where that is simply the corrupted run."""
+def _mode(replacement: Replacement | None, corruption: str) -> str:
+    """The interpolation mode: ``"constant"`` for a zero/mean ``replacement``, else ``corruption``."""
+    return corruption if replacement is None else replacement.interpolation_mode(corruption)
+
+
+def _interpolator(dims: ModelDims, masks, replacement: Replacement | None) -> Interpolator | None:
+    """A batch-mode (or, with a zero/mean replacement, constant-mode: clean prompts only) interpolator holding
+    ``masks``; None masks: the empty circuit's, or None where that is simply the corrupted run."""
+    mode = _mode(replacement, "batch")
     if masks is None:
-        if constants is None:
+        if mode == "batch":
             return None
         masks = Circuit.empty(dims).masks
-    interp = Interpolator(dims, "batch", constants=constants)
+    interp = Interpolator(dims, mode, replacement=replacement)
     interp.set_masks(masks)
     return interp
 
@@ -177,20 +185,20 @@ def _circuit_and_empty(model, interp: Interpolator, empty_interp: Interpolator |
 @torch.inference_mode()
 def evaluate_cached(model, task, circuit: Circuit, pairs, pre: Precomputed, batch_size: int,
                     split: str = "train", with_empty: bool = True,
-                    constants: dict[str, torch.Tensor] | None = None, bar=None) -> Evaluation:
+                    replacement: Replacement | None = None, bar=None) -> Evaluation:
     """:func:`evaluate` on ``pairs`` from their precomputed full-model logits and corrupted activations
     (a run's, for its training pairs): one masked clean pass per batch instead of three (and, with
-    ``with_empty``, one more for the empty circuit's metric). With zero/mean ablation ``constants`` the
+    ``with_empty``, one more for the empty circuit's metric). With a zero/mean ``replacement`` the
     corrupted activations are not needed (``pre.cache`` may be empty). ``bar``: a progress bar to ``update``
     with each batch's pairs (:class:`mgnp_lens.phases.Phases`)."""
     device = _resolve_device(model)
-    interp = Interpolator(circuit.dims, "cache", constants=constants)
+    interp = Interpolator(circuit.dims, _mode(replacement, "cache"), replacement=replacement)
     interp.set_masks(circuit.masks)
-    empty_interp = _interpolator(circuit.dims, None, constants) if with_empty else None
+    empty_interp = _interpolator(circuit.dims, None, replacement) if with_empty else None
 
     def passes():
         for i, idx, b in chunks(pairs, batch_size, device):
-            if constants is None:
+            if interp.mode == "cache":
                 interp.set_corrupted({k: v[idx.to(v.device)] for k, v in pre.cache[i].items()})
             circ = masked_answer_logits(model, interp, b.clean, b.corrupted, b.answer_pos)
             empty = _empty_logits(model, empty_interp, b) if with_empty else None
@@ -279,7 +287,7 @@ def summarize(task, split: str, passes) -> Evaluation:
 @torch.inference_mode()
 def evaluate_many(model, task, circuits: Sequence[Circuit], split: str = "test", batch_size: int = 32,
                   max_examples: int | None = None, ablation: Ablation | str | None = None,
-                  constants: dict[str, torch.Tensor] | None = None, phases: Phases | None = None,
+                  replacement: Replacement | None = None, phases: Phases | None = None,
                   kl_se: float | None = None) -> list[Evaluation]:
     """:func:`evaluate` for several circuits of one model on the same pairs, at the cost of one masked pass
     per circuit and batch: the full model and the empty circuit run once per batch for all of them (under the
@@ -287,19 +295,25 @@ def evaluate_many(model, task, circuits: Sequence[Circuit], split: str = "test",
 
     Args:
         circuits: circuits of ``model``'s shape, all with one ablation (or pass ``ablation``).
-        split, batch_size, max_examples, ablation, constants, phases: as in :func:`evaluate`.
+        split, batch_size, max_examples, ablation, replacement, phases: as in :func:`evaluate`.
         kl_se: as in :func:`evaluate`, once every circuit's KL is that precise.
 
     Returns:
         one :class:`Evaluation` per circuit, in order; each equals what :func:`evaluate` gives it.
 
     Raises:
-        ValueError: no circuits, circuits of another model, or circuits recorded with different ablations.
+        ValueError: no circuits, circuits of another model, circuits recorded with different ablations, or an
+            ``ablation`` other than ``replacement``'s.
     """
     if not circuits:
         raise ValueError("evaluate_many needs at least one circuit")
     for c in circuits:
         check_circuit_fits(model, c)
+    if replacement is not None:
+        if ablation is not None and Ablation.of(ablation) is not replacement.ablation:
+            raise ValueError(f"ablation={Ablation.of(ablation).value!r} but the replacement given is the "
+                             f"{replacement.ablation.value!r} ablation's; pass one or the other")
+        ablation = replacement.ablation
     kinds = {ablation_of(c) for c in circuits}
     if ablation is None and len(kinds) > 1:
         raise ValueError(f"the circuits were found with different ablations ({', '.join(sorted(kinds))}); pass "
@@ -307,10 +321,10 @@ def evaluate_many(model, task, circuits: Sequence[Circuit], split: str = "test",
     ablation = ablation or kinds.pop()
     dims = circuits[0].dims
     batches, n_pairs = _split_batches(task, split, batch_size, max_examples, kl_se)
-    if constants is None and not Ablation.of(ablation).uses_corrupted_run:
-        constants = ablation_values(model, dims, ablation, task.split("train"), batch_size)
-    empty_interp = _interpolator(dims, None, constants)
-    interps = [_interpolator(dims, c.masks, constants) for c in circuits]
+    if replacement is None:
+        replacement = Replacement.build(ablation, model, dims, task.split("train"), batch_size)
+    empty_interp = _interpolator(dims, None, replacement)
+    interps = [_interpolator(dims, c.masks, replacement) for c in circuits]
     sums = [_Sums() for _ in circuits]
     device = _resolve_device(model)
     with (phases or silent())(f"evaluate {split}", total=n_pairs, unit="pairs") as bar:

@@ -44,6 +44,10 @@ from .granularity import HOOK_TEMPLATES, ModelDims
 from .names import CORRUPTION_MODES
 
 CorruptionMode = Literal["batch", "cache"]
+#: Where an :class:`Interpolator` takes the activations of pruned units from: the second half of a doubled batch
+#: (``"batch"``), a cache of the corrupted run (``"cache"``), or one constant per unit (``"constant"``: the zero
+#: or mean ablation's :class:`mgnp_lens.ablation.Replacement`, no corrupted run at all).
+InterpolationMode = Literal["batch", "cache", "constant"]
 
 
 def check_mode(mode: str) -> CorruptionMode:
@@ -217,7 +221,7 @@ def interpolate(clean: torch.Tensor, corrupted: torch.Tensor, m: torch.Tensor) -
     return corrupted + m * (clean - corrupted)
 
 
-def _mix(act: torch.Tensor, mode: CorruptionMode, m: torch.Tensor, corrupted: torch.Tensor | None,
+def _mix(act: torch.Tensor, mode: InterpolationMode, m: torch.Tensor, corrupted: torch.Tensor | None,
          dead: bool = False) -> torch.Tensor:
     """One site's interpolated activation (the hook's return value).
 
@@ -225,8 +229,8 @@ def _mix(act: torch.Tensor, mode: CorruptionMode, m: torch.Tensor, corrupted: to
         act: the site's activation, [B, pos, ...] (cache mode) or [2B, pos, ...] (batch mode: clean
             rows, then their corrupted rows).
         m: the site's mask M, broadcastable to one half of ``act``.
-        corrupted: cache mode: the cached corrupted activation shaped like ``act``, or an ablation constant
-            shaped like one position of it; batch mode: None.
+        corrupted: cache mode: the cached corrupted activation shaped like ``act``; constant mode: the ablation
+            constant shaped like one position of it; batch mode: None.
         dead: ``m`` is exactly 0 everywhere: pass the corrupted activation on, detached from the
             clean computation below it.
     """
@@ -253,7 +257,7 @@ class _SiteInputs:
 
     __slots__ = ("mode", "mask", "corrupted")
 
-    def __init__(self, mode: CorruptionMode, mask: torch.Tensor, corrupted: torch.Tensor | None):
+    def __init__(self, mode: InterpolationMode, mask: torch.Tensor, corrupted: torch.Tensor | None):
         self.mode, self.mask, self.corrupted = mode, mask, corrupted
 
 
@@ -282,15 +286,28 @@ class Interpolator:
     not cut out of the autograd graph (that needs a data-dependent branch); the values are the same.
     """
 
-    def __init__(self, dims: ModelDims, mode: CorruptionMode = "batch", skip_dead_sites: bool = True,
-                 shared_hooks: bool = False, constants: dict[str, torch.Tensor] | None = None):
+    def __init__(self, dims: ModelDims, mode: InterpolationMode = "batch", skip_dead_sites: bool = True,
+                 shared_hooks: bool = False, replacement=None):
+        """
+        Args:
+            dims: the model's gated dimensions.
+            mode: ``"batch"``, ``"cache"`` or ``"constant"`` (see :data:`InterpolationMode`).
+            skip_dead_sites: cut a site whose mask is exactly 0 out of the autograd graph (exact).
+            shared_hooks: one shared hook function for every site (for ``torch.compile``).
+            replacement: constant mode's :class:`mgnp_lens.ablation.Replacement` (its per-site ``values``);
+                required by and only allowed with ``mode="constant"``.
+        """
         self.dims = dims
-        self.mode = check_mode(mode)
-        # zero or mean ablation (mgnp_lens.ablation): one constant per site replaces the corrupted run, so
-        # only the clean prompts run, in either mode
-        self.constants = constants
-        if constants is not None:
-            self.mode = "cache"
+        has_values = replacement is not None and replacement.values is not None
+        if mode == "constant" and not has_values:
+            raise ValueError("mode='constant' needs a zero or mean ablation Replacement holding its values")
+        if mode != "constant":
+            check_mode(mode)
+            if has_values:
+                raise ValueError(f"a {replacement.ablation.value!r} ablation replaces pruned units by constants and "
+                                 f"runs no corrupted prompts: use mode='constant', not {mode!r}")
+        self.mode = mode
+        self.replacement = replacement if has_values else None
         self.skip_dead_sites = skip_dead_sites
         if shared_hooks and dims.n_experts:
             raise ValueError("compile=True (one shared, compiled hook for every site) does not cover "
@@ -304,13 +321,13 @@ class Interpolator:
         self._masks = site_masks(masks, self.dims)
 
     def set_corrupted(self, acts: dict[str, torch.Tensor] | None) -> None:
-        """Cache mode: the corrupted activations ``{hook_name: [B, pos, ...]}`` for this batch (ignored when
-        the interpolator holds ablation ``constants``)."""
+        """Cache mode: the corrupted activations ``{hook_name: [B, pos, ...]}`` for this batch (ignored in
+        constant mode)."""
         self._corrupted = acts
 
     def _site_corrupted(self, site: str, act: torch.Tensor | None) -> torch.Tensor | None:
-        if self.constants is not None:
-            return self.constants[site]
+        if self.replacement is not None:
+            return self.replacement.site(site)
         if self.mode == "batch":
             return None
         if self._corrupted is None:

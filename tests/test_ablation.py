@@ -9,7 +9,8 @@ import torch
 from helpers import micro_model, random_pairs, with_heads
 
 import mgnp_lens as mg
-from mgnp_lens.ablation import ablation_values
+from mgnp_lens.ablation import Ablation, Replacement
+from mgnp_lens.hooks import Interpolator
 from mgnp_lens.granularity import ModelDims
 from mgnp_lens.tasks import PairSet, PromptPairTask
 
@@ -48,7 +49,7 @@ def test_zero_and_mean_ablation_match_hand_written_hooks(kind):
     heads, mlps = {(0, 1), (1, 0)}, {1}
     circuit = with_heads(dims, heads, mlps)
     _, cache = model.run_with_cache(corrupted)
-    means = {n: cache[n].mean(dim=(0, 1)) for n in ablation_values(model, dims, "zero")}
+    means = {n: cache[n].mean(dim=(0, 1)) for n in Replacement.build("zero", model, dims).values}
     zeros = {n: torch.zeros_like(v) for n, v in means.items()}
     with torch.no_grad():
         for ablation, values in (("zero", zeros), ("mean", means)):
@@ -69,14 +70,37 @@ def test_mean_values_are_the_mean_over_prompts_and_positions_of_every_length():
     a, b = (torch.randint(0, model.cfg.d_vocab, (n, p), generator=g) for n, p in ((3, 5), (2, 8)))
     pairs = PairSet.from_examples([r.tolist() for r in (*a, *b)], [r.tolist() for r in (*a, *b)],
                                   [0] * 5, [1] * 5)
-    values = ablation_values(model, dims, "mean", pairs)
+    values = Replacement.build("mean", model, dims, pairs).values
     _, ca = model.run_with_cache(a)
     _, cb = model.run_with_cache(b)
     for name, v in values.items():
         want = torch.cat([ca[name].flatten(0, 1), cb[name].flatten(0, 1)]).mean(0)
         assert torch.allclose(v, want, atol=1e-5), name
     with pytest.raises(ValueError, match="unknown ablation 'resample'"):
-        ablation_values(model, dims, "resample", pairs)
+        Replacement.build("resample", model, dims, pairs)
+
+
+def test_a_replacement_carries_its_ablation_and_values_and_the_interpolator_never_switches_mode_itself():
+    model = micro_model("gpt2")
+    dims = ModelDims.from_model(model)
+    clean, corrupted = random_pairs(model, n=4, pos=6)
+    circuit = with_heads(dims, {(0, 1)}, {1})
+    mean = Replacement.for_prompts("mean", model, dims, corrupted)
+    assert mean.ablation is Ablation.MEAN and mean.is_constant and mean.interpolation_mode("batch") == "constant"
+    corrupted_run = Replacement("corrupted")
+    assert not corrupted_run.is_constant and corrupted_run.interpolation_mode("cache") == "cache"
+    with torch.no_grad():  # given, it is what the circuit runs with: the same logits as building it there
+        assert torch.equal(circuit.run(model, clean, replacement=mean), circuit.run(model, clean, corrupted, "mean"))
+    with pytest.raises(ValueError, match="needs its constants"):
+        Replacement("zero")
+    with pytest.raises(ValueError, match="not constants"):
+        Replacement("corrupted", mean.values)
+    with pytest.raises(ValueError, match="use mode='constant', not 'batch'"):
+        Interpolator(dims, "batch", replacement=mean)
+    with pytest.raises(ValueError, match="mode='constant' needs"):
+        Interpolator(dims, "constant", replacement=corrupted_run)
+    with pytest.raises(ValueError, match="ablation='zero' but the replacement given is the 'mean'"):
+        circuit.run(model, clean, ablation="zero", replacement=mean)
 
 
 @pytest.mark.parametrize("corruption", ["cache", "batch"])
