@@ -33,12 +33,38 @@ _BEFORE_FIELD_EXISTED = {"betas": [0.9, 0.999], "lr_warmup_steps": 0, "noise_war
                          "compile": False, "noise_warmup_granularities": None, "precompute": "all"}
 
 
+#: The fields of :class:`PruningConfig` by concern: ``{concern: (what it decides, field names)}``, in the order the
+#: class declares them (each field in exactly one).
+CONCERNS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "optimisation": ("how the gates are trained",
+        ("steps", "lr", "lr_schedule", "lr_final_fraction", "lr_warmup_steps", "lr_scales", "batch_size", "seed",
+         "weight_decay", "betas", "adam_eps", "log_alpha_clamp", "hard_concrete", "mask_per_example",
+         "noise_warmup_steps", "noise_warmup_granularities", "neuron_start")),
+    "objective": ("what is pruned, against what, at which price",
+        ("granularities", "ablation", "lambdas", "lambda_scale", "lambda_warmup_steps", "l0_penalty")),
+    "targets": ("a faithfulness or size asked for, the validation checks, and which circuit is returned",
+        ("target_kl", "target_sparsity", "auto_target_fraction", "target_rate", "validate_every",
+         "validate_max_examples", "select")),
+    "speed": ("how fast and in how much memory (the same circuit up to float rounding)",
+        ("corruption", "precompute", "micro_batch_size", "autocast", "precast_weights", "skip_dead_sites", "compile")),
+    "evaluation": ("what is measured at the end",
+        ("eval_split", "eval_heldout", "eval_max_examples", "eval_batch_size", "eval_kl_se", "edge_examples", "views")),
+    "output": ("where the run is written and what it shows while it runs",
+        ("checkpoint_dir", "checkpoint_every", "progress")),
+}
+
+
 @dataclass
 class PruningConfig:
     """Everything that defines a discovery run. Each field is checked by :data:`FIELD_RULES`.
 
     Why the defaults are what they are: `docs/calibration.md, "Why each default"
     <../docs/calibration.md#why-each-default>`_.
+
+    The fields come in six concerns (:data:`CONCERNS`), in this order: optimisation, objective, targets, speed,
+    evaluation, output. Every field is also a keyword of :func:`mgnp_lens.discover` and a ``--set KEY=VALUE`` of
+    the CLI; ``config.json`` stores them flat, so a run saved by any version loads and resumes
+    (:meth:`from_dict`). :meth:`settings` gives one concern's fields, :attr:`speed` the speed concern typed.
 
     Attributes:
         steps: optimizer steps (240).
@@ -48,10 +74,29 @@ class PruningConfig:
         lr_warmup_steps: the learning rate ramps linearly up to the schedule's value over this many steps (20).
         lr_scales: per-granularity learning-rate multipliers, e.g. ``{"mlp_hidden": 2.0}`` (others keep 1).
         batch_size: prompt pairs per step (32).
-        micro_batch_size: run each step in chunks of this many pairs, accumulating the gradient (same
-            result, the peak memory of one chunk); ``None``: one chunk.
+        seed: seeds gate initialisation, batch order and gate noise (0).
+        weight_decay: AdamW weight decay on ``log α`` (0).
+        betas: AdamW's ``(β1, β2)`` ((0.6, 0.95)).
+        adam_eps: AdamW's ε (1e-8).
+        log_alpha_clamp: clamp every ``log α`` after each step to ``[-c, c]`` or ``[low, high]`` (None: no clamp).
+        hard_concrete: the Hard-Concrete shape parameters (the paper's).
+        mask_per_example: an independent gate sample for every example (default) instead of one per batch.
+        noise_warmup_steps: the Hard-Concrete noise of ``noise_warmup_granularities`` ramps linearly from 0
+            to the full noise of Eq. 6 over this many steps; ``"auto"`` (default) is
+            :data:`NOISE_WARMUP_FRACTION` of ``steps`` (100 of 240), ``0`` the paper's schedule.
+        noise_warmup_granularities: whose noise warms up (default the attention gates, ``None``: all).
+        neuron_start: a two-stage schedule: the neuron gates (attention neurons, MLP hidden and output neurons)
+            stay open, unpenalised and untrained for this fraction of the steps, while the node gates (embedding,
+            blocks, heads) train; then all train (None, default: all from the start).
+        granularities: which granularities are gated (all the model has; `mlp_expert` only exists in a mixture of
+            experts); the others are always kept.
+        ablation: what a pruned node outputs: ``"corrupted"`` (its activation on the paired corrupted prompt,
+            default, the paper's), ``"zero"`` or ``"mean"`` (its mean over the training pairs' corrupted
+            prompts and positions); see :mod:`mgnp_lens.ablation`. Evaluations of the circuit use the same.
         lambdas: per-granularity sparsity weights λ_g (the paper's Appendix C; missing names keep theirs).
         lambda_scale: multiplies every λ (1.0; for sweeps).
+        lambda_warmup_steps: λ ramps linearly from 0 to full over this many steps (0: none).
+        l0_penalty: ``"gate"`` (the paper: each gate's P(z > 0)) or ``"path"`` (times its ancestors').
         target_kl: ask for the smallest circuit whose KL stays within this many nats instead of fixed λ:
             the λ are scaled during training by dual ascent (see :mod:`mgnp_lens.targets`); validation
             checks (every ``validate_every`` steps, default 20) stop the run once the hard circuit has
@@ -63,33 +108,21 @@ class PruningConfig:
             models), ask instead for ``target_kl`` = this fraction of the loss at stake, and warn that it did
             (0.1; None: keep λ). Never applies with ``target_kl`` or ``target_sparsity`` set.
         target_rate: how fast the targets move the λ: the largest change of log-multiplier per step (0.05).
-        lambda_warmup_steps: λ ramps linearly from 0 to full over this many steps (0: none).
-        noise_warmup_steps: the Hard-Concrete noise of ``noise_warmup_granularities`` ramps linearly from 0
-            to the full noise of Eq. 6 over this many steps; ``"auto"`` (default) is
-            :data:`NOISE_WARMUP_FRACTION` of ``steps`` (100 of 240), ``0`` the paper's schedule.
-        noise_warmup_granularities: whose noise warms up (default the attention gates, ``None``: all).
-        neuron_start: a two-stage schedule: the neuron gates (attention neurons, MLP hidden and output neurons)
-            stay open, unpenalised and untrained for this fraction of the steps, while the node gates (embedding,
-            blocks, heads) train; then all train (None, default: all from the start).
-        l0_penalty: ``"gate"`` (the paper: each gate's P(z > 0)) or ``"path"`` (times its ancestors').
+        validate_every: every this many steps (and after the last), the hard circuit's float32 KL and
+            metric on ``validate_max_examples`` validation pairs go into the history (None: off).
+        validate_max_examples: validation pairs per check (128).
+        select: which circuit a run with validation checks returns: ``"validation"`` (default) the best
+            check's by :func:`mgnp_lens.targets.selection_key` (the training objective, KL + Σ λ·kept
+            fraction, on the validation pairs; with ``target_kl`` the smallest circuit that meets it), or
+            ``"last"`` the last step's. Without validation checks it is always the last step's.
         corruption: ``"cache"`` (corrupted activations precomputed, default) or ``"batch"`` (one 2B pass).
-        ablation: what a pruned node outputs: ``"corrupted"`` (its activation on the paired corrupted prompt,
-            default, the paper's), ``"zero"`` or ``"mean"`` (its mean over the training pairs' corrupted
-            prompts and positions); see :mod:`mgnp_lens.ablation`. Evaluations of the circuit use the same.
         precompute: when the training pairs' full-model outputs (answer distributions and, in cache mode,
             corrupted activations) are computed: ``"all"`` once before the loop, ``"per_batch"`` for each
             batch when it is drawn (one extra no-gradient pass a step; memory does not grow with the
             dataset), or ``"auto"`` (default): ``"all"`` when it fits in :data:`PRECOMPUTE_MEMORY_FRACTION`
             of the free memory, else ``"per_batch"``. ``"all"`` that does not fit refuses to start.
-        seed: seeds gate initialisation, batch order and gate noise (0).
-        granularities: which granularities are gated (all the model has; `mlp_expert` only exists in a mixture of
-            experts); the others are always kept.
-        hard_concrete: the Hard-Concrete shape parameters (the paper's).
-        weight_decay: AdamW weight decay on ``log α`` (0).
-        betas: AdamW's ``(β1, β2)`` ((0.6, 0.95)).
-        adam_eps: AdamW's ε (1e-8).
-        log_alpha_clamp: clamp every ``log α`` after each step to ``[-c, c]`` or ``[low, high]`` (None: no clamp).
-        mask_per_example: an independent gate sample for every example (default) instead of one per batch.
+        micro_batch_size: run each step in chunks of this many pairs, accumulating the gradient (same
+            result, the peak memory of one chunk); ``None``: one chunk.
         autocast: precision of the training passes: ``"auto"`` (bfloat16 where the device multiplies in it
             natively and the model is float32), ``"bfloat16"``, ``"float16"`` or ``"float32"`` (none).
             Reference log-probs, the corrupted cache and every evaluation stay in the model's precision.
@@ -99,13 +132,6 @@ class PruningConfig:
         compile: run the training passes' blocks under ``torch.compile`` (see
             :func:`mgnp_lens.speedups.use_compile`): ``"auto"`` (long runs where TorchInductor can build),
             ``True`` or ``False``.
-        validate_every: every this many steps (and after the last), the hard circuit's float32 KL and
-            metric on ``validate_max_examples`` validation pairs go into the history (None: off).
-        validate_max_examples: validation pairs per check (128).
-        select: which circuit a run with validation checks returns: ``"validation"`` (default) the best
-            check's by :func:`mgnp_lens.targets.selection_key` (the training objective, KL + Σ λ·kept
-            fraction, on the validation pairs; with ``target_kl`` the smallest circuit that meets it), or
-            ``"last"`` the last step's. Without validation checks it is always the last step's.
         eval_split: split evaluated at the end (``"test"``; ``None``: skip).
         eval_heldout: also evaluate the task's held-out splits (templates never trained or validated on,
             the other corruption, and both; see :mod:`mgnp_lens.tasks.task`) at the end (True).
@@ -126,6 +152,7 @@ class PruningConfig:
         progress: show a progress bar.
     """
 
+    # optimisation: how the gates are trained
     steps: int = 240
     lr: float = 0.2
     lr_schedule: str = "constant"
@@ -133,36 +160,40 @@ class PruningConfig:
     lr_warmup_steps: int = 20
     lr_scales: dict[str, float] = field(default_factory=dict)
     batch_size: int = 32
-    micro_batch_size: int | None = None
-    lambdas: dict[str, float] = field(default_factory=lambda: dict(PAPER_LAMBDAS))
-    lambda_scale: float = 1.0
-    lambda_warmup_steps: int = 0
-    target_kl: float | None = None
-    target_sparsity: dict[str, float] | None = None
-    auto_target_fraction: float | None = 0.1
-    target_rate: float = 0.05
-    noise_warmup_steps: int | str = "auto"
-    noise_warmup_granularities: tuple[str, ...] | None = ATTENTION_GRANULARITIES
-    neuron_start: float | None = None
-    l0_penalty: str = "gate"
-    corruption: str = "cache"
-    ablation: str = "corrupted"
-    precompute: str = "auto"
     seed: int = 0
-    granularities: tuple[str, ...] = ALL_GRANULARITIES
-    hard_concrete: HardConcreteParams = field(default_factory=HardConcreteParams)
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.6, 0.95)
     adam_eps: float = 1e-8
     log_alpha_clamp: float | tuple[float, float] | None = None
+    hard_concrete: HardConcreteParams = field(default_factory=HardConcreteParams)
     mask_per_example: bool = True
+    noise_warmup_steps: int | str = "auto"
+    noise_warmup_granularities: tuple[str, ...] | None = ATTENTION_GRANULARITIES
+    neuron_start: float | None = None
+    # objective: what is pruned, against what, at which price
+    granularities: tuple[str, ...] = ALL_GRANULARITIES
+    ablation: str = "corrupted"
+    lambdas: dict[str, float] = field(default_factory=lambda: dict(PAPER_LAMBDAS))
+    lambda_scale: float = 1.0
+    lambda_warmup_steps: int = 0
+    l0_penalty: str = "gate"
+    # targets: a faithfulness or size asked for, the validation checks, and which circuit is returned
+    target_kl: float | None = None
+    target_sparsity: dict[str, float] | None = None
+    auto_target_fraction: float | None = 0.1
+    target_rate: float = 0.05
+    validate_every: int | None = None
+    validate_max_examples: int = 128
+    select: str = "validation"
+    # speed: how fast and in how much memory (the same circuit up to float rounding)
+    corruption: str = "cache"
+    precompute: str = "auto"
+    micro_batch_size: int | None = None
     autocast: str = "auto"
     precast_weights: bool = True
     skip_dead_sites: bool = True
     compile: bool | str = "auto"
-    validate_every: int | None = None
-    validate_max_examples: int = 128
-    select: str = "validation"
+    # evaluation: what is measured at the end
     eval_split: str | None = "test"
     eval_heldout: bool = True
     eval_max_examples: int | None = 1024
@@ -170,6 +201,7 @@ class PruningConfig:
     eval_kl_se: float | None = 0.01
     edge_examples: int = 32
     views: bool = True
+    # output: where the run is written and what it shows while it runs
     checkpoint_dir: str | None = None
     checkpoint_every: int = 50
     progress: bool = True
@@ -180,6 +212,26 @@ class PruningConfig:
         if self.target_kl is not None and self.target_sparsity:
             raise ValueError("target_kl and target_sparsity cannot both be set: the first chooses the size, "
                              "the second fixes it")
+
+    def settings(self, concern: str) -> dict[str, Any]:
+        """``{field: value}`` of one concern of :data:`CONCERNS` (``ValueError`` naming them for another name)."""
+        if concern not in CONCERNS:
+            raise ValueError(f"unknown concern {concern!r}; expected one of {', '.join(map(repr, CONCERNS))}")
+        return {name: getattr(self, name) for name in CONCERNS[concern][1]}
+
+    def by_concern(self) -> dict[str, dict[str, Any]]:
+        """Every field, grouped: ``{concern: {field: value}}`` in :data:`CONCERNS`' order."""
+        return {concern: self.settings(concern) for concern in CONCERNS}
+
+    def changed(self) -> dict[str, Any]:
+        """``{field: value}`` of the fields that differ from a default ``PruningConfig()``."""
+        default = PruningConfig()
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != getattr(default, f.name)}
+
+    @property
+    def speed(self) -> "SpeedSettings":
+        """The speed concern as a :class:`SpeedSettings` (what :class:`mgnp_lens.speedups.TrainingSpeedups` reads)."""
+        return SpeedSettings(**self.settings("speed"))
 
     @property
     def validation_interval(self) -> int | None:
@@ -229,6 +281,20 @@ class PruningConfig:
         """Inverse of :meth:`to_dict`. A config saved before a field existed gets the value that the
         run actually used then (e.g. no lr warm-up and β2 0.999), not today's default."""
         return cls(**{**_BEFORE_FIELD_EXISTED, **d})
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    """How a run's training passes run: its ``speed`` concern (:data:`CONCERNS`); the circuit is the same up to
+    float rounding whatever these say. Fields as in :class:`PruningConfig`."""
+
+    corruption: str = "cache"
+    precompute: str = "auto"
+    micro_batch_size: int | None = None
+    autocast: str = "auto"
+    precast_weights: bool = True
+    skip_dead_sites: bool = True
+    compile: bool | str = "auto"
 
 
 # ---------------------------------------------------------------- the validation table

@@ -185,7 +185,7 @@ class _Run:
                                        identity)
         gates, optimizer, generators = _gates_and_optimizer(dims, config, next(model.parameters()).device)
         lambdas = {g: config.lambdas[g] * config.lambda_scale for g in gates.trainable}
-        fast = TrainingSpeedups(model, config)
+        fast = TrainingSpeedups(model, config.speed, config.steps)
         streaming = _streams(model, dims, train, config)
         meta = {**run_meta(model, task), **fast.describe(), "precompute": "per_batch" if streaming else "all"}
         if auto_target:

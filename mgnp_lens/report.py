@@ -338,9 +338,30 @@ def build_report(directory: str | Path, out: str | Path | None = None, reference
     parts = [*_header(run, task), *_tables(run, task, ref), *_kept_heads(circuit, run.get("heads")),
              *_examples(run.get("examples")), *_figures(run, ref),
              "<h2>Per-layer table (Appendix D)</h2>", _table(circuit.per_layer()), *_time_table(run.get("timings")),
-             "<h2>Run configuration</h2>", f"<pre>{html.escape(json.dumps(run['config'], indent=2, default=str))}</pre>"]
+             *_configuration(run["config"])]
     return _write_page(Path(out) if out else run["dir"] / "report.html", f"mgnp-lens report: {task or 'custom'}",
                        parts)
+
+
+def _configuration(saved: dict) -> list[str]:
+    """The run's settings as one table, grouped by concern (:data:`mgnp_lens.config.CONCERNS`), with the settings
+    that differ from the defaults marked; then the rest of ``config.json`` (model, versions, command) as JSON."""
+    from .config import CONCERNS, PruningConfig
+
+    try:
+        config = PruningConfig.from_dict(saved.get("config") or {})
+    except (TypeError, ValueError):  # settings this version does not know: show them as they are
+        return ["<h2>Run configuration</h2>", f"<pre>{html.escape(json.dumps(saved, indent=2, default=str))}</pre>"]
+    changed = config.changed()
+    rows = [{"concern": concern if i == 0 else "", "setting": name,
+             "value": json.dumps(value, default=str) + (" (changed)" if name in changed else "")}
+            for concern, group in config.by_concern().items() for i, (name, value) in enumerate(group.items())]
+    rest = {k: v for k, v in saved.items() if k != "config"}
+    note = (f"<p>{len(changed)} setting(s) differ from the defaults: {', '.join(changed)}.</p>" if changed
+            else "<p>Every setting is the default.</p>")
+    concerns = "; ".join(f"<b>{c}</b>: {html.escape(what)}" for c, (what, _) in CONCERNS.items())
+    return ["<h2>Run configuration</h2>", note, f"<p>{concerns}.</p>", _table(pd.DataFrame(rows)),
+            "<h3>Run record</h3>", f"<pre>{html.escape(json.dumps(rest, indent=2, default=str))}</pre>"]
 
 
 #: The file that marks a method-comparison directory (:func:`mgnp_lens.methods.compare_methods`).

@@ -189,14 +189,15 @@ def bf16_is_fast(device: torch.device) -> bool:
     return False
 
 
-def autocast_dtype(config, device: torch.device, model_dtype: torch.dtype) -> torch.dtype | None:
-    """The dtype the gated training passes autocast to under ``config.autocast``, or None for the model's own.
+def autocast_dtype(speed, device: torch.device, model_dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype the gated training passes autocast to under ``speed.autocast`` (a
+    :class:`~mgnp_lens.config.SpeedSettings` or a ``PruningConfig``), or None for the model's own.
 
     ``"auto"`` picks bfloat16 when the model is float32 and the device multiplies in bfloat16 natively.
     """
-    if config.autocast == "auto":
+    if speed.autocast == "auto":
         return torch.bfloat16 if model_dtype == torch.float32 and bf16_is_fast(device) else None
-    return _AUTOCAST_DTYPES[config.autocast]
+    return _AUTOCAST_DTYPES[speed.autocast]
 
 
 def compile_backend_missing(device: torch.device) -> str | None:
@@ -216,15 +217,17 @@ def compile_backend_missing(device: torch.device) -> str | None:
     return f"no TorchInductor backend is set up for device {device.type!r}"
 
 
-def use_compile(config, model, device: torch.device) -> bool:
-    """Whether the training passes run through :func:`compiled_blocks` under ``config.compile``.
+def use_compile(speed, model, device: torch.device, steps: int) -> bool:
+    """Whether the training passes of a ``steps``-step run run through :func:`compiled_blocks` under
+    ``speed.compile`` (a :class:`~mgnp_lens.config.SpeedSettings` or a ``PruningConfig``).
 
     ``"auto"``: a dense ``HookedTransformer`` with at least two blocks and ``d_model`` of at least
-    :data:`COMPILE_MIN_WIDTH`, a device TorchInductor can build for, and a run of at least :data:`COMPILE_MIN_STEPS` steps (the whole run's ``steps``, so that a
-    resumed run compiles like the uninterrupted one). ``True`` raises ``ValueError`` where the model or
+    :data:`COMPILE_MIN_WIDTH`, a device TorchInductor can build for, and a run of at least
+    :data:`COMPILE_MIN_STEPS` steps (the whole run's ``steps``, so that a resumed run compiles like the
+    uninterrupted one). ``True`` raises ``ValueError`` where the model or
     device cannot be compiled.
     """
-    if config.compile is False:
+    if speed.compile is False:
         return False
     blocks = len(getattr(model, "blocks", [])) if type(model).__name__ == "HookedTransformer" else 0
     problem = (f"compile=True needs a HookedTransformer with at least two blocks, got {type(model).__name__}"
@@ -234,11 +237,11 @@ def use_compile(config, model, device: torch.device) -> bool:
     if problem is None and getattr(model.cfg, "num_experts", None):
         problem = "compile=True does not cover mixture-of-experts blocks (their experts' sites read routed rows)"
     missing = compile_backend_missing(device)
-    if config.compile is True:
+    if speed.compile is True:
         if problem or missing:
             raise ValueError(problem or f"compile=True: {missing}; use compile=False")
         return True
-    return problem is None and missing is None and config.steps >= COMPILE_MIN_STEPS and \
+    return problem is None and missing is None and steps >= COMPILE_MIN_STEPS and \
         model.cfg.d_model >= COMPILE_MIN_WIDTH
 
 
@@ -251,14 +254,16 @@ class TrainingSpeedups:
         precast: whether the matrix weights are cast to ``amp_dtype`` once for the run.
     """
 
-    def __init__(self, model, config):
+    def __init__(self, model, speed, steps: int):
+        """``speed``: the run's :class:`~mgnp_lens.config.SpeedSettings`; ``steps``: its length (whether compiling
+        pays for itself)."""
         self.model = model
         self.device = next(model.parameters()).device
         self.model_dtype = next(model.parameters()).dtype
-        self.amp_dtype = autocast_dtype(config, self.device, self.model_dtype)
-        self.compiled = use_compile(config, model, self.device)
-        self.precast = config.precast_weights
-        self.suppress_compile_errors = config.compile == "auto"
+        self.amp_dtype = autocast_dtype(speed, self.device, self.model_dtype)
+        self.compiled = use_compile(speed, model, self.device, steps)
+        self.precast = speed.precast_weights
+        self.suppress_compile_errors = speed.compile == "auto"
         self._engaged: ExitStack | None = None
 
     def describe(self) -> dict:

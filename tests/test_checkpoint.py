@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import mgnp_lens as mg
+from mgnp_lens.rundir import MANIFEST
 from mgnp_lens.tasks import PromptPairTask
 
 from helpers import pairs_task, same_run, task_that_stops, micro_model, random_pairs
@@ -125,3 +126,21 @@ def test_a_dense_run_saved_before_expert_gates_existed_resumes(tmp_path):
     with pytest.raises(ValueError, match="granularities"):  # a real difference is still refused
         mg.discover(model, task, mg.PruningConfig(**{**RESUME_KW, "steps": 3, "granularities": ["attn_head"]}),
                     resume_from=tmp_path)
+
+
+def test_a_run_saved_before_the_config_was_grouped_by_concern_loads_and_resumes(uninterrupted, tmp_path):
+    """config.json and the state store the fields flat; a run written when they were declared in another order (here
+    alphabetical), and before ``neuron_start`` existed, loads and resumes to the uninterrupted run."""
+    model, full = uninterrupted
+    mg.discover(model, pairs_task(model), steps=5, checkpoint_dir=str(tmp_path), **RESUME_KW)
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    old = {k: v for k, v in sorted(state["config"].items()) if k != "neuron_start"}
+    state["config"] = old
+    torch.save(state, tmp_path / "state.pt")
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["config"] = old
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    (tmp_path / MANIFEST).unlink()  # so old that its files had no manifest either
+    assert mg.DiscoveryResult.load(tmp_path).config == full.config.__class__.from_dict({**old, "steps": 5})
+    resumed = mg.discover(model, pairs_task(model), resume_from=tmp_path, steps=8)
+    same_run(resumed, full)

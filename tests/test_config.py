@@ -52,3 +52,20 @@ def test_auto_noise_warmup_is_five_twelfths_of_the_run():
     assert [mg.PruningConfig(steps=n).noise_warmup_length for n in (240, 120, 400, 1)] == [100, 50, 166, 0]
     assert mg.PruningConfig(steps=240, noise_warmup_steps=30).noise_warmup_length == 30
     assert mg.PruningConfig().noise_warmup_granularities == ("attn_block", "attn_head", "attn_neuron")
+
+
+def test_every_field_belongs_to_one_concern_in_declaration_order():
+    from dataclasses import fields
+
+    from mgnp_lens.config import CONCERNS, SpeedSettings
+
+    declared = [f.name for f in fields(mg.PruningConfig)]
+    assert [name for _, names in CONCERNS.values() for name in names] == declared
+    config = mg.PruningConfig(lr=0.1, autocast="float32", progress=False)
+    assert config.settings("output") == {"checkpoint_dir": None, "checkpoint_every": 50, "progress": False}
+    assert [f for group in config.by_concern().values() for f in group] == declared
+    assert config.changed() == {"lr": 0.1, "autocast": "float32", "progress": False}
+    assert config.speed == SpeedSettings(autocast="float32")
+    assert [f.name for f in fields(SpeedSettings)] == list(CONCERNS["speed"][1])
+    with pytest.raises(ValueError, match="unknown concern 'speeds'; expected one of 'optimisation'"):
+        config.settings("speeds")

@@ -14,6 +14,7 @@ import mgnp_lens as mg
 from mgnp_lens import export, hooks, plot
 from mgnp_lens.baselines import random_circuit
 from mgnp_lens.circuit import hierarchy_violations
+from mgnp_lens.config import SpeedSettings
 from mgnp_lens.speedups import use_compile
 
 from helpers import gpt2_tokenizer
@@ -212,6 +213,6 @@ def test_moe_on_the_bridge_or_compiled_is_refused(tmp_path):
     with pytest.raises(ValueError, match="compile=False"):
         hooks.Interpolator(dims, shared_hooks=True)
     cpu = torch.device("cpu")
-    assert not use_compile(mg.PruningConfig(steps=10_000), model, cpu)  # "auto" stays eager
+    assert not use_compile(SpeedSettings(), model, cpu, 10_000)  # "auto" stays eager
     with pytest.raises(ValueError, match="mixture-of-experts"):
-        use_compile(mg.PruningConfig(compile=True), model, cpu)
+        use_compile(SpeedSettings(compile=True), model, cpu, 10_000)

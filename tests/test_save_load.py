@@ -59,6 +59,11 @@ def test_a_report_made_from_python_has_the_graph_and_the_heads(finished, tmp_pat
         assert name.lower() in page.lower(), name
     for name in ("edges.csv", "heads.csv", "attention.json", "examples.csv"):
         assert (tmp_path / "run" / name).exists(), name
+    # the settings grouped by concern, the ones this run changed named and marked
+    config = page[page.index("<h2>Run configuration</h2>"):]
+    assert "differ from the defaults: steps, batch_size, seed, lambda_scale" in config
+    assert config.index("optimisation") < config.index("objective") < config.index("speed") < config.index("output")
+    assert "0.3 (changed)" in config and "Run record" in config
 
 
 def test_the_views_follow_their_switches_and_the_cli_default_is_the_settings(finished):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import mgnp_lens as mg
+from mgnp_lens.config import SpeedSettings
 from mgnp_lens.gates import HardConcreteGates
 from mgnp_lens.granularity import ModelDims
 from mgnp_lens.hooks import Interpolator, corrupted_activations, masked_answer_logits
@@ -126,21 +127,22 @@ def test_compile_auto_resolves_by_model_device_and_run_length(gpt2_micro, monkey
 
     cpu = torch.device("cpu")
     has_backend = d.compile_backend_missing(cpu) is None
-    long, short = mg.PruningConfig(steps=d.COMPILE_MIN_STEPS), mg.PruningConfig(steps=d.COMPILE_MIN_STEPS - 1)
+    auto, on, off = SpeedSettings(), SpeedSettings(compile=True), SpeedSettings(compile=False)
+    long, short = d.COMPILE_MIN_STEPS, d.COMPILE_MIN_STEPS - 1
     assert gpt2_micro.cfg.d_model < d.COMPILE_MIN_WIDTH
-    assert d.use_compile(long, gpt2_micro, cpu) is False  # too narrow: the compile costs more than the steps
+    assert d.use_compile(auto, gpt2_micro, cpu, long) is False  # too narrow: the compile costs more than the steps
     monkeypatch.setattr(d, "COMPILE_MIN_WIDTH", gpt2_micro.cfg.d_model)
-    assert d.use_compile(long, gpt2_micro, cpu) is has_backend
-    assert d.use_compile(short, gpt2_micro, cpu) is False  # the compile would not pay for itself
-    assert d.use_compile(mg.PruningConfig(compile=False), gpt2_micro, cpu) is False
+    assert d.use_compile(auto, gpt2_micro, cpu, long) is has_backend
+    assert d.use_compile(auto, gpt2_micro, cpu, short) is False  # the compile would not pay for itself
+    assert d.use_compile(off, gpt2_micro, cpu, long) is False
     one_block = micro_model("gpt2", n_layers=1)
-    assert d.use_compile(long, one_block, cpu) is False
+    assert d.use_compile(auto, one_block, cpu, long) is False
     with pytest.raises(ValueError, match="at least two blocks"):
-        d.use_compile(mg.PruningConfig(compile=True), one_block, cpu)
+        d.use_compile(on, one_block, cpu, long)
     monkeypatch.setattr(d, "compile_backend_missing", lambda device: "TorchInductor found no usable C++ compiler")
-    assert d.use_compile(long, gpt2_micro, cpu) is False  # "auto" quietly stays eager
+    assert d.use_compile(auto, gpt2_micro, cpu, long) is False  # "auto" quietly stays eager
     with pytest.raises(ValueError, match="no usable C\\+\\+ compiler.*compile=False"):
-        d.use_compile(mg.PruningConfig(compile=True), gpt2_micro, cpu)
+        d.use_compile(on, gpt2_micro, cpu, long)
 
 
 def test_bf16_autocast_trains_close_to_float32(gpt2_micro):
