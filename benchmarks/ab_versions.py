@@ -14,14 +14,12 @@ sampled-KL histories of the two versions are compared as well (equal, or their l
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from _common import ab_speedup, add_round_args, child_main, in_subprocess, print_table, write  # noqa: E402
+from harness import ab_speedup, child_main, in_subprocess, print_table, round_parser, settings_of, write
 
 
 def child(payload: dict) -> dict:
@@ -58,14 +56,12 @@ def measure(model: str, before: str, after: str, rounds: int, steps: int, overri
 def main() -> None:
     if child_main(child):
         return
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = round_parser(__doc__, "ab_versions", rounds=5, steps=4)
     ap.add_argument("--before", required=True, help="path of the 'before' checkout")
     ap.add_argument("--after", default=str(HERE.parent), help="path of the 'after' checkout (default: this one)")
-    add_round_args(ap, "ab_versions", rounds=5, steps=4)
     args = ap.parse_args()
-    from calibrate_ioi import parse_sets
 
-    overrides = parse_sets(args.set)
+    overrides = settings_of(args)
     before, after = str(Path(args.before).resolve()), str(Path(args.after).resolve())
     for path in (before, after):
         if not (Path(path) / "mgnp_lens" / "__init__.py").exists():

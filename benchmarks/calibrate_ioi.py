@@ -16,27 +16,13 @@ hierarchy is enforced; ``raw_counts`` records ours the same way, beside the circ
 
 from __future__ import annotations
 
-import argparse
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write  # noqa: E402
+from harness import parser, settings_of, write
 
 GUIDE = "When [A] and [B] went to the [PLACE], [B] gave a [OBJECT] to [A]"
 REFERENCE = {"attn_head": 27, "attn_neuron": 1894, "mlp_hidden": 5763, "mlp_output": 5750, "train_kl": 0.135}
-
-
-def parse_sets(items: list[str]) -> dict:
-    """``--set KEY=VALUE`` items as PruningConfig overrides (the library's parser, as in ``mgnp discover --set``)."""
-    from mgnp_lens.config import parse_overrides
-
-    try:
-        return parse_overrides(items)
-    except ValueError as e:
-        raise SystemExit(f"--set: {e}") from None
 
 
 def ioi_task(model, templates: str, n_train: int = 200):
@@ -90,15 +76,11 @@ def log_alpha_summary(gates) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, "calibrate_ioi", device=True, settings=True)
     ap.add_argument("--templates", choices=["mixed", "baba0", "guide"], default="mixed")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--device", default="cpu")
     ap.add_argument("--n-train", type=int, default=200, help="training pairs (default 200; 32 = one fixed batch)")
-    ap.add_argument("--tag", default=None, help="a variant: write results/archive/calibrate_ioi_TAG.json")
-    ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    r = run(args.templates, args.device, args.n_train, **parse_sets(args.set))
+    r = run(args.templates, args.device, args.n_train, **settings_of(args))
     print(f"{'':<12}{'heads':>7}{'attn_n':>8}{'mlp_h':>8}{'mlp_o':>8}{'trainKL':>9}{'testKL':>8}{'sec':>7}")
     c = r["counts"]
     print(f"{'this run':<12}{c['attn_head']:>7}{c['attn_neuron']:>8}{c['mlp_hidden']:>8}{c['mlp_output']:>8}"

@@ -9,15 +9,12 @@ ratio of ``--help`` to the torch import.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write  # noqa: E402
+from harness import parser, write
 
 COMMANDS = {"mgnp --help": [sys.executable, "-m", "mgnp_lens.cli", "--help"],
             "mgnp --version": [sys.executable, "-m", "mgnp_lens.cli", "--version"],
@@ -25,7 +22,7 @@ COMMANDS = {"mgnp --help": [sys.executable, "-m", "mgnp_lens.cli", "--help"],
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, "cli_startup")
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     times = {k: [] for k in COMMANDS}

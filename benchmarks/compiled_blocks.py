@@ -18,15 +18,13 @@ divided by the time saved per step. The sampled-KL histories of the two sides ar
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from _common import ab_speedup, add_round_args, child_main, in_subprocess, print_table, write  # noqa: E402
+from harness import ab_speedup, child_main, in_subprocess, print_table, round_parser, settings_of, write
 
 
 def child(payload: dict) -> dict:
@@ -75,14 +73,12 @@ def measure(model: str, rounds: int, steps: int, overrides: dict, device: str) -
 def main() -> None:
     if child_main(child):
         return
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_round_args(ap, "compiled_blocks", rounds=3, steps=12)
+    ap = round_parser(__doc__, "compiled_blocks", rounds=3, steps=12)
     args = ap.parse_args()
     if args.steps < 4:
         raise SystemExit("--steps must be at least 4 (the steady time is the median after the first two steps)")
-    from calibrate_ioi import parse_sets
 
-    overrides = parse_sets(args.set)
+    overrides = settings_of(args)
     rows = [measure(m, args.rounds, args.steps, overrides, args.device) for m in args.models.split(",")]
     print_table(rows, ["model", "step_eager_s", "step_compiled_s", "speedup", "speedup_of_best_rounds",
                        "compile_cold_s", "compile_warm_s", "break_even_steps_cold", "break_even_steps_warm",

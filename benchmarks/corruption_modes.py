@@ -10,17 +10,12 @@ Target: cache-mode step ≥ 1.6× faster than batch mode.
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_device_arg, child_main, in_subprocess, print_table, write  # noqa: E402
+from harness import child_main, in_subprocess, parser, print_table, write
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_device_arg(ap)
+    ap = parser(__doc__, "corruption_modes", device=True)
     args = ap.parse_args()
     setups = [{"model": "gpt2-small", "batch": 32, "seq": 64, "n_train": 32},
               {"model": "default", "batch": 32, "seq": 15, "n_train": 200}]
@@ -32,7 +27,7 @@ def main() -> None:
         rows[-1]["cache_speedup"] = rows[-2]["median_step_s"] / rows[-1]["median_step_s"]
     print_table(rows, ["model", "mode", "batch", "seq", "n_train", "median_step_s", "peak_rss_mb", "model_rss_mb",
                        "cuda_peak_mb", "cache_speedup"])
-    write("corruption_modes", {"target": "cache step >= 1.6x faster than batch", "results": rows}, args.out)
+    write("corruption_modes", {"target": "cache step >= 1.6x faster than batch", "results": rows}, args.out, args.tag)
 
 
 if __name__ == "__main__":

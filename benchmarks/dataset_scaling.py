@@ -11,15 +11,12 @@ all of them would have needed. Before streaming, 100k pairs were OOM-killed at a
 
 from __future__ import annotations
 
-import argparse
 import csv
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_device_arg, child_main, in_subprocess, peak_rss_mb, print_table, write  # noqa: E402
+from harness import child_main, in_subprocess, parser, peak_rss_mb, print_table, write
 
 
 def child(payload: dict) -> dict:
@@ -66,11 +63,10 @@ def precompute_all_gb(n_pairs: int, tokens_per_pair: float) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, "dataset_scaling", device=True)
     ap.add_argument("--sizes", default="1000,10000,100000")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=8)
-    add_device_arg(ap)
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []
@@ -87,7 +83,7 @@ def main() -> None:
                        "exit_code"])
     write("dataset_scaling", {"steps": args.steps, "batch_size": args.batch_size, "seconds_generate_csvs": generate_s,
                               "note": "precompute_all_would_need_gb assumes 16 tokens a pair (IOI on SmolLM2: 14-20)",
-                              "results": rows}, args.out)
+                              "results": rows}, args.out, args.tag)
 
 
 if __name__ == "__main__":

@@ -14,14 +14,10 @@ native bfloat16): weights stay float32, matrix products run in bfloat16, norms a
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_device_arg, print_table, step_seconds, write  # noqa: E402
+from harness import parser, print_table, step_seconds, write
 
 
 def answer_logp(model, split, amp: bool = False):
@@ -47,9 +43,8 @@ def main() -> None:
     import mgnp_lens as mg
     from mgnp_lens.evaluate import kl_full_circuit
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, "dtype", device=True)
     ap.add_argument("--settings", default=",".join(SETTINGS))
-    add_device_arg(ap)
     args = ap.parse_args()
     rows, ref, model = [], None, None
     for name in args.settings.split(","):
@@ -71,7 +66,7 @@ def main() -> None:
     for r in rows:
         r["speedup_vs_first"] = rows[0]["step_s"] / r["step_s"]
     print_table(rows, ["setting", "step_s", "speedup_vs_first", "kl_vs_first", "test_metric"])
-    write("dtype", {"model": "SmolLM2-135M (embedded)", "task": "IOI, batch 32, cache mode", "rows": rows}, args.out)
+    write("dtype", {"model": "SmolLM2-135M (embedded)", "task": "IOI, batch 32, cache mode", "rows": rows}, args.out, args.tag)
 
 
 if __name__ == "__main__":

@@ -21,14 +21,12 @@ hidden; hard-circuit KL ≤ 0.15 on the training pairs.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_device_arg, write  # noqa: E402
-from calibrate_ioi import GUIDE, parse_sets, trace  # noqa: E402
+from harness import parser, settings_of, write
+from calibrate_ioi import GUIDE, trace
 
 TARGET = {"seconds": 180, "sparsity_pct": 85.0, "train_kl": 0.15}
 
@@ -71,14 +69,11 @@ def demo(run_dir: str, out: str | None) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, "end_to_end", device=True, settings=True)
     ap.add_argument("--demo", action="store_true", help="time make demo's command, phase by phase")
     ap.add_argument("--templates", choices=["mixed", "guide"], default="mixed")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--run-dir", default="runs/end_to_end")
     ap.add_argument("--n-devices", type=int, default=1, help="spread the model over N CUDA devices")
-    ap.add_argument("--tag", default="", help="a variant: write results/archive/end_to_end_TEMPLATES_TAG.json")
-    add_device_arg(ap)
     args = ap.parse_args()
     if args.demo:
         return demo(args.run_dir if args.run_dir != "runs/end_to_end" else "runs/end_to_end_demo", args.out)
@@ -89,7 +84,7 @@ def main() -> None:
     t_model = time.perf_counter() - t0
     task = mg.tasks.IOI(model, n_test=512, templates="mixed" if args.templates == "mixed" else [GUIDE])
     t_task = time.perf_counter() - t0 - t_model
-    overrides = {"eval_max_examples": 512, **parse_sets(args.set)}
+    overrides = {"eval_max_examples": 512, **settings_of(args)}
     result = mg.discover(model, task, **overrides)
     t_total = time.perf_counter() - t0
     report = mg.write_report(result, args.run_dir)

@@ -15,13 +15,10 @@ matplotlib, the ``bench`` extra) are rendered from every task's JSON; ``--md-onl
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, peak_rss_mb, write  # noqa: E402
+from harness import parser, peak_rss_mb, RESULTS, write
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 METHOD_ORDER = ("mgnp", "coarse", "attribution", "random")
@@ -31,7 +28,7 @@ STYLE = {"mgnp": ("#0072B2", "o"), "coarse": ("#E69F00", "s"), "attribution": ("
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, "faithfulness_curves", device=True)
     ap.add_argument("--task", default="ioi", choices=["ioi", "gt", "gp"])
     ap.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M")
     ap.add_argument("--scales", type=float, nargs="+", default=[0.125, 0.25, 0.5, 1.0, 2.0])
@@ -40,8 +37,6 @@ def main() -> None:
     ap.add_argument("--splits", nargs="+", default=["test", "test_ood"])
     ap.add_argument("--max-examples", type=int, default=512)
     ap.add_argument("--runs", default=None, help="run directories (default runs/faithfulness_TASK)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--tag", default=None)
     ap.add_argument("--md-only", action="store_true", help="only re-render docs/faithfulness.md and its figures")
     args = ap.parse_args()
     if args.md_only:
@@ -71,7 +66,7 @@ def main() -> None:
         "coarse_scales": args.coarse_scales or args.scales, "splits": args.splits, "max_examples": args.max_examples,
         "seconds": seconds, "peak_rss_mb": peak_rss_mb(), "report": str(report),
         "areas": comp.areas.to_dict(orient="records"), "at_mgnp_sizes": matched.to_dict(orient="records"),
-        "curve": comp.curve.to_dict(orient="records")}, tag=args.tag)
+        "curve": comp.curve.to_dict(orient="records")}, args.out, args.tag)
     if args.tag is None:
         render_docs()
 

@@ -12,24 +12,17 @@ activations), like the calibration rows.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write  # noqa: E402
-from calibrate_ioi import REFERENCE, ioi_task, parse_sets  # noqa: E402
+from harness import parser, settings_of, write
+from calibrate_ioi import REFERENCE, ioi_task
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, "head_removal", settings=True)
     ap.add_argument("--templates", choices=["mixed", "baba0", "guide"], default="guide")
     ap.add_argument("--rounds", type=int, default=5, help="heads to remove, one per round")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--tag", default=None)
-    ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.rounds < 1:
         raise SystemExit("--rounds must be at least 1")
@@ -38,7 +31,7 @@ def main() -> None:
     from mgnp_lens.evaluate import evaluate_cached
     from mgnp_lens.precompute import precompute
 
-    overrides = parse_sets(args.set)
+    overrides = settings_of(args)
     model = mg.load_model()
     task = ioi_task(model, args.templates)
     with tempfile.TemporaryDirectory() as d:

@@ -14,13 +14,9 @@ slow spell of the shared machine does not land on one side only.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_device_arg, bare_step_seconds, print_table, random_task, shaped_model, step_seconds, write  # noqa: E402
+from harness import bare_step_seconds, parser, print_table, random_task, shaped_model, step_seconds, write
 
 GUIDE = "When [A] and [B] went to the [PLACE], [B] gave a [OBJECT] to [A]"
 
@@ -125,15 +121,14 @@ def _half_dead_step(model, task, B, skip: bool) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, "hook_overhead", device=True)
     ap.add_argument("--models", default="gpt2-small,default")
-    add_device_arg(ap)
     args = ap.parse_args()
     rows = [measure(m, args.device) for m in args.models.split(",")]
     print_table(rows, ["model", "batch", "seq", "bare_fwd_bwd_s", "masked_step_cache_s", "overhead_cache",
                        "masked_step_batch_s", "answer_only_speedup", "dead_cutoff_speedup"])
     print_table(rows, ["model", "precompute_no_grad_s", "precompute_inference_mode_s", "masked_step_cache_1_thread_s"])
-    write("hook_overhead", {"target": "masked step <= 1.2x bare forward+backward", "results": rows}, args.out)
+    write("hook_overhead", {"target": "masked step <= 1.2x bare forward+backward", "results": rows}, args.out, args.tag)
 
 
 if __name__ == "__main__":

@@ -7,23 +7,17 @@ Each load runs in a fresh cache directory (first) or the warmed one (cached), in
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write  # noqa: E402
+from harness import parser, write
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = parser(__doc__, "load_model", device=True)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", default=None)
     args = ap.parse_args()
     os.environ["HF_HUB_OFFLINE"] = "1"
     from mgnp_lens import load_model
@@ -49,7 +43,7 @@ def main() -> None:
     print(f"cached load is {f / c:.1f}x faster (target >= 5x)")
     write("load_model", {"device": args.device, "first_load_s": first, "cached_load_s": cached,
                          "median_first_s": f, "median_cached_s": c, "speedup": f / c, "target_speedup": 5.0,
-                         "target_met": f / c >= 5.0}, args.out)
+                         "target_met": f / c >= 5.0}, args.out, args.tag)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,9 @@ small's shape, random weights, 32 × 32 random tokens).
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ab_speedup, add_device_arg, print_table, step_seconds, write  # noqa: E402
-from hook_overhead import setup  # noqa: E402
+from harness import ab_speedup, parser, print_table, step_seconds, write
+from hook_overhead import setup
 
 
 def looped_mix(unit: str):
@@ -94,17 +90,16 @@ def measure(name: str, device: str, steps: int, rounds: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, "mask_loops", device=True)
     ap.add_argument("--models", default="default,gpt2-small")
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
-    add_device_arg(ap)
     args = ap.parse_args()
     rows = [measure(m, args.device, args.steps, args.rounds) for m in args.models.split(",")]
     print_table(rows, ["model", "batch", "seq", "broadcast_step_s", "heads_step_s", "units_step_s",
                        "heads_loop_slowdown", "units_loop_slowdown"])
     print_table(rows, ["model", "broadcast_first_kl", "heads_kl_abs_diff", "units_kl_abs_diff"])
-    write("mask_loops", {"precision": "float32", "corruption": "cache", "results": rows}, args.out)
+    write("mask_loops", {"precision": "float32", "corruption": "cache", "results": rows}, args.out, args.tag)
 
 
 if __name__ == "__main__":

@@ -16,16 +16,13 @@ weights), not a measurement. ``--resume`` keeps the rows already in the JSON and
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (PAPER_MEMORY_MB, RESULTS, add_device_arg, child_main, cuda_peak_mb, in_subprocess,  # noqa: E402
-                     log_fit, peak_rss_mb, print_table, random_task, shaped_model, step_seconds, write)
+from harness import (child_main, cuda_peak_mb, in_subprocess, log_fit, PAPER_MEMORY_MB, parser, peak_rss_mb,
+                     print_table, random_task, RESULTS, shaped_model, step_seconds, write)
 
 #: HookedTransformerConfig fields of each shape (the Hugging Face checkpoints' config.json values).
 SHAPES = {
@@ -108,8 +105,7 @@ def n_params_of(shape: dict) -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_device_arg(ap)
+    ap = parser(__doc__, "model_scaling", device=True)
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--steps", type=int, default=2,

@@ -18,13 +18,9 @@ bfloat16 autocast where the CPU has it, eager blocks), alternating by round.
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ab_speedup, add_device_arg, print_table, write  # noqa: E402
+from harness import ab_speedup, parser, print_table, write
 
 
 def right_padded(pairs, pad_id: int):
@@ -83,10 +79,9 @@ def timed_run(model, task, steps: int, seed: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, "padding", device=True)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=8)
-    add_device_arg(ap)
     args = ap.parse_args()
     import mgnp_lens as mg
 
@@ -125,7 +120,7 @@ def main() -> None:
           f"{', '.join(f'{x:.2f}' for x in ratios)}); padding adds {summary['token_ratio']:.2f}x the tokens per pair; "
           f"answer logits of the two layouts differ by at most {summary['max_answer_logit_diff']:.2e}")
     write("padding", {"model": "default (SmolLM2-135M)", "task": "IOI, all 30 templates, 200 training pairs",
-                      "rounds": args.rounds, "steps_per_round": args.steps, "results": rows, **summary}, args.out)
+                      "rounds": args.rounds, "steps_per_round": args.steps, "results": rows, **summary}, args.out, args.tag)
 
 
 if __name__ == "__main__":

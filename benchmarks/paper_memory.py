@@ -16,19 +16,14 @@ Target: ≤ 2,000 MB on CPU.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (PAPER_MEMORY_MB, RESULTS, add_device_arg, child_main, in_subprocess,  # noqa: E402
-                     print_table, write)
+from harness import child_main, in_subprocess, PAPER_MEMORY_MB, parser, print_table, result_path, write
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_device_arg(ap)
+    ap = parser(__doc__, "paper_memory", device=True)
     ap.add_argument("--only", nargs="+", default=None, metavar="SETTING")
     args = ap.parse_args()
     base = {"model": "gpt2-small", "batch": 32, "seq": 64, "n_train": 32, "device": args.device}
@@ -60,8 +55,8 @@ def main() -> None:
     print_table(rows, ["setting", "median_step_s", "model_rss_mb", "peak_rss_mb", "cuda_peak_mb", "vs_paper_6270"])
     print("paper (GPU, batch 32): " + ", ".join(f"{k} {v:,} MB" for k, v in PAPER_MEMORY_MB.items()))
     if args.only:  # keep the other rows of the last full run
-        rows = merge_rows(Path(args.out) if args.out else RESULTS / "paper_memory.json", rows)
-    write("paper_memory", {"target_mb": 2000, "paper_mb": PAPER_MEMORY_MB, "results": rows}, args.out)
+        rows = merge_rows(result_path("paper_memory", args.out, args.tag), rows)
+    write("paper_memory", {"target_mb": 2000, "paper_mb": PAPER_MEMORY_MB, "results": rows}, args.out, args.tag)
 
 
 def merge_rows(path: Path, rows: list[dict]) -> list[dict]:

@@ -11,20 +11,15 @@ and the strongest component it does not keep. Writes ``results/patching_referenc
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, write  # noqa: E402
+from harness import parser, RESULTS, write
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, "patching_reference", device=True)
     ap.add_argument("--tasks", nargs="+", default=["ioi", "gt", "gp"], choices=["ioi", "gt", "gp"])
     ap.add_argument("--pairs", type=int, default=64)
-    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
 
     import mgnp_lens as mg
@@ -42,7 +37,7 @@ def main() -> None:
         out[name] = {"pairs": args.pairs, "seconds": time.perf_counter() - t0,
                      "ranking": ranks.to_dict(orient="records"), "top_effects": effects.head(20).to_dict(orient="records"),
                      "effects": effects.to_dict(orient="records")}
-    write("patching_reference", {"model": "smollm2-135m", "split": "train", "tasks": out})
+    write("patching_reference", {"model": "smollm2-135m", "split": "train", "tasks": out}, args.out, args.tag)
 
 
 if __name__ == "__main__":

@@ -35,8 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, peak_rss_mb, write  # noqa: E402
+from harness import parser, peak_rss_mb, result_path, write
 
 METHODS = ("mgnp", "coarse", "eap", "sp", "acdc")
 TASKS = ("ioi", "gt", "gp")
@@ -268,7 +267,7 @@ def evaluate_all(name: str, results: dict, args) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, "peers")
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--n-train", type=int, default=192)
@@ -278,7 +277,6 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=240, help="mgnp-lens's and coarse's training steps (the CLI's 240)")
     ap.add_argument("--crosscheck", action="store_true", help="with eap: mgnp-lens's node set patched by both")
     ap.add_argument("--reuse", action="store_true", help="keep the workers' results already in runs/peers/")
-    ap.add_argument("--tag", default=None, help="write results/archive/peers_TAG.json (a variant) instead")
     ap.add_argument("--add", action="store_true",
                     help="keep the other tasks already in the results file (run with the same settings)")
     ap.add_argument("--worker", choices=METHODS, default=None, help=argparse.SUPPRESS)
@@ -298,7 +296,7 @@ def main() -> None:
                                               for m, r in results.items()},
                      "scores": {m: {"heads": r["heads"], "mlps": r["mlps"]} for m, r in results.items() if "heads" in r},
                      "evaluations": evaluate_all(name, results, args)}
-        write("peers", {**_settings(args), "tasks": out}, tag=args.tag)
+        write("peers", {**_settings(args), "tasks": out}, args.out, args.tag)
 
 
 def _settings(args) -> dict:
@@ -308,7 +306,7 @@ def _settings(args) -> dict:
 
 def _earlier_tasks(args) -> dict:
     """The tasks of the results file that ``--add`` keeps; refused if they ran with other settings."""
-    path = RESULTS / "archive" / f"peers_{args.tag}.json" if args.tag else RESULTS / "peers.json"
+    path = result_path("peers", args.out, args.tag)
     if not path.exists():
         return {}
     old = json.loads(path.read_text())

@@ -13,14 +13,10 @@ runs each step in micro-batches (autocast then casts every weight once per micro
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ab_speedup, add_device_arg, print_table, write  # noqa: E402
-from hook_overhead import setup  # noqa: E402
+from harness import ab_speedup, parser, print_table, write
+from hook_overhead import setup
 
 
 def measure(name: str, device: str, rounds: int, micro_batch: int | None) -> dict:
@@ -50,16 +46,15 @@ def measure(name: str, device: str, rounds: int, micro_batch: int | None) -> dic
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, "precast_weights", device=True)
     ap.add_argument("--models", default="default,gpt2-small")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--micro-batch", type=int, default=None)
-    add_device_arg(ap)
     args = ap.parse_args()
     rows = [measure(m, args.device, args.rounds, args.micro_batch) for m in args.models.split(",")]
     print_table(rows, ["model", "micro_batch", "step_cast_every_pass_s", "step_precast_s", "step_speedup",
                        "step_speedup_of_best_rounds", "identical_training"])
-    write("precast_weights", {"results": rows}, args.out)
+    write("precast_weights", {"results": rows}, args.out, args.tag)
 
 
 if __name__ == "__main__":

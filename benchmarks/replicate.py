@@ -14,14 +14,12 @@ GPT-2 small numbers are printed beside ours for scale.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine, write  # noqa: E402
+from harness import machine, parser, RESULTS, write
 
 ROOT = Path(__file__).resolve().parents[1]
 NEURON_SHARE = {"attn_neuron": ("attn_head", "d_head"), "mlp_hidden": ("mlp_block", "d_mlp"),
@@ -319,12 +317,10 @@ def render(payload: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, "replicate", device=True)
     ap.add_argument("--tasks", default="ioi,gp,gt")
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--n-test", type=int, default=128)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", default=str(RESULTS / "replicate.json"))
     ap.add_argument("--md", default=str(ROOT / "docs" / "results.md"))
     ap.add_argument("--md-only", action="store_true", help="only re-render --md from --out")
     ap.add_argument("--append", action="store_true", help="add/replace these tasks in an existing --out JSON")

@@ -11,12 +11,8 @@ layer sweep. The growth exponent is the least-squares slope of log(time) on log(
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_device_arg, child_main, in_subprocess, log_fit, print_table, write  # noqa: E402
+from harness import child_main, in_subprocess, log_fit, parser, print_table, write
 
 BASE_SHAPE = {"n_layers": 4, "d_model": 256, "d_head": 64, "n_heads": 4, "d_mlp": 1024, "d_vocab": 8192}
 BASE = {"batch": 16, "seq": 32}
@@ -43,8 +39,7 @@ def point(kind: str, var: str, value: int, device: str) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_device_arg(ap)
+    ap = parser(__doc__, "scaling", device=True)
     args = ap.parse_args()
     rows, fits = [], []
     plan = [("gpt2-small", var, v) for var, vals in SWEEPS.items() for v in vals]
@@ -63,7 +58,7 @@ def main() -> None:
     print_table(fits, ["kind", "var", "time_exponent", "memory_exponent"])
     write("scaling", {"base_shape": BASE_SHAPE, "base_run": BASE, "points": rows, "fits": fits,
                       "note": "memory exponent is fitted on peak RSS minus the RSS after building the model"},
-          args.out)
+          args.out, args.tag)
 
 
 if __name__ == "__main__":

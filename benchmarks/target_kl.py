@@ -13,15 +13,11 @@ again are kept.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 import warnings
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, peak_rss_mb, write  # noqa: E402
+from harness import parser, peak_rss_mb, RESULTS, write
 
 
 def _earlier(name: str, tag: str | None, same: dict) -> dict:
@@ -34,15 +30,13 @@ def _earlier(name: str, tag: str | None, same: dict) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, "target_kl", device=True)
     ap.add_argument("--tasks", nargs="+", default=["ioi", "gt", "gp"], choices=["ioi", "gt", "gp"])
     ap.add_argument("--target-kl", type=float, default=0.2)
     ap.add_argument("--target-sparsity", type=float, default=None,
                     help="run the size target instead: this fraction of attention heads pruned")
     ap.add_argument("--steps", type=int, default=240)
     ap.add_argument("--n-test", type=int, default=512)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--tag", default=None)
     args = ap.parse_args()
 
     import mgnp_lens as mg
@@ -71,7 +65,7 @@ def main() -> None:
         print(name, r.target, r.selection["step"], r.circuit.counts()["attn_head"], "heads")
         print(r.evaluations()[["split", "kl", "recovered"]].to_string(index=False))
         # after every task: a stopped benchmark keeps the tasks it finished
-        write(name_, {**settings, "peak_rss_mb": peak_rss_mb(), "tasks": rows}, tag=args.tag)
+        write(name_, {**settings, "peak_rss_mb": peak_rss_mb(), "tasks": rows}, args.out, args.tag)
 
 
 if __name__ == "__main__":

@@ -7,21 +7,15 @@ Also reports the empty circuit (the corrupted run) so the size of the effect is 
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write  # noqa: E402
+from harness import parser, write
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = parser(__doc__, "task_baselines", device=True)
     ap.add_argument("--model", default=None)
-    ap.add_argument("--device", default="cpu")
     ap.add_argument("--max-test", type=int, default=None, help="cap on test pairs per task (default: paper sizes)")
-    ap.add_argument("--out", default=None)
     args = ap.parse_args()
     import mgnp_lens as mg
     from mgnp_lens.tasks import _data
@@ -43,7 +37,7 @@ def main() -> None:
     for k, r in rows.items():
         print(f"{k:<5}{r['n_test']:>8}{r['full_model']:>12.3f}{r['corrupted_run']:>11.3f}{r['paper_gpt2_base']:>13.3f}"
               f"  {r['metric']}")
-    write("task_baselines", {"model": args.model or "smollm2-135m", "tasks": rows}, args.out)
+    write("task_baselines", {"model": args.model or "smollm2-135m", "tasks": rows}, args.out, args.tag)
 
 
 if __name__ == "__main__":

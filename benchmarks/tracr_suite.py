@@ -13,15 +13,10 @@ optimizer change on the same suite; the default-settings table in docs/tracr.md 
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 import warnings
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write  # noqa: E402
+from harness import parser, settings_of, write
 
 #: A circuit is faithful when its test loss is at most this (exactly the full model up to float rounding).
 LOSS_ZERO = 1e-6
@@ -67,18 +62,15 @@ def node_cost_settings(program, ablation: str, fraction: float) -> dict:
 def main() -> None:
     from mgnp_lens.tasks import tracr
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, "tracr_suite", settings=True)
     ap.add_argument("--programs", nargs="+", default=list(tracr.LIBRARY), choices=list(tracr.LIBRARY))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--ablations", nargs="+", default=list(tracr.TRUTH_ABLATIONS), choices=tracr.TRUTH_ABLATIONS)
-    ap.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=JSON",
-                    help="override a PruningConfig field, e.g. --set lr=0.1")
     ap.add_argument("--node-cost", type=float, default=None, metavar="FRACTION",
                     help="instead of the auto target: fixed λ scaled so the costliest node (a head with its block "
                          "share and neurons, or an MLP with its neurons) costs FRACTION of the loss at stake")
-    ap.add_argument("--tag", default=None, help="write results/archive/tracr_suite_TAG.json instead")
     args = ap.parse_args()
-    settings = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.settings)}
+    settings = settings_of(args)
 
     rows = []
     for name in args.programs:
@@ -96,7 +88,8 @@ def main() -> None:
     summary = {"runs": len(rows), "exact": sum(r["exact"] for r in rows), "exact_and_faithful": both,
                "converged": sum(bool(r["converged"]) for r in rows)}
     print(summary)
-    write("tracr_suite", {"settings": settings, "node_cost": args.node_cost, "seeds": args.seeds, "summary": summary, "runs": rows}, tag=args.tag)
+    write("tracr_suite", {"settings": settings, "node_cost": args.node_cost, "seeds": args.seeds, "summary": summary,
+                          "runs": rows}, args.out, args.tag)
 
 
 if __name__ == "__main__":

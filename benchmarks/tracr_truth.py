@@ -12,14 +12,10 @@ the corrupted ablation only).
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 import warnings
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write  # noqa: E402
+from harness import parser, write
 
 
 #: Each setting's discover() arguments, from the loss at stake and --steps.
@@ -32,12 +28,11 @@ SETTINGS = {
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, "tracr_truth")
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--ablations", nargs="+", default=["corrupted", "zero", "mean"], choices=["corrupted", "zero", "mean"])
-    ap.add_argument("--tag", default=None, help="write results/archive/tracr_truth_TAG.json instead")
     args = ap.parse_args()
 
     import mgnp_lens as mg
@@ -68,7 +63,7 @@ def main() -> None:
                                  if ablation == "corrupted" else None,
                                  "seconds": time.perf_counter() - t0})
                     print(name, ablation, setting, seed, heads, mlps, f"{r.evaluation.objective:.2e}")
-    write("tracr_truth", {"steps": args.steps, "seeds": args.seeds, "runs": rows}, tag=args.tag)
+    write("tracr_truth", {"steps": args.steps, "seeds": args.seeds, "runs": rows}, args.out, args.tag)
 
 
 if __name__ == "__main__":

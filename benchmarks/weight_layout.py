@@ -15,15 +15,11 @@ shared machine, the ratio of each side's fastest round). The results of both lay
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ab_speedup, add_device_arg, print_table, step_seconds, write  # noqa: E402
-from hook_overhead import setup  # noqa: E402
+from harness import ab_speedup, parser, print_table, step_seconds, write
+from hook_overhead import setup
 
 
 def row_major(model) -> None:
@@ -87,16 +83,15 @@ def measure(name: str, device: str, rounds: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, "weight_layout", device=True)
     ap.add_argument("--models", default="gpt2-small,default")
     ap.add_argument("--rounds", type=int, default=6)
-    add_device_arg(ap)
     args = ap.parse_args()
     rows = [measure(m, args.device, args.rounds) for m in args.models.split(",")]
     print_table(rows, ["model", "step_row_major_s", "step_fast_s", "step_speedup", "step_speedup_of_best_rounds",
                        "fwd_fp32_row_major_s", "fwd_fp32_fast_s", "fwd_speedup", "fwd_speedup_of_best_rounds",
                        "identical_logits"])
-    write("weight_layout", {"results": rows}, args.out)
+    write("weight_layout", {"results": rows}, args.out, args.tag)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,87 @@
-"""Shared helpers for the benchmark scripts: machine description and JSON output."""
+"""The benchmark harness: one way to declare a benchmark's arguments (:func:`parser`) and one result record
+(:func:`write`: the benchmark, when, the command, the code's commit and versions, the machine, then the payload),
+plus the set-ups several benchmarks share.
+
+A script runs as ``python benchmarks/NAME.py ...``; Python puts ``benchmarks/`` first on the path, so it imports
+this module as ``harness``. Each writes ``benchmarks/results/NAME.json`` (the current result, cited by the docs), or
+with ``--tag TAG`` a variant kept for the record, ``benchmarks/results/archive/NAME_TAG.json``.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import resource
+import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = RESULTS.parents[1]
+#: Packages whose versions every result records.
+VERSIONED = ("mgnp-lens", "torch", "transformer-lens", "transformers", "numpy")
+
+
+def parser(doc: str | None, name: str, device: bool = False, settings: bool = False) -> argparse.ArgumentParser:
+    """A benchmark's argument parser: its docstring as the description, and the options every benchmark has:
+    ``--out PATH`` (where the JSON goes) and ``--tag TAG`` (a variant: ``results/archive/NAME_TAG.json``); with
+    ``device`` also ``--device``, with ``settings`` also ``--set KEY=VALUE`` (a ``PruningConfig`` field, repeatable;
+    read with :func:`settings_of`)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=None, help=f"JSON path (default benchmarks/results/{name}.json)")
+    ap.add_argument("--tag", default=None, help=f"a variant: write benchmarks/results/archive/{name}_TAG.json")
+    if device:
+        ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    if settings:
+        ap.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a PruningConfig field (value parsed as JSON when it can be); repeatable")
+    return ap
+
+
+def settings_of(args) -> dict:
+    """``--set KEY=VALUE`` items as ``PruningConfig`` overrides (the CLI's parser; exits naming a bad item)."""
+    from mgnp_lens.config import parse_overrides
+
+    try:
+        return parse_overrides(args.settings)
+    except ValueError as e:
+        raise SystemExit(f"--set: {e}") from None
+
+
+def versions() -> dict:
+    """The installed versions of :data:`VERSIONED` and Python."""
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0]}
+    for package in VERSIONED:
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = None
+    return out
+
+
+def commit() -> dict:
+    """The repository's commit and whether the working tree had changes (None outside a git checkout)."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=10)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return {"commit": None, "dirty": None}
+        return {"commit": head.stdout.strip(), "dirty": bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def record(name: str) -> dict:
+    """The head of every result: benchmark, when (UTC), command, code (commit, dirty), versions, machine."""
+    return {"benchmark": name, "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(["python", *sys.argv]), "code": commit(), "versions": versions(), "machine": machine()}
 
 
 def machine() -> dict:
@@ -64,14 +135,17 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def write(name: str, payload: dict, out: str | None = None, tag: str | None = None) -> Path:
-    """Write a benchmark's JSON: ``results/NAME.json`` (the current result), or with ``tag`` (a variant,
-    kept for the record) ``results/archive/NAME_TAG.json``; ``out`` overrides both."""
+def result_path(name: str, out: str | None = None, tag: str | None = None) -> Path:
+    """Where a result goes: ``out``, else ``results/archive/NAME_TAG.json`` with a ``tag``, else ``results/NAME.json``."""
     tag = tag.lstrip("_") if tag else None
-    path = Path(out) if out else RESULTS / "archive" / f"{name}_{tag}.json" if tag else RESULTS / f"{name}.json"
+    return Path(out) if out else RESULTS / "archive" / f"{name}_{tag}.json" if tag else RESULTS / f"{name}.json"
+
+
+def write(name: str, payload: dict, out: str | None = None, tag: str | None = None) -> Path:
+    """Write a benchmark's JSON (:func:`result_path`): the :func:`record`, then ``payload``."""
+    path = result_path(name, out, tag)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"benchmark": name, "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "machine": machine(), **payload}
+    payload = {**record(name), **payload}
     path.write_text(json.dumps(payload, indent=2))
     print(f"wrote {path}")
     return path
@@ -89,11 +163,6 @@ def log_fit(xs, ys) -> tuple[float, float]:
     mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
     slope = sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
     return slope, my - slope * mx
-
-
-def add_device_arg(parser) -> None:
-    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
-    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/NAME.json)")
 
 
 def shaped_model(kind: str = "gpt2-small", device: str = "cpu", **overrides):
@@ -275,11 +344,11 @@ def child_main(child=None) -> bool:
     return False
 
 
-def add_round_args(parser, name: str, rounds: int, steps: int) -> None:
-    """The options of the alternating-rounds step benchmarks (``ab_versions.py``, ``compiled_blocks.py``)."""
-    parser.add_argument("--models", default="default,gpt2-small")
-    parser.add_argument("--rounds", type=int, default=rounds)
-    parser.add_argument("--steps", type=int, default=steps)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--tag", default="", help=f"a variant: write results/archive/{name}_TAG.json")
-    add_device_arg(parser)
+def round_parser(doc: str | None, name: str, rounds: int, steps: int) -> argparse.ArgumentParser:
+    """:func:`parser` with the options of the alternating-rounds step benchmarks (``ab_versions.py``,
+    ``compiled_blocks.py``)."""
+    ap = parser(doc, name, device=True, settings=True)
+    ap.add_argument("--models", default="default,gpt2-small")
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--steps", type=int, default=steps)
+    return ap

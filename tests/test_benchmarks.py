@@ -1,0 +1,78 @@
+"""The benchmark harness: every script declares its arguments and writes its JSON one way, every result says how it
+was made, and every committed result is cited by a page."""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+SCRIPTS = sorted(p for p in BENCH.glob("*.py") if p.name != "harness.py")
+PAGES = ["README.md", "docs/**/*.md", "benchmarks/*.py", "notebooks/*.ipynb"]
+
+
+@pytest.fixture(scope="module")
+def harness():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import harness
+        yield harness
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_every_script_takes_its_options_and_writes_its_json_through_the_harness():
+    for path in SCRIPTS:
+        text = path.read_text()
+        assert "ArgumentParser(" not in text, f"{path.name} builds its own parser (use harness.parser)"
+        assert "sys.path.insert(0, str(Path(__file__)" not in text and "_common" not in text, path.name
+        assert re.search(r"\b(round_)?parser\(__doc__, \"\w+\"", text), f"{path.name} has no harness.parser"
+        assert re.search(r"\bwrite\(", text), f"{path.name} writes no result"
+
+
+def test_a_result_records_the_command_the_code_and_the_versions(harness, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["benchmarks/x.py", "--tag", "t"])
+    args = harness.parser("doc", "x", device=True, settings=True).parse_args(["--set", "lr=0.1", "--tag", "t"])
+    assert harness.settings_of(args) == {"lr": 0.1} and args.device == "cpu"
+    assert harness.result_path("x", None, args.tag) == BENCH / "results" / "archive" / "x_t.json"
+    path = harness.write("x", {"value": 1}, str(tmp_path / "x.json"), args.tag)
+    saved = json.loads(path.read_text())
+    assert saved["benchmark"] == "x" and saved["value"] == 1 and saved["command"] == "python benchmarks/x.py --tag t"
+    assert re.fullmatch(r"[0-9a-f]{40}", saved["code"]["commit"]) and isinstance(saved["code"]["dirty"], bool)
+    assert saved["versions"]["mgnp-lens"] and saved["versions"]["torch"] and saved["machine"]["cpus"]
+    with pytest.raises(SystemExit, match="--set: .*unknown PruningConfig field"):
+        harness.settings_of(harness.parser(None, "x", settings=True).parse_args(["--set", "lrr=1"]))
+
+
+def _expand(token: str) -> list[str]:
+    m = re.search(r"\{([^}]*)\}", token)
+    if not m:
+        return [token]
+    return list(itertools.chain.from_iterable(_expand(token[:m.start()] + alt + token[m.end():])
+                                              for alt in m.group(1).split(",")))
+
+
+def test_every_committed_result_is_cited_by_a_page():
+    text = "\n".join(p.read_text() for pattern in PAGES for p in ROOT.glob(pattern))
+    patterns = {e.split("/")[-1] for tok in re.findall(r"[\w./*{},-]+", text) if ("*" in tok or "{" in tok)
+                for e in _expand(tok) if e.endswith(".json")}
+    results = [*BENCH.glob("results/*.json"), *BENCH.glob("results/archive/*.json")]
+    assert len(results) > 20
+    uncited = [p.relative_to(ROOT).as_posix() for p in results if p.stem not in text and not any(
+        fnmatch.fnmatch(p.name, pat) for pat in patterns if len(pat.replace("*", "")) > 8)]
+    assert not uncited, f"results no page cites (cite them or delete them): {uncited}"
+
+
+@pytest.mark.slow
+def test_every_script_answers_help():
+    for path in SCRIPTS:
+        proc = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and "--out" in proc.stdout and "--tag" in proc.stdout, (path.name, proc.stderr)
