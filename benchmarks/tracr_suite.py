@@ -41,7 +41,8 @@ def run_one(program, ablation: str, seed: int, settings: dict) -> dict:
             "loss": r.evaluation.objective, "faithful": r.evaluation.objective <= LOSS_ZERO,
             "converged": conv.get("converged"), "returned_step": conv.get("returned_step"),
             "steps": r.steps_completed, "final_state": conv.get("final_state"), "seconds": seconds,
-            "counts": r.circuit.counts(), "auto_target": r.meta.get("auto_target")}
+            "counts": r.circuit.counts(), "repairs": conv.get("repairs", []),
+            "small_model_regime": r.meta.get("auto_target")}
 
 
 def node_cost_settings(program, ablation: str, fraction: float) -> dict:
@@ -82,11 +83,13 @@ def main() -> None:
                 rows.append(row)
                 print(f"{name:14s} {ablation:9s} seed {seed}: exact={row['exact']!s:5} loss={row['loss']:.2g} "
                       f"found {row['heads']} {row['mlps']} (truth {row['truth_heads']} {row['truth_mlps']}) "
-                      f"converged={row['converged']} step {row['returned_step']}/{row['steps']} "
+                      f"converged={row['converged']} repairs={row['repairs']} step {row['returned_step']}/{row['steps']} "
                       f"{row['seconds']:.1f} s", flush=True)
     both = sum(r["exact"] and r["faithful"] for r in rows)
     summary = {"runs": len(rows), "exact": sum(r["exact"] for r in rows), "exact_and_faithful": both,
-               "converged": sum(bool(r["converged"]) for r in rows)}
+               "converged": sum(bool(r["converged"]) for r in rows),
+               "repaired": sum(bool(r["repairs"]) for r in rows),
+               "exact_and_faithful_unrepaired": sum(r["exact"] and r["faithful"] and not r["repairs"] for r in rows)}
     print(summary)
     write("tracr_suite", {"settings": settings, "node_cost": args.node_cost, "seeds": args.seeds, "summary": summary,
                           "runs": rows}, args.out, args.tag)

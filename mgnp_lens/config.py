@@ -41,10 +41,10 @@ CONCERNS: dict[str, tuple[str, tuple[str, ...]]] = {
          "weight_decay", "betas", "adam_eps", "log_alpha_clamp", "hard_concrete", "mask_per_example",
          "noise_warmup_steps", "noise_warmup_granularities", "neuron_start")),
     "objective": ("what is pruned, against what, at which price",
-        ("granularities", "ablation", "lambdas", "lambda_scale", "lambda_warmup_steps", "l0_penalty")),
+        ("granularities", "ablation", "lambdas", "lambda_scale", "lambda_warmup_steps", "penalty_start", "l0_penalty")),
     "targets": ("a faithfulness or size asked for, the validation checks, and which circuit is returned",
         ("target_kl", "target_sparsity", "auto_target_fraction", "target_rate", "validate_every",
-         "validate_max_examples", "select")),
+         "validate_max_examples", "select", "confirm")),
     "speed": ("how fast and in how much memory (the same circuit up to float rounding)",
         ("corruption", "precompute", "micro_batch_size", "autocast", "precast_weights", "skip_dead_sites", "compile")),
     "evaluation": ("what is measured at the end",
@@ -96,6 +96,10 @@ class PruningConfig:
         lambdas: per-granularity sparsity weights λ_g (the paper's Appendix C; missing names keep theirs).
         lambda_scale: multiplies every λ (1.0; for sweeps).
         lambda_warmup_steps: λ ramps linearly from 0 to full over this many steps (0: none).
+        penalty_start: no L0 penalty before this step (0). Adam moves a gate that gets no KL gradient (a saturated
+            one, before the noise is up) at its full rate whatever the penalty's size, so a penalty that starts with
+            the noise closes everything together; the small-model regime (``auto_target_fraction``) starts it
+            after the noise warm-up.
         l0_penalty: ``"gate"`` (the paper: each gate's P(z > 0)) or ``"path"`` (times its ancestors').
         target_kl: ask for the smallest circuit whose KL stays within this many nats instead of fixed λ:
             the λ are scaled during training by dual ascent (see :mod:`mgnp_lens.targets`); validation
@@ -103,10 +107,13 @@ class PruningConfig:
             not changed for 3 checks and meets the target; the end reports met or not met (None: off).
         target_sparsity: ``{granularity: fraction of its nodes to prune}``, each λ_g scaled to reach it
             (None: off; not together with ``target_kl``).
-        auto_target_fraction: where fixed λ can only prune everything (keeping one head would cost more than
-            the whole loss at stake, the empty circuit's loss on the validation pairs, as on tracr's toy
-            models), ask instead for ``target_kl`` = this fraction of the loss at stake, and warn that it did
-            (0.1; None: keep λ). Never applies with ``target_kl`` or ``target_sparsity`` set.
+        auto_target_fraction: the small-model regime. Where the configured λ can only prune everything (keeping
+            one head would cost more than the whole loss at stake, the empty circuit's loss on the validation pairs,
+            as on tracr's compiled models), scale λ so that keeping every node costs this fraction of the loss at
+            stake, return the final state (the scaled λ are fixed, so the run can converge), and train as measured
+            on the tracr suite: noise warm-up on every granularity, ``log α`` initialised in U(3, 4), the penalty
+            from the end of the noise warm-up, and ``confirm``; a warning lists what was set (0.1; None: keep λ).
+            Never applies with ``target_kl`` or ``target_sparsity`` set. See docs/tracr.md.
         target_rate: how fast the targets move the λ: the largest change of log-multiplier per step (0.05).
         validate_every: every this many steps (and after the last), the hard circuit's float32 KL and
             metric on ``validate_max_examples`` validation pairs go into the history (None: off).
@@ -132,6 +139,11 @@ class PruningConfig:
         compile: run the training passes' blocks under ``torch.compile`` (see
             :func:`mgnp_lens.speedups.use_compile`): ``"auto"`` (long runs where TorchInductor can build),
             ``True`` or ``False``.
+        confirm: after training, check the binarised circuit against every single discrete repair (a kept node's
+            pruned neurons restored, a pruned head or MLP added) on the validation pairs and apply the best while it
+            lowers the validation loss by more than 1% of the loss at stake (:mod:`mgnp_lens.confirm`); the gates
+            are opened to match, so the returned circuit stays the final state (False; the small-model regime sets
+            it). A round costs one masked pass per candidate: seconds on a tracr model, minutes on SmolLM2.
         eval_split: split evaluated at the end (``"test"``; ``None``: skip).
         eval_heldout: also evaluate the task's held-out splits (templates never trained or validated on,
             the other corruption, and both; see :mod:`mgnp_lens.tasks.task`) at the end (True).
@@ -176,6 +188,7 @@ class PruningConfig:
     lambdas: dict[str, float] = field(default_factory=lambda: dict(PAPER_LAMBDAS))
     lambda_scale: float = 1.0
     lambda_warmup_steps: int = 0
+    penalty_start: int = 0
     l0_penalty: str = "gate"
     # targets: a faithfulness or size asked for, the validation checks, and which circuit is returned
     target_kl: float | None = None
@@ -185,6 +198,7 @@ class PruningConfig:
     validate_every: int | None = None
     validate_max_examples: int = 128
     select: str = "validation"
+    confirm: bool = False
     # speed: how fast and in how much memory (the same circuit up to float rounding)
     corruption: str = "cache"
     precompute: str = "auto"
@@ -436,7 +450,7 @@ FIELD_RULES: dict[str, Rule] = {
     "lr_scales": _granularity_map(_number(0, low_open=True)), "batch_size": _integer(1),
     "micro_batch_size": _optional(_integer(1)),
     "lambdas": _granularity_map(_number(0), PAPER_LAMBDAS), "lambda_scale": _number(0),
-    "lambda_warmup_steps": _integer(0),
+    "lambda_warmup_steps": _integer(0), "penalty_start": _integer(0), "confirm": _boolean,
     "target_kl": _optional(_number(0, low_open=True)),
     "target_sparsity": _optional(_granularity_map(_number(0, 1, high_open=True))),
     "target_rate": _number(0, low_open=True),

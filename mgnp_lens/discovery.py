@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint, targets
 from .ablation import Ablation, Replacement
+from .confirm import confirm, open_gates
 from .circuit import Circuit, make_consistent
 from .config import PRECOMPUTE_MEMORY_FRACTION, PruningConfig
 from .evaluate import Evaluation, evaluate, evaluate_cached, task_loss
@@ -90,6 +91,8 @@ def discover(model, task, config: PruningConfig | None = None, *, resume_from=No
     except Exception as e:  # keep finished work, then re-raise with it attached
         run.roll_back()
         error = e
+    if error is None and not run.interrupted and run.config.confirm:
+        _confirm(model, task, run, data)  # discrete repairs on the validation pairs; the gates follow
     return _finish(model, task, run, data, error)  # binarised circuit, evaluations, run directory
 
 
@@ -393,7 +396,7 @@ def _train_step(model, interp: Interpolator, run: _Run, data: _Data, step: int) 
     for g in held:  # the first stage of a two-stage schedule: these gates wait, open, untrained and unpenalised
         masks[g] = torch.ones_like(masks[g])
     kl = _kl_backward(model, interp, masks, batch, _batch_targets(model, run, data, batch_cpu), config, run.fast)
-    factor = min(1.0, (step + 1) / config.lambda_warmup_steps) if config.lambda_warmup_steps else 1.0
+    factor = _penalty_factor(config, step)
     # per-gate P(z > 0) (times its ancestors' with l0_penalty="path"), shared by the loss and the history
     expected_l0 = gates.expected_l0(path=config.l0_penalty == "path")
     l0 = {g: v.mean() for g, v in expected_l0.items()}
@@ -419,6 +422,14 @@ def _train_step(model, interp: Interpolator, run: _Run, data: _Data, step: int) 
         density = {g: row[f"l0_{g}"] for g in gates.trainable}
         row.update({f"scale_{g}": s for g, s in targets.update_scales(config, scales, density).items()})
     return row
+
+
+def _penalty_factor(config: PruningConfig, step: int) -> float:
+    """How much of the L0 penalty applies at 0-based ``step``: none before ``penalty_start``, then the λ warm-up's
+    linear ramp (full without one)."""
+    if step < config.penalty_start:
+        return 0.0
+    return min(1.0, (step + 1) / config.lambda_warmup_steps) if config.lambda_warmup_steps else 1.0
 
 
 def _batch_targets(model, run: _Run, data: _Data, batch) -> _BatchTargets:
@@ -548,6 +559,8 @@ def _convergence(run: _Run, result: DiscoveryResult) -> dict:
         met = targets.sparsity_gap(config, final) <= targets.SPARSITY_TOLERANCE
     returned = sel.get("step") if sel.get("select") == "validation" else None
     out = targets.convergence(config, run.rows, run.step, met, returned)
+    if "confirmation" in run.meta:  # repairs after training: the returned circuit is the gates' final state with them
+        out["repairs"] = list(run.meta["confirmation"]["repairs"])
     if not out["converged"]:
         missed = " and its final circuit misses the target" if met is False else ""
         warnings.warn(f"the run did not converge: its hard circuit was stable for the last {out['stable_steps']} of "
@@ -556,10 +569,37 @@ def _convergence(run: _Run, result: DiscoveryResult) -> dict:
     return out
 
 
+def _confirm(model, task, run: _Run, data: _Data) -> None:
+    """The confirmation phase (``confirm``, :mod:`mgnp_lens.confirm`): the binarised circuit repaired on the validation
+    pairs, the gates opened to match (so the returned circuit is still the final state), what was done in
+    ``meta["confirmation"]``. Ctrl-C skips it (the trained circuit is kept, unconfirmed, with a warning)."""
+    config = run.config
+    circuit = Circuit(run.dims, run.gates.binarize(), task=run.task.describe())
+    try:
+        with run.phases("confirm"):
+            fixed, record = confirm(model, task, circuit, data.replacement, config.validate_max_examples,
+                                    config.eval_batch_size)
+    except KeyboardInterrupt:
+        warnings.warn("interrupted during the confirmation phase: the trained circuit is kept unconfirmed",
+                      stacklevel=4)
+        return
+    open_gates(run.gates, fixed)
+    run.meta["confirmation"] = record.to_dict()
+    run.last = run.capture()  # the saved state is the confirmed one
+
+
+#: What the small-model regime sets besides λ (``auto_target_fraction``; the evidence is docs/tracr.md): the noise
+#: warm-up on every granularity, gates initialised well open, the penalty from the end of the noise warm-up (before
+#: it Adam closes every gate without a KL gradient together), and the confirmation phase.
+SMALL_MODEL_SETTINGS = {"noise_warmup_granularities": None, "hard_concrete": {"init_low": 3.0, "init_high": 4.0},
+                        "confirm": True}
+
+
 def _auto_target(model, task, dims: ModelDims, config: PruningConfig) -> tuple[PruningConfig, dict | None]:
-    """``config`` with ``target_kl`` set to ``auto_target_fraction`` of the loss at stake where fixed λ can only
-    prune everything: keeping one head costs more than the empty circuit's loss on the validation pairs. Also
-    returns what was measured (None when λ stays)."""
+    """``config`` in the small-model regime where the configured λ can only prune everything (keeping one head costs
+    more than the empty circuit's loss on the validation pairs): λ scaled so that keeping every node costs
+    ``auto_target_fraction`` of that loss at stake, and :data:`SMALL_MODEL_SETTINGS`. Also returns what was measured
+    and set (None when the config stays)."""
     fraction = config.auto_target_fraction
     if fraction is None or config.target_kl is not None or config.target_sparsity or \
             "attn_head" not in config.granularities:
@@ -577,13 +617,20 @@ def _auto_target(model, task, dims: ModelDims, config: PruningConfig) -> tuple[P
                             max_examples=n, ablation=config.ablation).objective
     if not one_head > at_stake > 0:
         return config, None
-    target = fraction * at_stake
+    everything = sum(config.lambdas.get(g, 0.0) for g in config.granularities if g in dims.granularities)
+    scale = fraction * at_stake / everything  # Σ_g λ_g · scale: the penalty of the whole model
+    hard_concrete = {**config.to_dict()["hard_concrete"], **SMALL_MODEL_SETTINGS["hard_concrete"]}
+    settings = {**SMALL_MODEL_SETTINGS, "hard_concrete": hard_concrete, "lambda_scale": scale, "penalty_start": config.noise_warmup_length,
+                "select": "last", "auto_target_fraction": None}  # applied once: a resumed run keeps these
     warnings.warn(f"at these λ keeping one head costs {one_head:.3g} in the loss, more than the whole loss at stake "
                   f"({at_stake:.3g}, the empty circuit's on {n} validation pairs), so fixed λ would prune everything; "
-                  f"asking for target_kl={target:.3g} ({fraction:g} of the loss at stake) instead "
-                  "(auto_target_fraction=None keeps λ)", stacklevel=4)
-    config = PruningConfig.from_dict({**config.to_dict(), "target_kl": target})
-    return config, {"loss_at_stake": at_stake, "one_head_cost": one_head, "fraction": fraction, "target_kl": target}
+                  f"using the small-model regime instead: lambda_scale={scale:.3g} (keeping every node costs "
+                  f"{fraction:g} of the loss at stake), the final state returned, noise warm-up on every granularity, "
+                  f"log α initialised in U(3, 4), the penalty from step {config.noise_warmup_length}, and the "
+                  "confirmation phase (auto_target_fraction=None keeps λ)", stacklevel=4)
+    config = PruningConfig.from_dict({**config.to_dict(), **settings})
+    return config, {"loss_at_stake": at_stake, "one_head_cost": one_head, "fraction": fraction,
+                    "set": {k: v for k, v in config.to_dict().items() if k in settings}}
 
 
 def _warn_if_empty(run: _Run, result: DiscoveryResult) -> None:

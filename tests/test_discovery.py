@@ -313,25 +313,49 @@ def test_a_fixed_seed_micro_run_gives_the_recorded_circuit():
     assert got["test_kl"] == pytest.approx(want["test_kl"], rel=1e-4)
 
 
-def test_auto_target_only_where_fixed_lambda_would_prune_everything(gpt2_micro):
+def test_the_small_model_regime_only_where_fixed_lambda_would_prune_everything(gpt2_micro):
     """8 heads at 100x the paper's λ: keeping one costs 100 λ_head / 8 = 37.5, above this random model's loss at
-    stake, so the run asks for 10% of that loss instead; at the paper's λ, or with the fallback off, λ stays."""
+    stake, so the run scales λ until keeping every node costs 10% of that loss, and trains as the small-model regime
+    says; at the paper's λ, or with the fallback off, nothing changes."""
+    from mgnp_lens.discovery import SMALL_MODEL_SETTINGS
+    from mgnp_lens.granularity import PAPER_LAMBDAS
+
     clean, corrupted = random_pairs(gpt2_micro, n=60)
     task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0],
                                       split_fractions={"train": 0.5, "validation": 0.5})
-    kw = dict(steps=2, batch_size=4, progress=False, eval_split=None)
-    with pytest.warns(UserWarning, match=r"keeping one head costs 37\.5 .* asking for target_kl="):
+    kw = dict(steps=24, batch_size=4, progress=False, eval_split=None)
+    with pytest.warns(UserWarning, match=r"keeping one head costs 37\.5 .* using the small-model regime"):
         r = mg.discover(gpt2_micro, task, lambda_scale=100, **kw)
     auto = r.meta["auto_target"]
     assert auto["one_head_cost"] == pytest.approx(37.5) and auto["one_head_cost"] > auto["loss_at_stake"] > 0
-    assert r.config.target_kl == pytest.approx(0.1 * auto["loss_at_stake"]) and r.target["target_kl"] == r.config.target_kl
+    everything = sum(PAPER_LAMBDAS[g] for g in r.config.granularities if g in r.circuit.dims.granularities)
+    assert everything * r.config.lambda_scale == pytest.approx(0.1 * auto["loss_at_stake"])
+    assert r.config.target_kl is None and r.config.auto_target_fraction is None and r.config.select == "last"
+    assert r.config.penalty_start == r.config.noise_warmup_length == 10 and r.config.confirm
+    assert r.config.noise_warmup_granularities is None and r.config.hard_concrete.init_low == 3.0
+    assert set(auto["set"]) == {*SMALL_MODEL_SETTINGS, "lambda_scale", "penalty_start", "select",
+                                "auto_target_fraction"}
+    assert "confirmation" in r.meta and r.meta["convergence"]["final_state"]
+    assert "repairs" in r.meta["convergence"]
     for off in (dict(lambda_scale=1), dict(lambda_scale=100, auto_target_fraction=None),
                 dict(lambda_scale=100, target_sparsity={"attn_head": 0.5})):
         r = mg.discover(gpt2_micro, task, **kw, **off)
-        assert "auto_target" not in r.meta and r.config.target_kl is None
+        assert "auto_target" not in r.meta and not r.config.confirm and "confirmation" not in r.meta
     train_only = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])  # no validation split
     r = mg.discover(gpt2_micro, train_only, lambda_scale=100, **kw)
-    assert "auto_target" not in r.meta and r.config.target_kl is None
+    assert "auto_target" not in r.meta and r.config.lambda_scale == 100
+
+
+def test_no_penalty_before_penalty_start(gpt2_micro):
+    """Before ``penalty_start`` the loss is the KL alone (the λ factor 0), after it the penalty applies in full."""
+    clean, corrupted = random_pairs(gpt2_micro, n=16)
+    task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
+    r = mg.discover(gpt2_micro, task, steps=6, batch_size=4, penalty_start=3, progress=False, eval_split=None)
+    assert r.history["lambda_factor"].tolist() == [0, 0, 0, 1, 1, 1]
+    np.testing.assert_allclose(r.history["loss"][:3], r.history["kl"][:3])
+    assert (r.history["loss"][3:] > r.history["kl"][3:]).all()
+    with pytest.raises(ValueError, match="penalty_start must be an integer >= 0"):
+        mg.PruningConfig(penalty_start=-1)
 
 
 def test_a_two_stage_schedule_holds_the_neuron_gates_open_and_untrained_until_their_stage():

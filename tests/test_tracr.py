@@ -4,6 +4,7 @@ known by construction."""
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -44,20 +45,26 @@ def test_all_ones_is_the_clean_run_and_all_zeros_the_corrupted_run(compiled):
 
 
 def test_discovery_with_default_settings_recovers_the_known_circuit_exactly(compiled):
-    """No λ, no target: the paper's λ cannot keep one head of these toys, so the run asks for 10% of the loss at
-    stake instead, says so, and finds exactly the known node set."""
+    """No λ, no target: the paper's λ cannot keep one head of these toys, so the run scales λ until keeping every node
+    costs 10% of the loss at stake (the small-model regime), says so, converges, and its final state is exactly the
+    known node set, as faithful as the full model."""
     c, task = compiled
-    with pytest.warns(UserWarning, match=r"keeping one head costs .* asking for target_kl="):
+    with pytest.warns(UserWarning, match=r"keeping one head costs .* using the small-model regime"):
         r = mg.discover(c.model, task, eval_heldout=False, progress=False)
     from mgnp_lens.discovery import AUTO_TARGET_PAIRS
+    from mgnp_lens.granularity import PAPER_LAMBDAS
 
     n = min(len(task.split("validation")), AUTO_TARGET_PAIRS)
     at_stake = mg.evaluate(c.model, task, mg.Circuit.empty(c.model), "validation", max_examples=n).objective
-    assert r.meta["auto_target"]["target_kl"] == pytest.approx(0.1 * at_stake)
-    assert r.target["target_kl"] == pytest.approx(0.1 * at_stake)
+    everything = sum(PAPER_LAMBDAS[g] for g in r.circuit.dims.granularities)
+    assert r.meta["auto_target"]["loss_at_stake"] == pytest.approx(at_stake)
+    assert everything * r.config.lambda_scale == pytest.approx(0.1 * at_stake) and r.target is None
     truth = TRACR_TRUTH[f"tracr-{c.name}"]
     assert set(r.circuit.active_heads()) == truth.heads and set(r.circuit.active_mlps()) == truth.mlps
-    assert r.target["met"] and r.evaluation.objective < 1e-6  # on the test pairs, exactly the full model
+    assert r.evaluation.objective < 1e-6  # on the test pairs, exactly the full model
+    conv = r.meta["convergence"]
+    assert conv["converged"] and conv["final_state"] and conv["returned_step"] == r.steps_completed
+    assert mg.Circuit(r.circuit.dims, r.gates.binarize()) == r.circuit  # the returned circuit is the gates' state
     scores = reference.compare(r.circuit, truth)
     assert (scores.loc[scores["class"] == "all", ["precision", "recall"]].to_numpy() == 1).all()
 
@@ -201,3 +208,83 @@ def test_a_short_run_says_it_did_not_converge():
     conv = r.meta["convergence"]
     assert conv["converged"] is False and conv["final_state"] and conv["returned_step"] == 5
     assert "hard_key" in r.history and r.history["hard_key"].notna().all()
+
+
+# ------------------------------------------------------------------------ the suite, default settings
+#: Where today's defaults fall short of the issue's goal (exact at loss 0, converged), as measured by
+#: benchmarks/tracr_suite.py (docs/tracr.md): hist under the zero ablation keeps one MLP neuron too few (test loss
+#: 0.002, 2% of the loss at stake; the validation pairs never exercise it), and sort under the corrupted ablation
+#: is repaired by the confirmation phase after neuron gates that were still moving. shuffle_dyck is not recovered.
+LOSS_ABOVE_ZERO = {("hist", "zero"): 0.05}
+MAY_NOT_CONVERGE = {("hist", "zero"), ("sort", "corrupted")}
+SUITE = [(name, ablation, seed) for name in tracr.LIBRARY if name != "shuffle_dyck"
+         for ablation in tracr.TRUTH_ABLATIONS for seed in (0, 1, 2)]
+
+
+@pytest.fixture(scope="module")
+def library():
+    return {}
+
+
+def _suite_run(library, name, ablation, seed):
+    p = library.setdefault(name, tracr.load(name))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return p, mg.discover(p.model, p.task, seed=seed, ablation=ablation, eval_heldout=False, progress=False)
+
+
+@pytest.mark.parametrize("name, ablation, seed", SUITE)
+def test_default_settings_recover_the_library_programs_exactly(library, name, ablation, seed):
+    p, r = _suite_run(library, name, ablation, seed)
+    truth = p.truth(ablation)
+    assert set(r.circuit.active_heads()) == truth.heads and set(r.circuit.active_mlps()) == truth.mlps
+    conv = r.meta["convergence"]
+    assert conv["final_state"] and conv["returned_step"] == r.steps_completed == 240
+    assert mg.Circuit(r.circuit.dims, r.gates.binarize()) == r.circuit  # the returned circuit is the final state
+    stake = r.meta["auto_target"]["loss_at_stake"]
+    assert r.evaluation.objective <= LOSS_ABOVE_ZERO.get((name, ablation), 1e-6 / stake) * stake
+    assert conv["converged"] or (name, ablation) in MAY_NOT_CONVERGE
+
+
+@pytest.mark.xfail(strict=True, reason="shuffle_dyck's heads are needed together and are lost early in training; "
+                                       "docs/tracr.md")
+@pytest.mark.parametrize("ablation", tracr.TRUTH_ABLATIONS)
+def test_shuffle_dyck_is_recovered_exactly(library, ablation):
+    p, r = _suite_run(library, "shuffle_dyck", ablation, 0)
+    assert set(r.circuit.active_heads()) == p.truth(ablation).heads
+
+
+def test_the_confirmation_restores_what_the_circuit_cannot_do_without_and_nothing_else():
+    """reverse, corrupted ablation: truth {L3H0}. With L3H0 removed, and with its attention neurons cut, one repair each
+    brings the circuit back to the truth; the truth itself needs none; the gates are opened to match."""
+    from mgnp_lens.ablation import Replacement
+    from mgnp_lens.confirm import candidates, confirm, open_gates
+    from mgnp_lens.gates import HardConcreteGates
+
+    p = tracr.load("reverse")
+    dims = mg.Circuit.empty(p.model).dims
+    truth = mg.Circuit.empty(dims)
+    for g in ("embedding", "attn_neuron", "mlp_hidden", "mlp_output"):
+        truth.masks[g][:] = True
+    truth.masks["attn_block"][3] = truth.masks["attn_head"][3, 0] = True
+    truth = mg.Circuit(dims, truth.masks)
+    rep = Replacement("corrupted")
+    fixed, record = confirm(p.model, p.task, truth, rep, None, 32)
+    assert fixed == truth and record.repairs == [] and record.loss_before == 0
+    no_head = mg.Circuit(dims, {**truth.masks, "attn_head": torch.zeros_like(truth.masks["attn_head"])})
+    assert len(candidates(no_head)) == dims.n_layers * (dims.n_heads + 1)  # every head and MLP can be added
+    fixed, record = confirm(p.model, p.task, no_head, rep, None, 32)
+    assert record.repairs == ["head 3.0"] and record.loss_after == 0 < record.loss_before
+    assert set(fixed.active_heads()) == {(3, 0)} and record.loss_at_stake > 0
+    cut = {g: v.clone() for g, v in truth.masks.items()}
+    cut["attn_neuron"][3, 0, : dims.d_head // 2] = False
+    fixed, record = confirm(p.model, p.task, mg.Circuit(dims, cut), rep, None, 32)
+    cost = mg.evaluate(p.model, p.task, mg.Circuit(dims, cut), "validation", ablation="corrupted").objective
+    assert cost > 0.01 * record.loss_at_stake  # half of L3H0's dimensions matter, and one repair restores them
+    assert record.repairs == ["neurons of head 3.0"] and fixed == truth
+    gates = HardConcreteGates(dims, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for la in gates.log_alpha.values():
+            la.fill_(-5.0)
+    open_gates(gates, truth)
+    assert mg.Circuit(dims, gates.binarize()) == truth

@@ -1,0 +1,122 @@
+"""The confirmation phase: the trained circuit checked, and repaired, on discrete changes, on held-out pairs.
+
+The gates are trained through a relaxation (partly open Hard-Concrete samples). On models whose MLPs compute
+discretised lookups (tracr's compiled programs) a partly open neuron puts the output far off, so the trained gates
+can close neurons, or a node, whose removal the binarised circuit cannot afford. The confirmation phase evaluates the
+binarised circuit against every single discrete repair, on the validation pairs:
+
+* a kept node's pruned neurons restored (a head's attention neurons; an MLP block's hidden and output neurons);
+* a pruned head or MLP block added with all its neurons (and its attention block).
+
+It applies the repair that lowers the validation loss most, if it lowers it by more than
+:data:`TOLERANCE` of the loss at stake (the empty circuit's), and repeats until no repair does. Each round is one
+:func:`mgnp_lens.evaluate.evaluate_many` over the candidates, so a round costs one masked pass per candidate and
+batch: seconds on a tracr model, minutes on a 30-layer one (hence ``confirm="auto"``: only in the small-model regime,
+:mod:`mgnp_lens.targets`). Evidence: docs/tracr.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .circuit import Circuit
+from .evaluate import evaluate_many
+
+#: A repair counts when it lowers the validation loss by more than this fraction of the loss at stake.
+TOLERANCE = 0.01
+#: ``log α`` given to the gates a repair opens, so that the gates binarise to the confirmed circuit (the final state
+#: and its scores then agree with the returned circuit).
+OPENED_LOG_ALPHA = 4.0
+
+
+@dataclass
+class Confirmation:
+    """What the confirmation phase did: the repairs in order (``"neurons of head L.H"``, ``"MLP L"``, ...), the
+    validation loss before and after, the loss at stake it was measured against, and the candidates evaluated."""
+
+    repairs: list[str] = field(default_factory=list)
+    loss_before: float = 0.0
+    loss_after: float = 0.0
+    loss_at_stake: float = 0.0
+    evaluated: int = 0
+
+    def to_dict(self) -> dict:
+        return {"repairs": list(self.repairs), "validation_loss_before": self.loss_before,
+                "validation_loss_after": self.loss_after, "loss_at_stake": self.loss_at_stake,
+                "candidates_evaluated": self.evaluated}
+
+
+def _children(dims, kind: str) -> tuple[str, ...]:
+    if kind == "head":
+        return ("attn_neuron",)
+    return tuple(g for g in ("mlp_expert", "mlp_hidden", "mlp_output") if g in dims.granularities)
+
+
+def candidates(circuit: Circuit) -> list[tuple[str, dict[str, torch.Tensor]]]:
+    """Every single discrete repair of ``circuit``: ``[(what, masks)]`` (see the module docstring)."""
+    m, dims, out = circuit.masks, circuit.dims, []
+
+    def changed(edit):
+        new = {g: v.clone() for g, v in m.items()}
+        edit(new)
+        return new
+
+    for layer in range(dims.n_layers):
+        for head in range(dims.n_heads):
+            where = (layer, head)
+            if bool(m["attn_head"][where]) and not bool(m["attn_neuron"][where].all()):
+                out.append((f"neurons of head {layer}.{head}",
+                            changed(lambda n: n["attn_neuron"][where].fill_(True))))
+            elif not bool(m["attn_head"][where]):
+                out.append((f"head {layer}.{head}", changed(lambda n: (n["attn_block"][layer].fill_(True),
+                                                                          n["attn_head"][where].fill_(True),
+                                                                          n["attn_neuron"][where].fill_(True)))))
+        children = _children(dims, "mlp")
+        if bool(m["mlp_block"][layer]) and not all(bool(m[g][layer].all()) for g in children):
+            out.append((f"neurons of MLP {layer}", changed(lambda n: [n[g][layer].fill_(True) for g in children])))
+        elif not bool(m["mlp_block"][layer]):
+            out.append((f"MLP {layer}", changed(lambda n: [n[g][layer].fill_(True) for g in ("mlp_block", *children)])))
+    return out
+
+
+def confirm(model, task, circuit: Circuit, replacement, max_examples: int | None, batch_size: int,
+            tolerance: float = TOLERANCE, phases=None) -> tuple[Circuit, Confirmation]:
+    """``circuit`` repaired until no single repair lowers its validation loss by more than ``tolerance`` of the loss
+    at stake; returns it and what was done (:class:`Confirmation`).
+
+    Args:
+        replacement: the run's :class:`~mgnp_lens.ablation.Replacement` (what pruned units output).
+        max_examples: validation pairs to measure on (the first ones; None: all).
+    """
+    def losses(circuits):
+        evs = evaluate_many(model, task, circuits, "validation", batch_size, max_examples, replacement=replacement)
+        return [e.objective for e in evs]
+
+    stake, current = losses([Circuit.empty(circuit.dims), circuit])
+    record = Confirmation(loss_before=current, loss_at_stake=stake)
+    while current > 0:
+        options = candidates(circuit)
+        if not options:
+            break
+        scores = losses([Circuit(circuit.dims, masks) for _, masks in options])
+        record.evaluated += len(options)
+        best = min(range(len(options)), key=scores.__getitem__)
+        if current - scores[best] <= tolerance * stake:
+            break
+        circuit = Circuit(circuit.dims, options[best][1], task=circuit.task, config=circuit.config)
+        current = scores[best]
+        record.repairs.append(options[best][0])
+    record.loss_after = current
+    return circuit, record
+
+
+@torch.no_grad()
+def open_gates(gates, circuit: Circuit) -> None:
+    """Raise the ``log α`` of every gate ``circuit`` keeps but the gates would prune to :data:`OPENED_LOG_ALPHA`,
+    so that ``gates.binarize()`` gives ``circuit`` (a repair changes the state, not only the answer)."""
+    closed = gates.open_on_cpu()
+    for g, la in gates.log_alpha.items():
+        opened = circuit.masks[g].to(la.device) & ~closed[g].to(la.device)
+        la[opened] = torch.maximum(la[opened], torch.full_like(la[opened], OPENED_LOG_ALPHA))
