@@ -216,6 +216,7 @@ def test_discover_from_a_data_file(tiny_gpt2_checkpoint, tmp_path):
     assert (out / "report.html").exists()
 
 
+@pytest.mark.slow  # several CLI runs end to end (the edit loop, -m "not slow", skips it)
 def test_resume_continues_an_interrupted_run_and_trains_a_finished_one_longer(tiny_gpt2_checkpoint, tmp_path,
                                                                              monkeypatch, capsys):
     import importlib
@@ -266,6 +267,7 @@ def test_resume_continues_an_interrupted_run_and_trains_a_finished_one_longer(ti
     assert "no state.pt there" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # several CLI runs end to end (the edit loop, -m "not slow", skips it)
 def test_config_file_and_device_auto(tiny_gpt2_checkpoint, tmp_path, cli_run, capsys):
     from mgnp_lens.cli import _resolve_device
 
