@@ -10,7 +10,7 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from typing import Any, Callable
 
 from .gates import HardConcreteParams
@@ -297,18 +297,20 @@ class PruningConfig:
         return cls(**{**_BEFORE_FIELD_EXISTED, **d})
 
 
-@dataclass(frozen=True)
-class SpeedSettings:
-    """How a run's training passes run: its ``speed`` concern (:data:`CONCERNS`); the circuit is the same up to
-    float rounding whatever these say. Fields as in :class:`PruningConfig`."""
+def _concern_class(concern: str, name: str, doc: str):
+    """A frozen dataclass of one concern's fields, with :class:`PruningConfig`'s types and defaults."""
+    wanted = CONCERNS[concern][1]
+    cls = make_dataclass(name, [(f.name, f.type, field(default=f.default)) for f in fields(PruningConfig)
+                                if f.name in wanted], frozen=True)
+    cls.__doc__, cls.__module__ = doc, __name__
+    return cls
 
-    corruption: str = "cache"
-    precompute: str = "auto"
-    micro_batch_size: int | None = None
-    autocast: str = "auto"
-    precast_weights: bool = True
-    skip_dead_sites: bool = True
-    compile: bool | str = "auto"
+
+#: How a run's training passes run: its ``speed`` concern (:data:`CONCERNS`), the fields and defaults of
+#: :class:`PruningConfig`'s; the circuit is the same up to float rounding whatever these say.
+SpeedSettings = _concern_class("speed", "SpeedSettings", "How a run's training passes run: the speed concern of a "
+                               "PruningConfig (its fields, types and defaults); the circuit is the same up to float "
+                               "rounding whatever these say.")
 
 
 # ---------------------------------------------------------------- the validation table
