@@ -11,8 +11,8 @@ binarised circuit against every single discrete repair, on the validation pairs:
 It applies the repair that lowers the validation loss most, if it lowers it by more than
 :data:`TOLERANCE` of the loss at stake (the empty circuit's), and repeats until no repair does. Each round is one
 :func:`mgnp_lens.evaluate.evaluate_many` over the candidates, so a round costs one masked pass per candidate and
-batch: seconds on a tracr model, minutes on a 30-layer one (hence ``confirm="auto"``: only in the small-model regime,
-:mod:`mgnp_lens.targets`). Evidence: docs/tracr.md.
+batch: seconds on a tracr model, minutes on a 30-layer one (hence ``confirm`` is off by default and on in the
+small-model regime, ``PruningConfig.auto_target_fraction``). Evidence: docs/tracr.md.
 """
 
 from __future__ import annotations
@@ -48,9 +48,8 @@ class Confirmation:
                 "candidates_evaluated": self.evaluated}
 
 
-def _children(dims, kind: str) -> tuple[str, ...]:
-    if kind == "head":
-        return ("attn_neuron",)
+def _mlp_children(dims) -> tuple[str, ...]:
+    """The granularities inside an MLP block that the model has (experts only in a mixture of experts)."""
     return tuple(g for g in ("mlp_expert", "mlp_hidden", "mlp_output") if g in dims.granularities)
 
 
@@ -73,7 +72,7 @@ def candidates(circuit: Circuit) -> list[tuple[str, dict[str, torch.Tensor]]]:
                 out.append((f"head {layer}.{head}", changed(lambda n: (n["attn_block"][layer].fill_(True),
                                                                           n["attn_head"][where].fill_(True),
                                                                           n["attn_neuron"][where].fill_(True)))))
-        children = _children(dims, "mlp")
+        children = _mlp_children(dims)
         if bool(m["mlp_block"][layer]) and not all(bool(m[g][layer].all()) for g in children):
             out.append((f"neurons of MLP {layer}", changed(lambda n: [n[g][layer].fill_(True) for g in children])))
         elif not bool(m["mlp_block"][layer]):
@@ -82,7 +81,7 @@ def candidates(circuit: Circuit) -> list[tuple[str, dict[str, torch.Tensor]]]:
 
 
 def confirm(model, task, circuit: Circuit, replacement, max_examples: int | None, batch_size: int,
-            tolerance: float = TOLERANCE, phases=None) -> tuple[Circuit, Confirmation]:
+            tolerance: float = TOLERANCE) -> tuple[Circuit, Confirmation]:
     """``circuit`` repaired until no single repair lowers its validation loss by more than ``tolerance`` of the loss
     at stake; returns it and what was done (:class:`Confirmation`).
 
