@@ -306,8 +306,6 @@ def _concern_class(concern: str, name: str, doc: str):
     return cls
 
 
-#: How a run's training passes run: its ``speed`` concern (:data:`CONCERNS`), the fields and defaults of
-#: :class:`PruningConfig`'s; the circuit is the same up to float rounding whatever these say.
 SpeedSettings = _concern_class("speed", "SpeedSettings", "How a run's training passes run: the speed concern of a "
                                "PruningConfig (its fields, types and defaults); the circuit is the same up to float "
                                "rounding whatever these say.")
