@@ -19,7 +19,7 @@ STATE_FORMAT = "mgnp-state/1"
 #: PruningConfig fields a resumed run may change: none of them alters the steps already taken.
 RESUMABLE_CHANGES = ("steps", "checkpoint_dir", "checkpoint_every", "progress", "eval_split", "eval_max_examples",
                      "eval_heldout", "eval_batch_size", "precast_weights", "validate_every", "validate_max_examples",
-                     "select", "eval_kl_se", "edge_examples", "views")
+                     "select", "eval_kl_se", "edge_examples", "views", "stop_when_converged")
 
 
 def train_fingerprint(pairs) -> str:

@@ -354,7 +354,8 @@ def _print_result(result) -> None:
     conv = result.meta.get("convergence")
     if conv is not None:
         print(f"converged: {'yes' if conv['converged'] else 'no'} (the hard circuit was stable for the last "
-              f"{conv['stable_steps']} steps, {conv['stable_needed']} needed)")
+              f"{conv['stable_steps']} steps, {conv['stable_needed']} needed"
+              f"{'; training stopped there' if conv.get('stopped_at_step') else ''})")
 
 
 # --------------------------------------------------------------------------- commands

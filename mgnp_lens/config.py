@@ -44,7 +44,7 @@ CONCERNS: dict[str, tuple[str, tuple[str, ...]]] = {
         ("granularities", "ablation", "lambdas", "lambda_scale", "lambda_warmup_steps", "penalty_start", "l0_penalty")),
     "targets": ("a faithfulness or size asked for, the validation checks, and which circuit is returned",
         ("target_kl", "target_sparsity", "auto_target_fraction", "target_rate", "validate_every",
-         "validate_max_examples", "select", "confirm")),
+         "validate_max_examples", "select", "confirm", "stop_when_converged")),
     "speed": ("how fast and in how much memory (the same circuit up to float rounding)",
         ("corruption", "precompute", "micro_batch_size", "autocast", "precast_weights", "skip_dead_sites", "compile")),
     "evaluation": ("what is measured at the end",
@@ -144,6 +144,10 @@ class PruningConfig:
             lowers the validation loss by more than 1% of the loss at stake (:mod:`mgnp_lens.confirm`); the gates
             are opened to match, so the returned circuit stays the final state (False; the small-model regime sets
             it). A round costs one masked pass per candidate: seconds on a tracr model, minutes on SmolLM2.
+        stop_when_converged: end training once the hard circuit has been unchanged, after every warm-up, for as
+            many steps as a converged run needs (:func:`mgnp_lens.targets.stable_needed`: 20% of ``steps``) and
+            meets ``target_sparsity`` if set; the run then reports converged at the step it stopped (True).
+            ``target_kl`` runs have their own stop (above).
         eval_split: split evaluated at the end (``"test"``; ``None``: skip).
         eval_heldout: also evaluate the task's held-out splits (templates never trained or validated on,
             the other corruption, and both; see :mod:`mgnp_lens.tasks.task`) at the end (True).
@@ -199,6 +203,7 @@ class PruningConfig:
     validate_max_examples: int = 128
     select: str = "validation"
     confirm: bool = False
+    stop_when_converged: bool = True
     # speed: how fast and in how much memory (the same circuit up to float rounding)
     corruption: str = "cache"
     precompute: str = "auto"
@@ -450,7 +455,7 @@ FIELD_RULES: dict[str, Rule] = {
     "lr_scales": _granularity_map(_number(0, low_open=True)), "batch_size": _integer(1),
     "micro_batch_size": _optional(_integer(1)),
     "lambdas": _granularity_map(_number(0), PAPER_LAMBDAS), "lambda_scale": _number(0),
-    "lambda_warmup_steps": _integer(0), "penalty_start": _integer(0), "confirm": _boolean,
+    "lambda_warmup_steps": _integer(0), "penalty_start": _integer(0), "confirm": _boolean, "stop_when_converged": _boolean,
     "target_kl": _optional(_number(0, low_open=True)),
     "target_sparsity": _optional(_granularity_map(_number(0, 1, high_open=True))),
     "target_rate": _number(0, low_open=True),

@@ -82,8 +82,7 @@ def discover(model, task, config: PruningConfig | None = None, *, resume_from=No
                     with run.fast.suspended():  # float32 and eager, like every evaluation
                         row.update(_validate(model, run, data, step + 1))
                 run.record(row)  # history, resumable state, periodic checkpoint
-                if run.config.target_kl is not None and "val_kl" in row and targets.converged(
-                        run.rows, run.config.target_kl, after_step=run.config.warmup_end):
+                if _converged_now(run, row):
                     run.meta["stopped_early_at_step"] = run.step  # the hard circuit is stable and meets the target
                     break
     except KeyboardInterrupt:
@@ -94,6 +93,22 @@ def discover(model, task, config: PruningConfig | None = None, *, resume_from=No
     if error is None and not run.interrupted and run.config.confirm:
         _confirm(model, task, run, data)  # discrete repairs on the validation pairs; the gates follow
     return _finish(model, task, run, data, error)  # binarised circuit, evaluations, run directory
+
+
+def _converged_now(run: _Run, row: dict) -> bool:
+    """Whether training can stop after this step: with ``target_kl``, :data:`~mgnp_lens.targets.STABLE_CHECKS`
+    validation checks saw one hard circuit within the target; otherwise (``stop_when_converged``) the hard circuit
+    has been stable long enough to count as converged (:func:`mgnp_lens.targets.stable_after_warmup`) and, with
+    ``target_sparsity``, is within its tolerance."""
+    config = run.config
+    if config.target_kl is not None:
+        return "val_kl" in row and targets.converged(run.rows, config.target_kl, after_step=config.warmup_end)
+    if not config.stop_when_converged or run.step >= config.steps or not targets.stable_after_warmup(config, run.rows):
+        return False
+    if config.target_sparsity:
+        hard = Circuit(run.dims, run.gates.binarize())
+        return targets.sparsity_gap(config, hard) <= targets.SPARSITY_TOLERANCE
+    return True
 
 
 @dataclass
@@ -559,6 +574,8 @@ def _convergence(run: _Run, result: DiscoveryResult) -> dict:
         met = targets.sparsity_gap(config, final) <= targets.SPARSITY_TOLERANCE
     returned = sel.get("step") if sel.get("select") == "validation" else None
     out = targets.convergence(config, run.rows, run.step, met, returned)
+    if run.meta.get("stopped_early_at_step") is not None:
+        out["stopped_at_step"] = run.meta["stopped_early_at_step"]
     if "confirmation" in run.meta:  # repairs after training: the returned circuit is the gates' final state with them
         out["repairs"] = list(run.meta["confirmation"]["repairs"])
     if not out["converged"]:

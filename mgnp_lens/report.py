@@ -157,6 +157,11 @@ def _model_label(model) -> str:
     return Path(source).name if source.startswith("/") else source
 
 
+def _stop_text(conv: dict) -> str:
+    """", and training stopped there, at step N" for a run that stopped when it converged ("" otherwise)."""
+    return f", and training stopped there, at step {conv['stopped_at_step']}" if conv.get("stopped_at_step") else ""
+
+
 def _header(run: dict, task: str | None) -> list[str]:
     """The title, the run line, the interrupted warning and the headline cards."""
     circuit: Circuit = run["circuit"]
@@ -192,7 +197,8 @@ def _header(run: dict, task: str | None) -> list[str]:
     if conv:
         verdict = "converged" if conv["converged"] else "did not converge"
         parts.append(f'<p class="{"sub" if conv["converged"] else "warn"}">The run {verdict}: its hard circuit was '
-                     f'stable for the last {conv["stable_steps"]} steps ({conv["stable_needed"]} needed).</p>')
+                     f'stable for the last {conv["stable_steps"]} steps ({conv["stable_needed"]} needed)'
+                     f'{_stop_text(conv)}.</p>')
     if ev.get("interrupted"):
         parts.append('<p class="warn">This run was interrupted: the circuit is the one of the last finished '
                      'step, and it was not evaluated.</p>')

@@ -129,6 +129,23 @@ def stable_since(rows: list[dict]) -> int | None:
     return since
 
 
+def stable_needed(config) -> int:
+    """How many steps at the end a run's hard circuit must stay unchanged to count as converged: a
+    :data:`STABLE_FRACTION` of its configured steps, at least :data:`MIN_STABLE_STEPS`."""
+    return max(MIN_STABLE_STEPS, math.ceil(STABLE_FRACTION * config.steps))
+
+
+def stable_after_warmup(config, rows: list[dict]) -> bool:
+    """Whether the hard circuit has been unchanged for :func:`stable_needed` steps, every one of them after the
+    warm-ups and the penalty's start (before them an untouched circuit is stable without having converged).
+    ``rows``: the history so far (``hard_key`` on every step)."""
+    since = stable_since(rows)
+    if since is None or not rows:
+        return False
+    start = max(since, config.warmup_end + 1, config.penalty_start + 1)
+    return rows[-1]["step"] - start + 1 >= stable_needed(config)
+
+
 def convergence(config, rows: list[dict], steps: int, met: bool | None, returned_step: int | None) -> dict:
     """Whether a run converged, and which state it returned and why (for ``evaluation.json`` and the report).
 
@@ -141,7 +158,7 @@ def convergence(config, rows: list[dict], steps: int, met: bool | None, returned
     """
     since = stable_since(rows)
     stable = 0 if since is None else steps - since + 1
-    need = max(MIN_STABLE_STEPS, math.ceil(STABLE_FRACTION * steps))
+    need = stable_needed(config)
     final = returned_step is None or returned_step == steps
     out = {"converged": stable >= need and met is not False, "stable_steps": stable, "stable_needed": need,
            "final_meets_target": met, "final_state": final, "returned_step": steps if final else returned_step}

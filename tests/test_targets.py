@@ -115,3 +115,34 @@ def test_target_kl_needs_enough_validation_pairs():
     task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
     with pytest.raises(ValueError, match="at least 16 validation pairs.*has 2 "):
         mg.discover(model, task, steps=2, target_kl=0.1, progress=False)
+
+
+# ------------------------------------------------------------------------ stopping when converged
+def _rows(keys):
+    return [{"step": i + 1, "hard_key": k} for i, k in enumerate(keys)]
+
+
+def test_a_circuit_counts_as_stable_only_after_the_warm_ups_and_for_a_fifth_of_the_steps():
+    config = mg.PruningConfig(steps=100, lr_warmup_steps=10, noise_warmup_steps=30)  # 20 steps needed
+    assert targets.stable_needed(config) == 20
+    assert not targets.stable_after_warmup(config, _rows([7] * 49))  # steps 31..49: 19 after the warm-ups
+    assert targets.stable_after_warmup(config, _rows([7] * 50))  # steps 31..50: 20
+    assert not targets.stable_after_warmup(config, _rows([7] * 40 + [8] * 19))  # the change at step 41
+    assert targets.stable_after_warmup(config, _rows([7] * 40 + [8] * 20))
+    late_penalty = mg.PruningConfig(steps=100, lr_warmup_steps=10, noise_warmup_steps=30, penalty_start=45)
+    assert not targets.stable_after_warmup(late_penalty, _rows([7] * 60))
+    assert targets.stable_after_warmup(late_penalty, _rows([7] * 65))
+
+
+def test_a_run_stops_when_its_circuit_has_converged_and_says_so(setup):
+    model, task, _ = setup
+    kw = dict(KW, steps=200, seed=0, lambda_scale=50.0)  # would prune all: the small-model regime, whose λ is fixed
+    with pytest.warns(UserWarning, match="small-model regime"):
+        r = mg.discover(model, task, **kw)
+    conv = r.meta["convergence"]
+    assert r.steps_completed < 200 and conv["stopped_at_step"] == r.steps_completed
+    assert conv["converged"] and conv["final_state"] and conv["stable_steps"] >= conv["stable_needed"] == 40
+    with pytest.warns(UserWarning, match="small-model regime"):
+        full = mg.discover(model, task, **kw, stop_when_converged=False)
+    assert full.steps_completed == 200 and "stopped_at_step" not in full.meta["convergence"]
+    assert full.history["hard_key"].iloc[r.steps_completed - 1] == r.history["hard_key"].iloc[-1]  # same training

@@ -216,7 +216,7 @@ def test_a_short_run_says_it_did_not_converge():
 #: 0.002, 2% of the loss at stake; the validation pairs never exercise it), and sort under the corrupted ablation
 #: is repaired by the confirmation phase after neuron gates that were still moving. shuffle_dyck is not recovered.
 LOSS_ABOVE_ZERO = {("hist", "zero"): 0.05}
-MAY_NOT_CONVERGE = {("hist", "zero"), ("sort", "corrupted")}
+MAY_NOT_CONVERGE = {("sort", "corrupted")}
 SUITE = [(name, ablation, seed) for name in tracr.LIBRARY if name != "shuffle_dyck"
          for ablation in tracr.TRUTH_ABLATIONS for seed in (0, 1, 2)]
 
@@ -239,7 +239,8 @@ def test_default_settings_recover_the_library_programs_exactly(library, name, ab
     truth = p.truth(ablation)
     assert set(r.circuit.active_heads()) == truth.heads and set(r.circuit.active_mlps()) == truth.mlps
     conv = r.meta["convergence"]
-    assert conv["final_state"] and conv["returned_step"] == r.steps_completed == 240
+    assert conv["final_state"] and conv["returned_step"] == r.steps_completed
+    assert r.steps_completed == 240 or conv["stopped_at_step"] == r.steps_completed  # stopped where it converged
     assert mg.Circuit(r.circuit.dims, r.gates.binarize()) == r.circuit  # the returned circuit is the final state
     stake = r.meta["auto_target"]["loss_at_stake"]
     assert r.evaluation.objective <= LOSS_ABOVE_ZERO.get((name, ablation), 1e-6 / stake) * stake
