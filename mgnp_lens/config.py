@@ -140,8 +140,8 @@ class PruningConfig:
             :func:`mgnp_lens.speedups.use_compile`): ``"auto"`` (long runs where TorchInductor can build),
             ``True`` or ``False``.
         confirm: after training, check the binarised circuit against every single discrete repair (a kept node's
-            pruned neurons restored, a pruned head or MLP added) on the validation pairs and apply the best while it
-            lowers the validation loss by more than 1% of the loss at stake (:mod:`mgnp_lens.confirm`); the gates
+            pruned neurons restored, a pruned head or MLP added) on the training and validation pairs and apply the
+            best while it lowers their loss by more than 1% of the loss at stake (:mod:`mgnp_lens.confirm`); the gates
             are opened to match, so the returned circuit stays the final state (False; the small-model regime sets
             it). A round costs one masked pass per candidate: seconds on a tracr model, minutes on SmolLM2.
         stop_when_converged: end training once the hard circuit has been unchanged, after every warm-up, for as

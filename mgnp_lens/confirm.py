@@ -1,14 +1,15 @@
-"""The confirmation phase: the trained circuit checked, and repaired, on discrete changes, on held-out pairs.
+"""The confirmation phase: the trained circuit checked, and repaired, on discrete changes, on the pairs it learnt from.
 
 The gates are trained through a relaxation (partly open Hard-Concrete samples). On models whose MLPs compute
 discretised lookups (tracr's compiled programs) a partly open neuron puts the output far off, so the trained gates
 can close neurons, or a node, whose removal the binarised circuit cannot afford. The confirmation phase evaluates the
-binarised circuit against every single discrete repair, on the validation pairs:
+binarised circuit against every single discrete repair, on the training and validation pairs together (never the
+test or held-out pairs, which stay for evaluation):
 
 * a kept node's pruned neurons restored (a head's attention neurons; an MLP block's hidden and output neurons);
 * a pruned head or MLP block added with all its neurons (and its attention block).
 
-It applies the repair that lowers the validation loss most, if it lowers it by more than
+It applies the repair that lowers the loss most, if it lowers it by more than
 :data:`TOLERANCE` of the loss at stake (the empty circuit's), and repeats until no repair does. Each round is one
 :func:`mgnp_lens.evaluate.evaluate_many` over the candidates, so a round costs one masked pass per candidate and
 batch: seconds on a tracr model, minutes on a 30-layer one (hence ``confirm`` is off by default and on in the
@@ -24,7 +25,10 @@ import torch
 from .circuit import Circuit
 from .evaluate import evaluate_many
 
-#: A repair counts when it lowers the validation loss by more than this fraction of the loss at stake.
+#: The pairs a repair is judged on (their losses averaged by pair): the training pairs too, since a neuron that only
+#: some inputs exercise may be missing from the validation pairs alone.
+SPLITS = ("train", "validation")
+#: A repair counts when it lowers the loss by more than this fraction of the loss at stake.
 TOLERANCE = 0.01
 #: ``log α`` given to the gates a repair opens, so that the gates binarise to the confirmed circuit (the final state
 #: and its scores then agree with the returned circuit).
@@ -34,7 +38,7 @@ OPENED_LOG_ALPHA = 4.0
 @dataclass
 class Confirmation:
     """What the confirmation phase did: the repairs in order (``"neurons of head L.H"``, ``"MLP L"``, ...), the
-    validation loss before and after, the loss at stake it was measured against, and the candidates evaluated."""
+    loss (on :data:`SPLITS`) before and after, the loss at stake it was measured against, and the candidates evaluated."""
 
     repairs: list[str] = field(default_factory=list)
     loss_before: float = 0.0
@@ -43,8 +47,8 @@ class Confirmation:
     evaluated: int = 0
 
     def to_dict(self) -> dict:
-        return {"repairs": list(self.repairs), "validation_loss_before": self.loss_before,
-                "validation_loss_after": self.loss_after, "loss_at_stake": self.loss_at_stake,
+        return {"repairs": list(self.repairs), "loss_before": self.loss_before,
+                "loss_after": self.loss_after, "loss_at_stake": self.loss_at_stake,
                 "candidates_evaluated": self.evaluated}
 
 
@@ -82,16 +86,18 @@ def candidates(circuit: Circuit) -> list[tuple[str, dict[str, torch.Tensor]]]:
 
 def confirm(model, task, circuit: Circuit, replacement, max_examples: int | None, batch_size: int,
             tolerance: float = TOLERANCE) -> tuple[Circuit, Confirmation]:
-    """``circuit`` repaired until no single repair lowers its validation loss by more than ``tolerance`` of the loss
+    """``circuit`` repaired until no single repair lowers its loss on :data:`SPLITS` by more than ``tolerance`` of the loss
     at stake; returns it and what was done (:class:`Confirmation`).
 
     Args:
         replacement: the run's :class:`~mgnp_lens.ablation.Replacement` (what pruned units output).
-        max_examples: validation pairs to measure on (the first ones; None: all).
+        max_examples: pairs of each split to measure on (the first ones; None: all).
     """
     def losses(circuits):
-        evs = evaluate_many(model, task, circuits, "validation", batch_size, max_examples, replacement=replacement)
-        return [e.objective for e in evs]
+        per_split = [evaluate_many(model, task, circuits, split, batch_size, max_examples, replacement=replacement)
+                     for split in SPLITS]
+        return [sum(e.objective * e.n_examples for e in evs) / sum(e.n_examples for e in evs)
+                for evs in zip(*per_split)]
 
     stake, current = losses([Circuit.empty(circuit.dims), circuit])
     record = Confirmation(loss_before=current, loss_at_stake=stake)

@@ -91,7 +91,7 @@ def discover(model, task, config: PruningConfig | None = None, *, resume_from=No
         run.roll_back()
         error = e
     if error is None and not run.interrupted and run.config.confirm:
-        _confirm(model, task, run, data)  # discrete repairs on the validation pairs; the gates follow
+        _confirm(model, task, run, data)  # discrete repairs on the training and validation pairs; gates follow
     return _finish(model, task, run, data, error)  # binarised circuit, evaluations, run directory
 
 
@@ -587,8 +587,8 @@ def _convergence(run: _Run, result: DiscoveryResult) -> dict:
 
 
 def _confirm(model, task, run: _Run, data: _Data) -> None:
-    """The confirmation phase (``confirm``, :mod:`mgnp_lens.confirm`): the binarised circuit repaired on the validation
-    pairs, the gates opened to match (so the returned circuit is still the final state), what was done in
+    """The confirmation phase (``confirm``, :mod:`mgnp_lens.confirm`): the binarised circuit repaired on the training and
+    validation pairs, the gates opened to match (so the returned circuit is still the final state), what was done in
     ``meta["confirmation"]``. Ctrl-C skips it (the trained circuit is kept, unconfirmed, with a warning)."""
     config = run.config
     circuit = Circuit(run.dims, run.gates.binarize(), task=run.task.describe())

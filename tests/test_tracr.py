@@ -212,10 +212,9 @@ def test_a_short_run_says_it_did_not_converge():
 
 # ------------------------------------------------------------------------ the suite, default settings
 #: Where today's defaults fall short of the issue's goal (exact at loss 0, converged), as measured by
-#: benchmarks/tracr_suite.py (docs/tracr.md): hist under the zero ablation keeps one MLP neuron too few (test loss
-#: 0.002, 2% of the loss at stake; the validation pairs never exercise it), and sort under the corrupted ablation
-#: is repaired by the confirmation phase after neuron gates that were still moving. shuffle_dyck is not recovered.
-LOSS_ABOVE_ZERO = {("hist", "zero"): 0.05}
+#: benchmarks/tracr_suite.py (docs/tracr.md): sort under the corrupted ablation is repaired by the confirmation phase
+#: after neuron gates that were still moving, and one seed's gates still move at the last step. shuffle_dyck is not
+#: recovered.
 MAY_NOT_CONVERGE = {("sort", "corrupted")}
 SUITE = [(name, ablation, seed) for name in tracr.LIBRARY if name != "shuffle_dyck"
          for ablation in tracr.TRUTH_ABLATIONS for seed in (0, 1, 2)]
@@ -242,8 +241,7 @@ def test_default_settings_recover_the_library_programs_exactly(library, name, ab
     assert conv["final_state"] and conv["returned_step"] == r.steps_completed
     assert r.steps_completed == 240 or conv["stopped_at_step"] == r.steps_completed  # stopped where it converged
     assert mg.Circuit(r.circuit.dims, r.gates.binarize()) == r.circuit  # the returned circuit is the final state
-    stake = r.meta["auto_target"]["loss_at_stake"]
-    assert r.evaluation.objective <= LOSS_ABOVE_ZERO.get((name, ablation), 1e-6 / stake) * stake
+    assert r.evaluation.objective <= 1e-6  # on the test pairs: the compiled program's output, exactly
     assert conv["converged"] or (name, ablation) in MAY_NOT_CONVERGE
 
 
