@@ -21,10 +21,10 @@ from pathlib import Path
 from harness import parser, peak_rss_mb, RESULTS, write
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-METHOD_ORDER = ("mgnp", "coarse", "attribution", "random")
+METHOD_ORDER = ("mgnp", "coarse", "attribution", "attribution_ig", "random")
 #: Okabe-Ito colours and distinct markers, one per method (colour-blind safe).
 STYLE = {"mgnp": ("#0072B2", "o"), "coarse": ("#E69F00", "s"), "attribution": ("#009E73", "D"),
-         "random": ("#CC79A7", "^")}
+         "attribution_ig": ("#D55E00", "v"), "random": ("#CC79A7", "^")}
 
 
 def main() -> None:
@@ -135,8 +135,9 @@ def render_docs() -> Path:
              "CPR is the area under it and CMD the area between it and 1, over the fraction of parameters (or "
              "nodes) kept, from the empty circuit (0, 0) to the full model (1, 1), trapezoid rule on a linear "
              "axis (`mgnp_lens.faithfulness`). mgnp = multi-granular pruning; coarse = heads and MLP blocks only "
-             "(the same loop); attribution = node attribution patching and random = random nodes, both at each "
-             "mgnp circuit's per-granularity counts. What the curves say, and where mgnp-lens loses: "
+             "(the same loop); attribution = node attribution patching (first order), attribution_ig = its "
+             "integrated-gradients version (EAP-IG's scoring on nodes, 5 points) and random = random nodes, all at "
+             "each mgnp circuit's per-granularity counts (runs before attribution_ig existed lack it). What the curves say, and where mgnp-lens loses: "
              "[heldout.md](heldout.md), \"Faithfulness over sizes\".", ""]
     for path in sorted(RESULTS.glob("faithfulness_curves_*.json")):
         data = json.loads(path.read_text())

@@ -5,7 +5,8 @@
 * :func:`attribution`: node attribution patching. Each gate's score is
   ``|∂metric/∂m|`` at ``m = 1`` per example, i.e. ``|Σ (clean − corrupted)·∂metric/∂activation|``
   over the unit's activations, averaged over examples; the top-scoring nodes are kept to a
-  per-granularity node budget.
+  per-granularity node budget. ``method="ig"`` integrates the gradient along the path from the
+  corrupted run to the clean one instead (EAP-IG's scoring, on nodes).
 * :func:`random_circuit`: random nodes with the same per-granularity counts.
 
 Budgets are kept exactly when the hierarchy allows it (every kept parent gets at least one kept
@@ -121,16 +122,43 @@ def random_circuit(dims_or_model, counts: Mapping[str, int] | Circuit, seed: int
     return select_nodes(dims, scores, counts)
 
 
-def attribution_scores(model, task, split: str = "train", batch_size: int = 16,
-                       max_examples: int | None = 256, metric=None) -> dict[str, torch.Tensor]:
-    """Node attribution patching scores ``E_examples |∂metric/∂m|`` at the full model, per gate.
+#: How :func:`attribution_scores` scores a gate: ``"first_order"``, the gradient at the full model (attribution
+#: patching); ``"ig"``, integrated gradients along the straight path from the corrupted run (every gate 0) to the clean
+#: one (every gate 1), EAP-IG's scoring applied to nodes.
+ATTRIBUTION_METHODS = ("first_order", "ig")
+
+
+def _path_points(method: str, steps: int) -> list[float]:
+    """The gate values at which :func:`attribution_scores` takes gradients: 1 (first order), or the midpoints of
+    ``steps`` equal pieces of [0, 1] (integrated gradients by the midpoint rule)."""
+    if method not in ATTRIBUTION_METHODS:
+        raise ValueError(f"unknown attribution method {method!r}; expected one of {', '.join(ATTRIBUTION_METHODS)}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer (the points on the integration path), got {steps!r}")
+    return [1.0] if method == "first_order" else [(k + 0.5) / steps for k in range(steps)]
+
+
+def attribution_scores(model, task, split: str = "train", batch_size: int = 16, max_examples: int | None = 256,
+                       metric=None, method: str = "first_order", steps: int = 5,
+                       absolute: bool = True) -> dict[str, torch.Tensor]:
+    """Node attribution scores per gate, averaged over examples.
+
+    ``method="first_order"``: ``|∂metric/∂m|`` at ``m = 1`` (attribution patching). ``method="ig"``: integrated
+    gradients, ``|∫₀¹ ∂metric/∂m (α) dα|`` with every gate of every granularity at ``α`` together (``m = α`` mixes
+    ``α·clean + (1 − α)·corrupted`` activations at each hook), by the midpoint rule on ``steps`` points; it costs
+    ``steps`` forward and backward passes a batch.
 
     Args:
         metric: ``f(logits [B, d_vocab], batch) -> [B]``; default the task's metric.
+        method: one of :data:`ATTRIBUTION_METHODS`.
+        steps: points on the integration path (``"ig"`` only).
+        absolute: the mean of each example's absolute score (default); False: the signed mean, with which the
+            ``"ig"`` scores of every gate sum to ``metric(clean) − metric(every gate 0)`` (completeness).
 
     Returns:
-        ``{granularity: tensor shaped dims.shape(g)}`` of non-negative scores.
+        ``{granularity: tensor shaped dims.shape(g)}``.
     """
+    alphas = _path_points(method, steps)
     dims = ModelDims.from_model(model)
     check_hook_points(model, dims)
     pairs = task.split(split)
@@ -144,16 +172,28 @@ def attribution_scores(model, task, split: str = "train", batch_size: int = 16,
     with frozen_weights(model):
         for batch in pairs.batches(batch_size):
             batch = batch.to(device)
-            B = len(batch)
-            ones = {g: torch.ones((B, *dims.shape(g)), device=device, requires_grad=True)
-                    for g in dims.granularities}
-            interp.set_masks(ones)
-            logits = masked_answer_logits(model, interp, batch.clean, batch.corrupted, batch.answer_pos)
-            metric(logits, batch).sum().backward()
+            grads = _mean_gradient(model, interp, batch, dims, alphas, metric)
             for g in dims.granularities:
-                totals[g] += ones[g].grad.abs().sum(0).cpu()
-            n += B
+                totals[g] += (grads[g].abs() if absolute else grads[g]).sum(0).cpu()
+            n += len(batch)
     return {g: v / max(n, 1) for g, v in totals.items()}
+
+
+def _mean_gradient(model, interp: Interpolator, batch, dims: ModelDims, alphas: list[float],
+                   metric) -> dict[str, torch.Tensor]:
+    """``{g: [B, *dims.shape(g)]}``: each example's ``∂metric/∂m`` averaged over the points ``alphas``, every gate
+    set to the point's value."""
+    device, B = batch.clean.device, len(batch)
+    out = {g: torch.zeros((B, *dims.shape(g)), device=device) for g in dims.granularities}
+    for alpha in alphas:
+        masks = {g: torch.full((B, *dims.shape(g)), alpha, device=device, requires_grad=True)
+                 for g in dims.granularities}
+        interp.set_masks(masks)
+        logits = masked_answer_logits(model, interp, batch.clean, batch.corrupted, batch.answer_pos)
+        metric(logits, batch).sum().backward()
+        for g in dims.granularities:
+            out[g] += masks[g].grad / len(alphas)
+    return out
 
 
 def attribution(model, task, counts: Mapping[str, int] | Circuit, **kwargs) -> Circuit:
@@ -161,7 +201,7 @@ def attribution(model, task, counts: Mapping[str, int] | Circuit, **kwargs) -> C
 
     Args:
         counts: per-granularity node budget, or a circuit whose counts to match.
-        **kwargs: passed to :func:`attribution_scores` (split, batch_size, max_examples, metric).
+        **kwargs: passed to :func:`attribution_scores` (split, batch_size, max_examples, metric, method, steps).
     """
     dims = ModelDims.from_model(model)
     if isinstance(counts, Circuit):

@@ -1,5 +1,5 @@
 """Several circuit-finding methods side by side on the same pairs: mgnp-lens, head-and-block pruning,
-attribution patching and random circuits, scored by :mod:`mgnp_lens.faithfulness`'s curves and areas.
+attribution patching (first order and integrated gradients) and random circuits, scored by :mod:`mgnp_lens.faithfulness`'s curves and areas.
 
     comp = compare_methods(model, task, scales=[0.5, 1, 2, 4], splits=("test", "test_ood"), out_dir="runs/cmp")
     comp.areas            # CPR and CMD per method and split
@@ -21,23 +21,26 @@ from .faithfulness import SIZE_AXES, areas, curve
 from .sweep import sweep
 
 #: The methods :func:`compare_methods` puts beside mgnp-lens, in this order.
-BASELINE_METHODS = ("coarse", "attribution", "random")
+BASELINE_METHODS = ("coarse", "attribution", "attribution_ig", "random")
 
 
-def matched_baselines(model, task, circuits: Sequence[Circuit], seed: int = 0,
+def matched_baselines(model, task, circuits: Sequence[Circuit], seed: int = 0, ig_steps: int = 5,
                       **attribution_kwargs) -> dict[str, list[Circuit]]:
-    """Attribution-patching and random circuits with the per-granularity counts of each of ``circuits``.
+    """Attribution-patching (first order, and integrated gradients on ``ig_steps`` points) and random circuits with
+    the per-granularity counts of each of ``circuits``.
 
-    The attribution scores are computed once (on the task's training pairs unless ``split`` is given).
+    Each method's scores are computed once (on the task's training pairs unless ``split`` is given).
     """
-    scores = attribution_scores(model, task, **attribution_kwargs)
-    return {"attribution": [select_nodes(c.dims, scores, c.counts()) for c in circuits],
+    first = attribution_scores(model, task, **attribution_kwargs)
+    ig = attribution_scores(model, task, method="ig", steps=ig_steps, **attribution_kwargs)
+    return {"attribution": [select_nodes(c.dims, first, c.counts()) for c in circuits],
+            "attribution_ig": [select_nodes(c.dims, ig, c.counts()) for c in circuits],
             "random": [random_circuit(c.dims, c, seed=seed + i) for i, c in enumerate(circuits)]}
 
 
 @dataclass
 class MethodComparison:
-    """mgnp-lens against the coarse, attribution and random baselines on the same pairs.
+    """mgnp-lens against the coarse, attribution (first order and IG) and random baselines on the same pairs.
 
     Attributes:
         curve: :func:`curve`'s table (every circuit of every method on every split).
@@ -65,11 +68,12 @@ class MethodComparison:
 def compare_methods(model, task, scales: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0),
                     coarse_scales: Sequence[float] | None = None, splits: Sequence[str] = ("test",),
                     out_dir: str | Path | None = None, max_examples: int | None = None, seed: int = 0,
-                    config=None, **overrides) -> MethodComparison:
-    """Faithfulness curves of mgnp-lens and the three baselines, scored on the same pairs.
+                    ig_steps: int = 5, config=None, **overrides) -> MethodComparison:
+    """Faithfulness curves of mgnp-lens and the baselines (:data:`BASELINE_METHODS`), scored on the same pairs.
 
     mgnp-lens and coarse pruning (:func:`mgnp_lens.baselines.coarse`) each run a λ sweep; attribution patching
-    and random circuits are built at the per-granularity counts of each mgnp-lens circuit.
+    (first order, and integrated gradients on ``ig_steps`` points) and random circuits are built at the
+    per-granularity counts of each mgnp-lens circuit.
 
     Args:
         scales: mgnp-lens's λ scales; ``coarse_scales`` the coarse sweep's (default the same).
@@ -78,6 +82,7 @@ def compare_methods(model, task, scales: Sequence[float] = (0.25, 0.5, 1.0, 2.0,
             them), and :meth:`MethodComparison.save` writes the tables there.
         max_examples: score on the first pairs of each split only.
         seed: the random baseline's seed.
+        ig_steps: points on the integrated-gradients path (:func:`mgnp_lens.baselines.attribution_scores`).
         config, overrides: the runs' :class:`~mgnp_lens.PruningConfig` (e.g. ``steps=120``).
     """
     out = Path(out_dir) if out_dir is not None else None
@@ -85,7 +90,7 @@ def compare_methods(model, task, scales: Sequence[float] = (0.25, 0.5, 1.0, 2.0,
               "coarse": sweep(model, task, coarse_scales or scales, config, out_dir=out / "coarse" if out else None,
                               **{**overrides, "granularities": COARSE_GRANULARITIES})}
     mgnp = sweeps["mgnp"].circuits()
-    circuits = {"mgnp": mgnp, "coarse": sweeps["coarse"].circuits(), **matched_baselines(model, task, mgnp, seed)}
+    circuits = {"mgnp": mgnp, "coarse": sweeps["coarse"].circuits(), **matched_baselines(model, task, mgnp, seed, ig_steps)}
     table = curve(model, task, circuits, splits, max_examples=max_examples)
     both = pd.concat([areas(table, s) for s in SIZE_AXES], ignore_index=True)
     result = MethodComparison(table, both, circuits, sweeps)

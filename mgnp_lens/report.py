@@ -413,7 +413,8 @@ def build_comparison_report(directory: str | Path, out: str | Path | None = None
              '<p class="sub">Every circuit scored on the same pairs. <i>recovered</i> = (m(C) − m(∅)) / (m(N) − m(∅)); '
              "CPR is the area under it, CMD the area between it and 1, over the size fraction from 0 (the empty "
              "circuit) to 1 (the full model) by the trapezoid rule (MIB). coarse = heads and MLP blocks only; "
-             "attribution and random are built at the counts of each mgnp circuit.</p>"]
+             "attribution (first order), attribution_ig (integrated gradients) and random are built at the counts of "
+             "each mgnp circuit.</p>"]
     first = True
     for split in table["split"].unique():
         part = table[table["split"] == split]

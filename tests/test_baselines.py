@@ -40,6 +40,42 @@ def test_attribution_scores_and_budget(micro_task):
     assert not mg.circuit.hierarchy_violations(c.masks)
 
 
+def test_integrated_gradients_add_up_to_the_metric_the_circuit_moves(micro_task):
+    """Completeness: signed IG over every gate of every granularity sums to metric(clean) − metric(every gate 0)."""
+    from mgnp_lens.hooks import Interpolator, masked_answer_logits
+
+    model, task = micro_task
+    ig = baselines.attribution_scores(model, task, batch_size=8, method="ig", steps=256, absolute=False)
+    dims, ends = mg.ModelDims.from_model(model), []
+    interp = Interpolator(dims, "batch", skip_dead_sites=False)
+    batch = next(iter(task.split("train").batches(10_000)))
+    with torch.no_grad():
+        for value in (1.0, 0.0):
+            interp.set_masks({g: torch.full((len(batch), *dims.shape(g)), value) for g in dims.granularities})
+            ends.append(task.metric(masked_answer_logits(model, interp, batch.clean, batch.corrupted,
+                                                         batch.answer_pos), batch).mean().item())
+    moved = ends[0] - ends[1]
+    assert abs(moved) > 0.1
+    assert sum(v.sum().item() for v in ig.values()) == pytest.approx(moved, rel=2e-3)
+    first = baselines.attribution_scores(model, task, batch_size=8, absolute=False)
+    assert abs(sum(v.sum().item() for v in first.values()) - moved) > 0.01 * abs(moved)  # first order does not
+
+
+def test_ig_attribution_builds_a_circuit_and_bad_settings_are_named(micro_task):
+    model, task = micro_task
+    budget = {"embedding": 1, "attn_block": 2, "mlp_block": 1, "attn_head": 3, "attn_neuron": 10, "mlp_hidden": 20,
+              "mlp_output": 10}
+    ig = baselines.attribution_scores(model, task, batch_size=8, method="ig", steps=3)
+    assert all(v.min() >= 0 for v in ig.values())
+    assert not torch.equal(ig["attn_head"], baselines.attribution_scores(model, task, batch_size=8)["attn_head"])
+    c = baselines.attribution(model, task, budget, batch_size=8, method="ig", steps=3)
+    assert c.counts() == budget and not mg.circuit.hierarchy_violations(c.masks)
+    with pytest.raises(ValueError, match="unknown attribution method 'eap'; expected one of first_order, ig"):
+        baselines.attribution_scores(model, task, method="eap")
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        baselines.attribution_scores(model, task, method="ig", steps=0)
+
+
 def test_coarse_baseline_gates_only_heads_and_mlp_blocks(micro_task):
     model, task = micro_task
     r = baselines.coarse(model, task, steps=4, batch_size=8, progress=False, eval_split=None)

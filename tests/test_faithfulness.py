@@ -96,32 +96,32 @@ def test_sweep_table_has_faithfulness_and_areas(micro_task):
     assert got["cpr"] == pytest.approx(ff.integrate(t["param_fraction"], t["recovered"])[0])
 
 
-def test_compare_methods_scores_four_methods_on_the_same_pairs(micro_task, tmp_path, capsys):
+def test_compare_methods_scores_five_methods_on_the_same_pairs(micro_task, tmp_path, capsys):
     model, task = micro_task
     comp = methods.compare_methods(model, task, scales=[1.0, 8.0], splits=("test", "train"), out_dir=tmp_path, **RUN)
     table = comp.curve
-    assert set(table["method"]) == {"mgnp", "coarse", "attribution", "random"}
+    assert set(table["method"]) == {"mgnp", "coarse", "attribution", "attribution_ig", "random"}
     assert set(table["split"]) == {"test", "train"}
-    assert len(table) == 2 * 4 * 2
+    assert len(table) == 2 * 5 * 2
     # one set of pairs: the full model's and the empty circuit's metric are the same for every circuit of a split
     for _, part in table.groupby("split"):
         assert part["base_metric"].nunique() == 1 and part["empty_metric"].nunique() == 1
     # attribution and random circuits are built at mgnp's per-granularity counts
-    for m in ("attribution", "random"):
+    for m in ("attribution", "attribution_ig", "random"):
         for c, ref in zip(comp.circuits[m], comp.circuits["mgnp"]):
             assert c.counts() == ref.counts()
     # the coarse circuits keep every neuron of what they keep
     for c in comp.circuits["coarse"]:
         kept_heads = c.masks["attn_head"]
         assert bool((c.masks["attn_neuron"].all(-1) == kept_heads).all())
-    assert set(comp.areas["size"]) == set(ff.SIZE_AXES) and len(comp.areas) == 4 * 2 * 2
+    assert set(comp.areas["size"]) == set(ff.SIZE_AXES) and len(comp.areas) == 5 * 2 * 2
     assert ((comp.areas["cmd"] >= 0)).all()
     for name in ("curve.csv", "areas.csv", "faithfulness.json", "mgnp", "coarse"):
         assert (tmp_path / name).exists(), name
     # the report of the comparison, through the CLI
     assert main(["report", str(tmp_path)]) == 0
     page = (tmp_path / "report.html").read_text()
-    assert "CPR" in page and "coarse" in page and "attribution" in page and page.count("<table") >= 2
+    assert "CPR" in page and "coarse" in page and "attribution_ig" in page and page.count("<table") >= 2
     # a second call resumes the finished sweeps: same circuits
     again = methods.compare_methods(model, task, scales=[1.0, 8.0], splits=("test",), out_dir=tmp_path, **RUN)
     assert all(a == b for a, b in zip(again.circuits["mgnp"], comp.circuits["mgnp"]))
