@@ -21,9 +21,9 @@ from pathlib import Path
 from harness import parser, peak_rss_mb, RESULTS, write
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-METHOD_ORDER = ("mgnp", "coarse", "attribution", "attribution_ig", "random")
+METHOD_ORDER = ("mgnp", "mgnp_one_run", "coarse", "attribution", "attribution_ig", "random")
 #: Okabe-Ito colours and distinct markers, one per method (colour-blind safe).
-STYLE = {"mgnp": ("#0072B2", "o"), "coarse": ("#E69F00", "s"), "attribution": ("#009E73", "D"),
+STYLE = {"mgnp": ("#0072B2", "o"), "mgnp_one_run": ("#56B4E9", "P"), "coarse": ("#E69F00", "s"), "attribution": ("#009E73", "D"),
          "attribution_ig": ("#D55E00", "v"), "random": ("#CC79A7", "^")}
 
 
@@ -136,8 +136,9 @@ def render_docs() -> Path:
              "nodes) kept, from the empty circuit (0, 0) to the full model (1, 1), trapezoid rule on a linear "
              "axis (`mgnp_lens.faithfulness`). mgnp = multi-granular pruning; coarse = heads and MLP blocks only "
              "(the same loop); attribution = node attribution patching (first order), attribution_ig = its "
-             "integrated-gradients version (EAP-IG's scoring on nodes, 5 points) and random = random nodes, all at "
-             "each mgnp circuit's per-granularity counts (runs before attribution_ig existed lack it). What the curves say, and where mgnp-lens loses: "
+             "integrated-gradients version (EAP-IG's scoring on nodes, 5 points), mgnp_one_run = circuits of 0.25-4× the "
+             "size of the λ×1 run's, filled by its gate scores (no sweep), and random = random nodes, all at "
+             "each mgnp circuit's per-granularity counts (runs before these two existed lack them). What the curves say, and where mgnp-lens loses: "
              "[heldout.md](heldout.md), \"Faithfulness over sizes\".", ""]
     for path in sorted(RESULTS.glob("faithfulness_curves_*.json")):
         data = json.loads(path.read_text())

@@ -9,6 +9,7 @@ attribution patching (first order and integrated gradients) and random circuits,
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +20,9 @@ from .baselines import COARSE_GRANULARITIES, attribution_scores, random_circuit,
 from .circuit import Circuit
 from .faithfulness import SIZE_AXES, areas, curve
 from .sweep import sweep
+
+#: The size factors of :func:`circuits_from_scores`: circuits of a quarter to four times the returned one's size.
+SCORE_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 #: The methods :func:`compare_methods` puts beside mgnp-lens, in this order.
 BASELINE_METHODS = ("coarse", "attribution", "attribution_ig", "random")
@@ -36,6 +40,38 @@ def matched_baselines(model, task, circuits: Sequence[Circuit], seed: int = 0, i
     return {"attribution": [select_nodes(c.dims, first, c.counts()) for c in circuits],
             "attribution_ig": [select_nodes(c.dims, ig, c.counts()) for c in circuits],
             "random": [random_circuit(c.dims, c, seed=seed + i) for i, c in enumerate(circuits)]}
+
+
+def scaled_counts(circuit: Circuit, factor: float) -> dict[str, int]:
+    """``circuit``'s node count of every granularity times ``factor`` (rounded; at least one where it keeps one, at
+    most all), then each child granularity's count held between one child per kept parent and all their children,
+    so that :func:`~mgnp_lens.baselines.select_nodes` can keep it."""
+    dims, kept = circuit.dims, circuit.counts()
+    counts: dict[str, int] = {}
+    for g in dims.granularities:  # parents first
+        n = min(dims.count(g), max(min(kept[g], 1), round(factor * kept[g])))
+        parent = dims.parent(g)
+        if parent is not None:
+            per_parent = dims.count(g) // dims.count(parent)
+            n = min(max(n, counts[parent]), counts[parent] * per_parent)
+        counts[g] = n
+    return counts
+
+
+def circuits_from_scores(result, factors: Sequence[float] = SCORE_FACTORS) -> list[Circuit]:
+    """Circuits of several sizes from one run: for each factor, :func:`scaled_counts` of the run's circuit, filled
+    with the nodes its gates score highest (:meth:`~mgnp_lens.result.DiscoveryResult.scores`: each node's
+    probability of being kept, from the state the circuit came from), hierarchy-consistent. A faithfulness curve
+    without a λ sweep.
+
+    Args:
+        result: a :class:`~mgnp_lens.result.DiscoveryResult` (or one read back with ``DiscoveryResult.load``).
+        factors: size factors (1: the run's own counts).
+    """
+    if not factors or any(f <= 0 for f in factors):
+        raise ValueError(f"factors must be positive size factors (1: the run's own counts), got {list(factors)}")
+    scores = result.gates.open_probability(result.scored_log_alpha)
+    return [select_nodes(result.circuit.dims, scores, scaled_counts(result.circuit, f)) for f in factors]
 
 
 @dataclass
@@ -68,12 +104,13 @@ class MethodComparison:
 def compare_methods(model, task, scales: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0),
                     coarse_scales: Sequence[float] | None = None, splits: Sequence[str] = ("test",),
                     out_dir: str | Path | None = None, max_examples: int | None = None, seed: int = 0,
-                    ig_steps: int = 5, config=None, **overrides) -> MethodComparison:
+                    ig_steps: int = 5, one_run: bool = True, config=None, **overrides) -> MethodComparison:
     """Faithfulness curves of mgnp-lens and the baselines (:data:`BASELINE_METHODS`), scored on the same pairs.
 
     mgnp-lens and coarse pruning (:func:`mgnp_lens.baselines.coarse`) each run a λ sweep; attribution patching
     (first order, and integrated gradients on ``ig_steps`` points) and random circuits are built at the
-    per-granularity counts of each mgnp-lens circuit.
+    per-granularity counts of each mgnp-lens circuit. ``mgnp_one_run`` are circuits of several sizes from the scores
+    of one run, the sweep's at the λ scale nearest 1 (:func:`circuits_from_scores`).
 
     Args:
         scales: mgnp-lens's λ scales; ``coarse_scales`` the coarse sweep's (default the same).
@@ -83,6 +120,7 @@ def compare_methods(model, task, scales: Sequence[float] = (0.25, 0.5, 1.0, 2.0,
         max_examples: score on the first pairs of each split only.
         seed: the random baseline's seed.
         ig_steps: points on the integrated-gradients path (:func:`mgnp_lens.baselines.attribution_scores`).
+        one_run: add ``mgnp_one_run`` (False: the sweeps and baselines only).
         config, overrides: the runs' :class:`~mgnp_lens.PruningConfig` (e.g. ``steps=120``).
     """
     out = Path(out_dir) if out_dir is not None else None
@@ -91,6 +129,9 @@ def compare_methods(model, task, scales: Sequence[float] = (0.25, 0.5, 1.0, 2.0,
                               **{**overrides, "granularities": COARSE_GRANULARITIES})}
     mgnp = sweeps["mgnp"].circuits()
     circuits = {"mgnp": mgnp, "coarse": sweeps["coarse"].circuits(), **matched_baselines(model, task, mgnp, seed, ig_steps)}
+    if one_run:
+        nearest = min(range(len(scales)), key=lambda i: abs(math.log(scales[i])))
+        circuits["mgnp_one_run"] = circuits_from_scores(sweeps["mgnp"].results[nearest])
     table = curve(model, task, circuits, splits, max_examples=max_examples)
     both = pd.concat([areas(table, s) for s in SIZE_AXES], ignore_index=True)
     result = MethodComparison(table, both, circuits, sweeps)

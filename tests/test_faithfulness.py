@@ -96,13 +96,16 @@ def test_sweep_table_has_faithfulness_and_areas(micro_task):
     assert got["cpr"] == pytest.approx(ff.integrate(t["param_fraction"], t["recovered"])[0])
 
 
-def test_compare_methods_scores_five_methods_on_the_same_pairs(micro_task, tmp_path, capsys):
+def test_compare_methods_scores_six_methods_on_the_same_pairs(micro_task, tmp_path, capsys):
     model, task = micro_task
     comp = methods.compare_methods(model, task, scales=[1.0, 8.0], splits=("test", "train"), out_dir=tmp_path, **RUN)
     table = comp.curve
-    assert set(table["method"]) == {"mgnp", "coarse", "attribution", "attribution_ig", "random"}
+    assert set(table["method"]) == {"mgnp", "coarse", "attribution", "attribution_ig", "random", "mgnp_one_run"}
     assert set(table["split"]) == {"test", "train"}
-    assert len(table) == 2 * 5 * 2
+    assert len(table) == 2 * (5 * 2 + len(methods.SCORE_FACTORS))  # five methods at two scales, one run's sizes
+    one_run = comp.circuits["mgnp_one_run"]  # from the λ×1 run's scores; factor 1 is that run's circuit
+    assert one_run[methods.SCORE_FACTORS.index(1.0)] == comp.circuits["mgnp"][0]
+    assert [c.count("attn_neuron") for c in one_run] == sorted(c.count("attn_neuron") for c in one_run)
     # one set of pairs: the full model's and the empty circuit's metric are the same for every circuit of a split
     for _, part in table.groupby("split"):
         assert part["base_metric"].nunique() == 1 and part["empty_metric"].nunique() == 1
@@ -114,7 +117,7 @@ def test_compare_methods_scores_five_methods_on_the_same_pairs(micro_task, tmp_p
     for c in comp.circuits["coarse"]:
         kept_heads = c.masks["attn_head"]
         assert bool((c.masks["attn_neuron"].all(-1) == kept_heads).all())
-    assert set(comp.areas["size"]) == set(ff.SIZE_AXES) and len(comp.areas) == 5 * 2 * 2
+    assert set(comp.areas["size"]) == set(ff.SIZE_AXES) and len(comp.areas) == 6 * 2 * 2
     assert ((comp.areas["cmd"] >= 0)).all()
     for name in ("curve.csv", "areas.csv", "faithfulness.json", "mgnp", "coarse"):
         assert (tmp_path / name).exists(), name
@@ -144,3 +147,18 @@ def test_faithfulness_curves_figure():
         plot.faithfulness_curves(table, split="test_ood")
     with pytest.raises(ValueError, match="no column"):
         plot.faithfulness_curves(table.drop(columns="method"))
+
+
+def test_circuits_from_one_runs_scores(micro_task):
+    model, task = micro_task
+    r = mg.discover(model, task, **{**RUN, "steps": 30})
+    circuits = methods.circuits_from_scores(r, [0.5, 1.0, 3.0])
+    assert circuits[1] == r.circuit  # factor 1: the run's own circuit, so the scores rank as binarisation does
+    for factor, c in zip([0.5, 1.0, 3.0], circuits):
+        assert c.counts() == methods.scaled_counts(r.circuit, factor)
+        assert not mg.circuit.hierarchy_violations(c.masks)
+    kept, dims = r.circuit.counts(), r.circuit.dims
+    for g, n in methods.scaled_counts(r.circuit, 3.0).items():
+        assert min(dims.count(g), 3 * kept[g]) >= n >= min(kept[g], 1)
+    with pytest.raises(ValueError, match="factors must be positive"):
+        methods.circuits_from_scores(r, [0.0, 1.0])
