@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 from helpers import same_run, micro_model, random_pairs
@@ -134,7 +135,9 @@ def test_a_circuit_counts_as_stable_only_after_the_warm_ups_and_for_a_fifth_of_t
     assert targets.stable_after_warmup(late_penalty, _rows([7] * 65))
 
 
-def test_a_run_stops_when_its_circuit_has_converged_and_says_so(setup):
+def test_a_run_stops_when_its_circuit_has_converged_and_says_so(setup, tmp_path, capsys):
+    from mgnp_lens.cli import _print_result
+
     model, task, _ = setup
     kw = dict(KW, steps=200, seed=0, lambda_scale=50.0)  # would prune all: the small-model regime, whose λ is fixed
     with pytest.warns(UserWarning, match="small-model regime"):
@@ -142,6 +145,10 @@ def test_a_run_stops_when_its_circuit_has_converged_and_says_so(setup):
     conv = r.meta["convergence"]
     assert r.steps_completed < 200 and conv["stopped_at_step"] == r.steps_completed
     assert conv["converged"] and conv["final_state"] and conv["stable_steps"] >= conv["stable_needed"] == 40
+    page = mg.write_report(r, tmp_path / "run").read_text()
+    assert f"training stopped there, at step {r.steps_completed}" in page
+    _print_result(r)
+    assert re.search(r"converged: yes \(.*; training stopped there\)", capsys.readouterr().out)
     with pytest.warns(UserWarning, match="small-model regime"):
         full = mg.discover(model, task, **kw, stop_when_converged=False)
     assert full.steps_completed == 200 and "stopped_at_step" not in full.meta["convergence"]
