@@ -61,7 +61,7 @@ def main() -> None:
     table["factor"] = [args.factors[p] for p in table["point"]]
     both = [ff.areas(table, s) for s in ff.SIZE_AXES]
     correlation = {g: rank_correlation(scores["attribution"][g], scores["attribution_ig"][g])
-                   for g in scores["attribution"]}
+                   for g in scores["attribution"] if scores["attribution"][g].numel() > 1}  # not the one embedding
     print(table[["method", "split", "factor", "param_fraction", "kl", "recovered"]].to_string(index=False))
     print("first order vs IG, Spearman:", {g: round(v, 3) for g, v in correlation.items()})
     write(f"node_scores_{args.task}", {

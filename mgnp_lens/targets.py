@@ -139,11 +139,12 @@ def stable_after_warmup(config, rows: list[dict]) -> bool:
     """Whether the hard circuit has been unchanged for :func:`stable_needed` steps, every one of them after the
     warm-ups and the penalty's start (before them an untouched circuit is stable without having converged).
     ``rows``: the history so far (``hard_key`` on every step)."""
-    since = stable_since(rows)
-    if since is None or not rows:
+    need = stable_needed(config)
+    last = rows[-need:]  # the stretch that must agree: O(need) a call, not the whole history
+    if len(last) < need or last[0]["step"] <= max(config.warmup_end, config.penalty_start):
         return False
-    start = max(since, config.warmup_end + 1, config.penalty_start + 1)
-    return rows[-1]["step"] - start + 1 >= stable_needed(config)
+    key = last[-1].get("hard_key")
+    return key is not None and not _isnan(key) and all(r.get("hard_key") == key for r in last)
 
 
 def convergence(config, rows: list[dict], steps: int, met: bool | None, returned_step: int | None) -> dict:
