@@ -164,6 +164,14 @@ def test_bad_task_input_names_the_problem(gpt2_micro):
         task = PromptPairTask.from_tokens(clean, corrupted, [1] * 4, [2] * 4)
     with pytest.raises(ValueError, match="no split 'dev'"):
         task.split("dev")
+    clean, corrupted = random_pairs(gpt2_micro, n=20)
+    with pytest.warns(UserWarning, match="names no 'validation' split: it uses the test pairs"):
+        task = PromptPairTask.from_tokens(clean, corrupted, [1] * 20, [2] * 20,
+                                          split_fractions={"train": 0.5, "test": 0.5})
+    from mgnp_lens.checkpoint import train_fingerprint
+    assert train_fingerprint(task.split("validation")) == train_fingerprint(task.split("test"))  # the same pairs
+    with pytest.warns(UserWarning, match="names no 'validation' or 'test' split: they use the train pairs"):
+        PromptPairTask.from_tokens(clean, corrupted, [1] * 20, [2] * 20, split_fractions={"train": 1.0})
 
 
 @pytest.mark.parametrize("mode", ["cache", "batch"])

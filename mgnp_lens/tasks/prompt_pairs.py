@@ -117,8 +117,15 @@ class PromptPairTask(Task):
             size = n - start if j == len(names) - 1 else max(1, round(fractions[k] * n))
             out[k] = perm[start:start + size]
             start += size
-        for k in SPLITS:  # an unnamed split falls back to the test/train pairs
-            out.setdefault(k, out.get("test") or out["train"])
+        missing = [k for k in SPLITS if k not in out]
+        fallback = "test" if "test" in out else "train"
+        for k in missing:  # an unnamed split falls back to the test/train pairs
+            out[k] = out[fallback]
+        if missing:
+            warnings.warn(f"split_fractions names no {' or '.join(repr(k) for k in missing)} split: "
+                          f"{'it uses' if len(missing) == 1 else 'they use'} the {fallback} pairs, so what is measured "
+                          f"there is not independent of them (name every split in split_fractions to keep them apart)",
+                          stacklevel=3)
         return out
 
     @classmethod
