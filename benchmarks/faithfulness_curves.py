@@ -23,7 +23,8 @@ from harness import parser, peak_rss_mb, RESULTS, write
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 METHOD_ORDER = ("mgnp", "mgnp_one_run", "coarse", "attribution", "attribution_ig", "random")
 #: Okabe-Ito colours and distinct markers, one per method (colour-blind safe).
-STYLE = {"mgnp": ("#0072B2", "o"), "mgnp_one_run": ("#56B4E9", "P"), "coarse": ("#E69F00", "s"), "attribution": ("#009E73", "D"),
+STYLE = {"mgnp": ("#0072B2", "o"), "mgnp_one_run": ("#56B4E9", "P"), "coarse": ("#E69F00", "s"),
+         "attribution": ("#009E73", "D"),
          "attribution_ig": ("#D55E00", "v"), "random": ("#CC79A7", "^")}
 
 

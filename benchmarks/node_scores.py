@@ -53,7 +53,8 @@ def main() -> None:
         scores[name] = baselines.attribution_scores(model, task, **kw)
         seconds[name] = time.perf_counter() - t0
     circuits = {"mgnp_one_run": one_run,
-                **{name: [baselines.select_nodes(c.dims, s, c.counts()) for c in one_run] for name, s in scores.items()},
+                **{name: [baselines.select_nodes(c.dims, s, c.counts()) for c in one_run]
+                   for name, s in scores.items()},
                 "random": [baselines.random_circuit(c.dims, c, seed=i) for i, c in enumerate(one_run)]}
     t0 = time.perf_counter()
     table = ff.curve(model, task, circuits, args.splits, max_examples=args.max_examples)

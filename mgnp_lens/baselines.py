@@ -20,7 +20,7 @@ from typing import Mapping
 import torch
 
 from .circuit import Circuit
-from .granularity import GRANULARITIES, ModelDims
+from .granularity import ModelDims
 from .hooks import Interpolator, check_hook_points, masked_answer_logits
 from .speedups import frozen_weights
 

@@ -38,7 +38,8 @@ OPENED_LOG_ALPHA = 4.0
 @dataclass
 class Confirmation:
     """What the confirmation phase did: the repairs in order (``"neurons of head L.H"``, ``"MLP L"``, ...), the
-    loss (on :data:`SPLITS`) before and after, the loss at stake it was measured against, and the candidates evaluated."""
+    loss (on :data:`SPLITS`) before and after, the loss at stake it was measured against, and the candidates
+    evaluated."""
 
     repairs: list[str] = field(default_factory=list)
     loss_before: float = 0.0
@@ -86,8 +87,8 @@ def candidates(circuit: Circuit) -> list[tuple[str, dict[str, torch.Tensor]]]:
 
 def confirm(model, task, circuit: Circuit, replacement, max_examples: int | None, batch_size: int,
             tolerance: float = TOLERANCE) -> tuple[Circuit, Confirmation]:
-    """``circuit`` repaired until no single repair lowers its loss on :data:`SPLITS` by more than ``tolerance`` of the loss
-    at stake; returns it and what was done (:class:`Confirmation`).
+    """``circuit`` repaired until no single repair lowers its loss on :data:`SPLITS` by more than ``tolerance`` of the
+    loss at stake; returns it and what was done (:class:`Confirmation`).
 
     Args:
         replacement: the run's :class:`~mgnp_lens.ablation.Replacement` (what pruned units output).

@@ -587,9 +587,9 @@ def _convergence(run: _Run, result: DiscoveryResult) -> dict:
 
 
 def _confirm(model, task, run: _Run, data: _Data) -> None:
-    """The confirmation phase (``confirm``, :mod:`mgnp_lens.confirm`): the binarised circuit repaired on the training and
-    validation pairs, the gates opened to match (so the returned circuit is still the final state), what was done in
-    ``meta["confirmation"]``. Ctrl-C skips it (the trained circuit is kept, unconfirmed, with a warning)."""
+    """The confirmation phase (``confirm``, :mod:`mgnp_lens.confirm`): the binarised circuit repaired on the training
+    and validation pairs, the gates opened to match (so the returned circuit is still the final state), what was done
+    in ``meta["confirmation"]``. Ctrl-C skips it (the trained circuit is kept, unconfirmed, with a warning)."""
     config = run.config
     circuit = Circuit(run.dims, run.gates.binarize(), task=run.task.describe())
     try:

@@ -1,5 +1,6 @@
 """Several circuit-finding methods side by side on the same pairs: mgnp-lens, head-and-block pruning,
-attribution patching (first order and integrated gradients) and random circuits, scored by :mod:`mgnp_lens.faithfulness`'s curves and areas.
+attribution patching (first order and integrated gradients) and random circuits, scored by
+:mod:`mgnp_lens.faithfulness`'s curves and areas.
 
     comp = compare_methods(model, task, scales=[0.5, 1, 2, 4], splits=("test", "test_ood"), out_dir="runs/cmp")
     comp.areas            # CPR and CMD per method and split
@@ -128,7 +129,8 @@ def compare_methods(model, task, scales: Sequence[float] = (0.25, 0.5, 1.0, 2.0,
               "coarse": sweep(model, task, coarse_scales or scales, config, out_dir=out / "coarse" if out else None,
                               **{**overrides, "granularities": COARSE_GRANULARITIES})}
     mgnp = sweeps["mgnp"].circuits()
-    circuits = {"mgnp": mgnp, "coarse": sweeps["coarse"].circuits(), **matched_baselines(model, task, mgnp, seed, ig_steps)}
+    circuits = {"mgnp": mgnp, "coarse": sweeps["coarse"].circuits(),
+                **matched_baselines(model, task, mgnp, seed, ig_steps)}
     if one_run:
         nearest = min(range(len(scales)), key=lambda i: abs(math.log(scales[i])))
         circuits["mgnp_one_run"] = circuits_from_scores(sweeps["mgnp"].results[nearest])
