@@ -1,0 +1,65 @@
+"""Where the default circuits lose held-out faithfulness: the neuron gates inside what they keep, or the heads and
+blocks they keep. Each committed default circuit is scored as it is, with every kept head whole (all its attention
+neurons), with every kept MLP block whole (all its hidden and output neurons), and with both, on the same pairs.
+
+    python benchmarks/whole_nodes.py [--tasks ioi gt gp] [--splits test test_ood] [--max-examples 512] [--tag T]
+
+Filling kept nodes in never adds a head or a block, so the "both" circuit has the default circuit's heads and
+blocks exactly: if it is far more faithful on ``test_ood``, the neuron gates are what does not generalise; if not,
+the choice of heads and blocks is. Writes ``results/whole_nodes.json``: per task, variant and split the KL (with its
+standard error), the recovered fraction, the kept counts and parameters.
+"""
+
+from __future__ import annotations
+
+from harness import RESULTS, parser, write
+
+#: ``{task: the default run's directory under results/}``.
+RUNS = {"ioi": "ioi_default", "gt": "gt_default", "gp": "gp_default"}
+VARIANTS = ("as found", "heads whole", "MLP blocks whole", "both whole")
+
+
+def filled(circuit, heads: bool, mlps: bool):
+    """``circuit`` with every kept head's attention neurons (``heads``) and every kept MLP block's hidden and
+    output neurons (``mlps``) kept; nothing else added."""
+    import mgnp_lens as mg
+
+    masks = {g: m.clone() for g, m in circuit.masks.items()}
+    if heads:
+        masks["attn_neuron"] = masks["attn_head"][..., None].expand_as(masks["attn_neuron"]).clone()
+    if mlps:
+        masks["mlp_hidden"] = masks["mlp_block"][:, None].expand_as(masks["mlp_hidden"]).clone()
+        masks["mlp_output"] = masks["mlp_block"][:, None].expand_as(masks["mlp_output"]).clone()
+    return mg.Circuit(circuit.dims, masks, task=circuit.task, config=circuit.config)
+
+
+def main() -> None:
+    ap = parser(__doc__, "whole_nodes", device=True)
+    ap.add_argument("--tasks", nargs="+", default=list(RUNS), choices=list(RUNS))
+    ap.add_argument("--splits", nargs="+", default=["test", "test_ood"])
+    ap.add_argument("--max-examples", type=int, default=512)
+    args = ap.parse_args()
+
+    import mgnp_lens as mg
+    from mgnp_lens.evaluate import evaluate_many
+
+    model = mg.load_model(None, device=args.device)
+    out = {}
+    for task_name in args.tasks:
+        task = mg.tasks.get_task(task_name, model, n_test=args.max_examples, n_heldout=args.max_examples)
+        found = mg.Circuit.load(RESULTS / RUNS[task_name] / "circuit.json")
+        circuits = [filled(found, h, m) for h, m in ((False, False), (True, False), (False, True), (True, True))]
+        rows = [{"variant": v, "counts": c.counts(), "n_params": c.n_params()} for v, c in zip(VARIANTS, circuits)]
+        for split in args.splits:
+            for row, ev in zip(rows, evaluate_many(model, task, circuits, split, max_examples=args.max_examples)):
+                row[split] = {"n_examples": ev.n_examples, "kl": ev.kl, "kl_se": ev.kl_se,
+                              "recovered": ev.recovered}
+                print(task_name, split, row["variant"], f"KL {ev.kl:.4f} ± {ev.kl_se:.4f}",
+                      f"recovered {ev.recovered:.3f}", flush=True)
+        out[task_name] = {"run": RUNS[task_name], "rows": rows}
+    write("whole_nodes", {"splits": args.splits, "max_examples": args.max_examples, "tasks": out}, args.out,
+          args.tag)
+
+
+if __name__ == "__main__":
+    main()
