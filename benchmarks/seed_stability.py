@@ -69,7 +69,7 @@ def main() -> None:
     pairs = [{"seeds": [runs[i]["seed"], runs[j]["seed"]],
               **{g: jaccard(circuits[i], circuits[j], g) for g in GRANULARITIES}}
              for i, j in itertools.combinations(range(len(runs)), 2)]
-    mean = {g: sum(p[g] for p in pairs) / len(pairs) for g in GRANULARITIES}
+    mean = {g: sum(p[g] for p in pairs) / len(pairs) if pairs else None for g in GRANULARITIES}  # one run: none
     print(json.dumps({"mean_jaccard": mean, "pairs": pairs}, indent=1))
     write(f"seed_stability_{args.task}", {"task": args.task, "runs": runs, "pairs": pairs, "mean_jaccard": mean,
                                           "goal": {"attn_head": 0.85}}, args.out, args.tag)
