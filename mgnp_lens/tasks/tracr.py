@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -139,6 +140,31 @@ def _import_tracr():
     return compiling, lib, rasp
 
 
+@contextmanager
+def _numbered_from_one(program, rasp) -> Iterator[None]:
+    """tracr labels each expression with a process-wide counter and lays out the residual stream by label, so the
+    same program compiles to a differently ordered model depending on what was compiled before it (and a run on it
+    then differs). Inside, ``program``'s expressions are numbered from 1, unless some already carry a number (then
+    nothing changes: renumbering could give two of them one label); afterwards the counter goes on above both."""
+    seen, stack, fresh = set(), [program], True
+    while stack:
+        expr = stack.pop()
+        if id(expr) in seen:
+            continue
+        seen.add(id(expr))
+        fresh = fresh and "unique_id" not in vars(expr)
+        stack.extend(expr.children)
+    if not fresh:
+        yield
+        return
+    before = next(rasp.RASPExpr._ids)
+    rasp.RASPExpr._ids = counter = itertools.count(1)
+    try:
+        yield
+    finally:
+        rasp.RASPExpr._ids = itertools.count(max(before, next(counter)))
+
+
 def _output_labels(program, tracr_model) -> list[str]:
     """The residual-stream labels of the program's output, in output-id order."""
     enc = tracr_model.output_encoder
@@ -161,14 +187,16 @@ def compile_rasp(program, vocab, max_seq_len: int, name: str | None = None, devi
     if not vocab or max_seq_len < 1:
         raise ValueError(f"a tracr program needs a vocabulary and max_seq_len >= 1; got vocab={vocab!r}, "
                          f"max_seq_len={max_seq_len}")
-    label = name or program.label
     try:
-        tracr_model = compiling.compile_rasp_to_model(program, vocab=set(vocab), max_seq_len=max_seq_len,
-                                                      compiler_bos=BOS)
+        with _numbered_from_one(program, rasp):
+            label = name or program.label
+            tracr_model = compiling.compile_rasp_to_model(program, vocab=set(vocab), max_seq_len=max_seq_len,
+                                                          compiler_bos=BOS)
     except Exception as e:  # tracr raises many kinds: unsupported operations, non-numerical MLP inputs, ...
         detail = " ".join(str(e).split())
-        raise ValueError(f"tracr cannot compile the RASP program {label!r} ({type(e).__name__}: {detail}); only programs "
-                         "that tracr.compiler.compiling.compile_rasp_to_model accepts can become tasks") from None
+        raise ValueError(f"tracr cannot compile the RASP program {name or program.label!r} ({type(e).__name__}: "
+                         f"{detail}); only programs that tracr.compiler.compiling.compile_rasp_to_model accepts can "
+                         "become tasks") from None
     c, params = tracr_model.model_config, tracr_model.params
     labels = list(tracr_model.residual_labels)
     outputs = _output_labels(program, tracr_model)
