@@ -42,6 +42,7 @@ def run_one(program, ablation: str, seed: int, settings: dict) -> dict:
             "converged": conv.get("converged"), "returned_step": conv.get("returned_step"),
             "steps": r.steps_completed, "final_state": conv.get("final_state"), "seconds": seconds,
             "counts": r.circuit.counts(), "repairs": conv.get("repairs", []),
+            "pruned_back": bool(r.meta.get("confirmation", {}).get("pruned_back")),
             "small_model_regime": r.meta.get("auto_target")}
 
 
@@ -89,6 +90,7 @@ def main() -> None:
     summary = {"runs": len(rows), "exact": sum(r["exact"] for r in rows), "exact_and_faithful": both,
                "converged": sum(bool(r["converged"]) for r in rows),
                "repaired": sum(bool(r["repairs"]) for r in rows),
+               "pruned_back": sum(r["pruned_back"] for r in rows),
                "exact_and_faithful_unrepaired": sum(r["exact"] and r["faithful"] and not r["repairs"] for r in rows)}
     print(summary)
     write("tracr_suite", {"settings": settings, "node_cost": args.node_cost, "seeds": args.seeds, "summary": summary,

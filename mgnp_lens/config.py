@@ -141,9 +141,11 @@ class PruningConfig:
             ``True`` or ``False``.
         confirm: after training, check the binarised circuit against every single discrete repair (a kept node's
             pruned neurons restored, a pruned head or MLP added) on the training and validation pairs and apply the
-            best while it lowers their loss by more than 1% of the loss at stake (:mod:`mgnp_lens.confirm`); the gates
-            are opened to match, so the returned circuit stays the final state (False; the small-model regime sets
-            it). A round costs one masked pass per candidate: seconds on a tracr model, minutes on SmolLM2.
+            best while it lowers their loss by more than 1% of the loss at stake (:mod:`mgnp_lens.confirm`); in the
+            small-model regime, a circuit that still misses the regime's target is pruned back from every node (and
+            the run warns that its circuit is that search's). The gates are set to match, so the returned circuit
+            stays the final state (False; the small-model regime sets it). A round costs one masked pass per
+            candidate: seconds on a tracr model, minutes on SmolLM2.
         stop_when_converged: end training once the hard circuit has been unchanged, after every warm-up, for as
             many steps as a converged run needs (:func:`mgnp_lens.targets.stable_needed`: 20% of ``steps``) and
             meets ``target_sparsity`` if set; the run then reports converged at the step it stopped (True).

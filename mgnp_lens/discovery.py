@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint, targets
 from .ablation import Ablation, Replacement
-from .confirm import confirm, open_gates
+from .confirm import confirm, nodes as confirm_nodes, open_gates
 from .circuit import Circuit, make_consistent
 from .config import PRECOMPUTE_MEMORY_FRACTION, PruningConfig
 from .evaluate import Evaluation, evaluate, evaluate_cached, task_loss
@@ -588,21 +588,39 @@ def _convergence(run: _Run, result: DiscoveryResult) -> dict:
 
 def _confirm(model, task, run: _Run, data: _Data) -> None:
     """The confirmation phase (``confirm``, :mod:`mgnp_lens.confirm`): the binarised circuit repaired on the training
-    and validation pairs, the gates opened to match (so the returned circuit is still the final state), what was done
-    in ``meta["confirmation"]``. Ctrl-C skips it (the trained circuit is kept, unconfirmed, with a warning)."""
+    and validation pairs (in the small-model regime pruned back when it misses the regime's target, the nodes tried
+    least likely open first), the gates set to match (so the returned circuit is still the final state), what was
+    done in ``meta["confirmation"]``. Ctrl-C skips it (the trained circuit is kept, unconfirmed, with a warning)."""
     config = run.config
     circuit = Circuit(run.dims, run.gates.binarize(), task=run.task.describe())
+    target = run.meta["auto_target"]["fraction"] if "auto_target" in run.meta else None
     try:
         with run.phases("confirm"):
             fixed, record = confirm(model, task, circuit, data.replacement, config.validate_max_examples,
-                                    config.eval_batch_size)
+                                    config.eval_batch_size, target=target, order=_removal_order(run))
     except KeyboardInterrupt:
         warnings.warn("interrupted during the confirmation phase: the trained circuit is kept unconfirmed",
                       stacklevel=4)
         return
+    if record.pruned_back:
+        warnings.warn(f"the trained circuit misses the small-model regime's target (loss {record.loss_before:.3g} on the "
+                      f"training and validation pairs, {record.loss_before / record.loss_at_stake:.0%} of the loss at "
+                      f"stake; target {target:g}) and no single repair meets it, so the confirmation pruned back from "
+                      "every node: the circuit returned is that discrete search's, not the gates'", stacklevel=4)
     open_gates(run.gates, fixed)
     run.meta["confirmation"] = record.to_dict()
     run.last = run.capture()  # the saved state is the confirmed one
+
+
+def _removal_order(run: _Run) -> list[tuple]:
+    """The heads and MLP blocks (:func:`mgnp_lens.confirm.nodes`) from the least to the most likely open by the
+    trained gates: the order in which pruning back tries to remove them."""
+    with torch.no_grad():
+        p = {g: v.cpu() for g, v in run.gates.open_probability().items()}
+
+    def score(node):
+        return float(p["attn_head"][node[1], node[2]] if node[0] == "head" else p["mlp_block"][node[1]])
+    return sorted(confirm_nodes(run.dims), key=score)
 
 
 #: What the small-model regime sets besides λ (``auto_target_fraction``; the evidence is docs/tracr.md): the noise
@@ -610,6 +628,14 @@ def _confirm(model, task, run: _Run, data: _Data) -> None:
 #: it Adam closes every gate without a KL gradient together), and the confirmation phase.
 SMALL_MODEL_SETTINGS = {"noise_warmup_granularities": None, "hard_concrete": {"init_low": 3.0, "init_high": 4.0},
                         "confirm": True}
+
+
+def _one_head_cost(config: PruningConfig, dims: ModelDims) -> float:
+    """The penalty of keeping one working head alone in its layer: its gate, its attention neurons and its attention
+    block's gate (each granularity's λ is spread over its node count), in loss units."""
+    lam = {g: config.lambdas.get(g, 0.0) * config.lambda_scale if g in config.granularities else 0.0
+           for g in ("attn_head", "attn_neuron", "attn_block")}
+    return (lam["attn_head"] + lam["attn_neuron"]) / dims.count("attn_head") + lam["attn_block"] / dims.n_layers
 
 
 def _auto_target(model, task, dims: ModelDims, config: PruningConfig) -> tuple[PruningConfig, dict | None]:
@@ -621,7 +647,7 @@ def _auto_target(model, task, dims: ModelDims, config: PruningConfig) -> tuple[P
     if fraction is None or config.target_kl is not None or config.target_sparsity or \
             "attn_head" not in config.granularities:
         return config, None
-    one_head = config.lambdas.get("attn_head", 0) * config.lambda_scale / dims.count("attn_head")
+    one_head = _one_head_cost(config, dims)
     try:
         validation = task.split("validation")
     except ValueError:  # no validation split: nothing to measure the loss at stake on, λ stays
@@ -656,7 +682,7 @@ def _warn_if_empty(run: _Run, result: DiscoveryResult) -> None:
     c, config = result.circuit, run.config
     if config.target_kl is not None or config.target_sparsity or c.active_heads() or c.active_mlps():
         return
-    one_head = config.lambdas.get("attn_head", 0) * config.lambda_scale / c.dims.count("attn_head")
+    one_head = _one_head_cost(config, c.dims)
     warnings.warn(f"the circuit is empty: at these λ keeping one head costs {one_head:.3g} in the loss, more than "
                   f"this task's loss can gain (the empty circuit's {result.train_evaluation.objective:.3g} on the "
                   "training pairs); ask for a faithfulness instead (target_kl=..., --target-kl) or lower "

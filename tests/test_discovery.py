@@ -324,7 +324,8 @@ def test_a_fixed_seed_micro_run_gives_the_recorded_circuit():
 
 
 def test_the_small_model_regime_only_where_fixed_lambda_would_prune_everything(gpt2_micro):
-    """8 heads at 100x the paper's λ: keeping one costs 100 λ_head / 8 = 37.5, above this random model's loss at
+    """8 heads in 2 layers at 100x the paper's λ: keeping one working head (its gate, its attention neurons, its
+    block's gate) costs 100 (λ_head + λ_neuron) / 8 + 100 λ_block / 2 = 66.25, above this random model's loss at
     stake, so the run scales λ until keeping every node costs 10% of that loss, and trains as the small-model regime
     says; at the paper's λ, or with the fallback off, nothing changes."""
     from mgnp_lens.discovery import SMALL_MODEL_SETTINGS
@@ -334,10 +335,14 @@ def test_the_small_model_regime_only_where_fixed_lambda_would_prune_everything(g
     task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0],
                                       split_fractions={"train": 0.5, "validation": 0.5})
     kw = dict(steps=24, batch_size=4, progress=False, eval_split=None)
-    with pytest.warns(UserWarning, match=r"keeping one head costs 37\.5 .* using the small-model regime"):
+    with pytest.warns(UserWarning, match=r"keeping one head costs 66\.2 .* using the small-model regime"):
         r = mg.discover(gpt2_micro, task, lambda_scale=100, **kw)
     auto = r.meta["auto_target"]
-    assert auto["one_head_cost"] == pytest.approx(37.5) and auto["one_head_cost"] > auto["loss_at_stake"] > 0
+    dims = r.circuit.dims
+    one_head = 100 * (PAPER_LAMBDAS["attn_head"] + PAPER_LAMBDAS["attn_neuron"]) / dims.count("attn_head") + \
+        100 * PAPER_LAMBDAS["attn_block"] / dims.n_layers
+    assert dims.n_layers == 2 and auto["one_head_cost"] == pytest.approx(one_head) == 66.25
+    assert auto["one_head_cost"] > auto["loss_at_stake"] > 0
     everything = sum(PAPER_LAMBDAS[g] for g in r.config.granularities if g in r.circuit.dims.granularities)
     assert everything * r.config.lambda_scale == pytest.approx(0.1 * auto["loss_at_stake"])
     assert r.config.target_kl is None and r.config.auto_target_fraction is None and r.config.select == "last"
