@@ -356,6 +356,10 @@ def _print_result(result) -> None:
         print(f"converged: {'yes' if conv['converged'] else 'no'} (the hard circuit was stable for the last "
               f"{conv['stable_steps']} steps, {conv['stable_needed']} needed"
               f"{'; training stopped there' if conv.get('stopped_at_step') else ''})")
+        if conv.get("repairs"):
+            from .confirm import repairs_text
+
+            print(f"repaired after training: {repairs_text(conv['repairs'])}")
 
 
 # --------------------------------------------------------------------------- commands

@@ -191,6 +191,15 @@ def prune_back(losses, circuit: Circuit, order: list[tuple], tolerance: float, b
     return Circuit(dims, masks, task=circuit.task, config=circuit.config), current
 
 
+def repairs_text(repairs: list[str]) -> str:
+    """The confirmation's repairs in words, for a run's summary (the CLI's, the report's)."""
+    text = ", ".join(repairs)
+    if "pruned back" in repairs:
+        text += (" (pruned back: the trained gates' circuit missed the target, so the circuit is the confirmation's "
+                 "discrete search's, not the gates')")
+    return text
+
+
 @torch.no_grad()
 def open_gates(gates, circuit: Circuit) -> None:
     """Raise the ``log α`` of every gate ``circuit`` keeps but the gates would prune to :data:`OPENED_LOG_ALPHA`, and

@@ -577,7 +577,10 @@ def _convergence(run: _Run, result: DiscoveryResult) -> dict:
     if run.meta.get("stopped_early_at_step") is not None:
         out["stopped_at_step"] = run.meta["stopped_early_at_step"]
     if "confirmation" in run.meta:  # repairs after training: the returned circuit is the gates' final state with them
-        out["repairs"] = list(run.meta["confirmation"]["repairs"])
+        done = run.meta["confirmation"]
+        out["repairs"] = list(done["repairs"])
+        # how far the trained circuit was from the full model before the repairs (training + validation pairs)
+        out["trained_loss_fraction"] = done["loss_before"] / done["loss_at_stake"] if done["loss_at_stake"] else 0.0
     if not out["converged"]:
         missed = " and its final circuit misses the target" if met is False else ""
         warnings.warn(f"the run did not converge: its hard circuit was stable for the last {out['stable_steps']} of "

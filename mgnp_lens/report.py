@@ -199,6 +199,10 @@ def _header(run: dict, task: str | None) -> list[str]:
         parts.append(f'<p class="{"sub" if conv["converged"] else "warn"}">The run {verdict}: its hard circuit was '
                      f'stable for the last {conv["stable_steps"]} steps ({conv["stable_needed"]} needed)'
                      f'{_stop_text(conv)}.</p>')
+        if conv.get("repairs"):
+            from .confirm import repairs_text
+
+            parts.append(f'<p class="sub">Repaired after training: {html.escape(repairs_text(conv["repairs"]))}.</p>')
     if ev.get("interrupted"):
         parts.append('<p class="warn">This run was interrupted: the circuit is the one of the last finished '
                      'step, and it was not evaluated.</p>')

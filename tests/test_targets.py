@@ -149,6 +149,13 @@ def test_a_run_stops_when_its_circuit_has_converged_and_says_so(setup, tmp_path,
     assert f"training stopped there, at step {r.steps_completed}" in page
     _print_result(r)
     assert re.search(r"converged: yes \(.*; training stopped there\)", capsys.readouterr().out)
+    assert conv["trained_loss_fraction"] >= 0 and "pruned_back" in r.meta["confirmation"]
+    conv["repairs"] = ["head 1.0", "pruned back"]  # how a pruned-back run reads (shuffle_dyck's: test_tracr.py)
+    page = mg.write_report(r, tmp_path / "pruned").read_text()
+    assert "Repaired after training: head 1.0, pruned back (pruned back: the trained gates&#x27; circuit" in page
+    _print_result(r)
+    assert "repaired after training: head 1.0, pruned back (pruned back: the trained gates' circuit missed the " \
+           "target" in capsys.readouterr().out
     with pytest.warns(UserWarning, match="small-model regime"):
         full = mg.discover(model, task, **kw, stop_when_converged=False)
     assert full.steps_completed == 200 and "stopped_at_step" not in full.meta["convergence"]
