@@ -17,9 +17,10 @@ small-model regime, ``PruningConfig.auto_target_fraction``). Evidence: docs/trac
 
 Single repairs cannot rebuild a circuit whose nodes are needed only together (an AND of heads: adding any one of
 them back changes nothing). When the repaired circuit still misses the run's target (a loss above ``target`` of
-the loss at stake), the phase *prunes back*: every pruned head and MLP block is added whole (or, where that is not enough, the
-full model is the start), and the nodes are then removed one at a time, least likely open first (by the gates), each removal kept while the loss stays
-within the target. The record says so (``pruned_back``), since that circuit is the discrete search's, not the
+the loss at stake), the phase *prunes back*: every pruned head and MLP block is added whole (or, where that is not
+enough, the full model is the start), then the nodes are removed one at a time, least likely open first (by the
+gates), each removal kept where it raises the loss by at most :data:`TOLERANCE` of the loss at stake and the loss
+stays within the target. The record says so (``pruned_back``), since that circuit is the discrete search's, not the
 gates'.
 """
 
@@ -203,8 +204,9 @@ def repairs_text(repairs: list[str]) -> str:
 @torch.no_grad()
 def open_gates(gates, circuit: Circuit) -> None:
     """Raise the ``log α`` of every gate ``circuit`` keeps but the gates would prune to :data:`OPENED_LOG_ALPHA`, and
-    lower that of every gate it prunes but the gates' (hierarchy-consistent) circuit keeps to −:data:`OPENED_LOG_ALPHA`
-    (pruning back), so that ``gates.binarize()`` gives ``circuit`` (a repair changes the state, not only the answer)."""
+    lower that of every gate it prunes but the gates' (hierarchy-consistent) circuit keeps to
+    −:data:`OPENED_LOG_ALPHA` (pruning back), so that ``gates.binarize()`` gives ``circuit`` (a repair changes the
+    state, not only the answer)."""
     raw = gates.open_on_cpu()
     kept = {**raw, **make_consistent(raw)}
     for g, la in gates.log_alpha.items():

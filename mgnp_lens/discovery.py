@@ -606,10 +606,10 @@ def _confirm(model, task, run: _Run, data: _Data) -> None:
                       stacklevel=4)
         return
     if record.pruned_back:
-        warnings.warn(f"the trained circuit misses the small-model regime's target (loss {record.loss_before:.3g} on the "
-                      f"training and validation pairs, {record.loss_before / record.loss_at_stake:.0%} of the loss at "
-                      f"stake; target {target:g}) and no single repair meets it, so the confirmation pruned back from "
-                      "every node: the circuit returned is that discrete search's, not the gates'", stacklevel=4)
+        warnings.warn(f"the trained circuit misses the small-model regime's target (loss {record.loss_before:.3g} on "
+                      f"the training and validation pairs, {record.loss_before / record.loss_at_stake:.0%} of the loss "
+                      f"at stake; target {target:g}) and no single repair meets it, so the confirmation pruned back "
+                      "from every node: the circuit returned is that discrete search's, not the gates'", stacklevel=4)
     open_gates(run.gates, fixed)
     run.meta["confirmation"] = record.to_dict()
     run.last = run.capture()  # the saved state is the confirmed one
