@@ -83,14 +83,12 @@ def candidates(circuit: Circuit) -> list[tuple[str, dict[str, torch.Tensor]]]:
                 out.append((f"neurons of head {layer}.{head}",
                             changed(lambda n: n["attn_neuron"][where].fill_(True))))
             elif not bool(m["attn_head"][where]):
-                out.append((f"head {layer}.{head}", changed(lambda n: (n["attn_block"][layer].fill_(True),
-                                                                          n["attn_head"][where].fill_(True),
-                                                                          n["attn_neuron"][where].fill_(True)))))
+                out.append((f"head {layer}.{head}", changed(lambda n: _set_node(n, dims, ("head", *where), True))))
         children = _mlp_children(dims)
         if bool(m["mlp_block"][layer]) and not all(bool(m[g][layer].all()) for g in children):
             out.append((f"neurons of MLP {layer}", changed(lambda n: [n[g][layer].fill_(True) for g in children])))
         elif not bool(m["mlp_block"][layer]):
-            out.append((f"MLP {layer}", changed(lambda n: [n[g][layer].fill_(True) for g in ("mlp_block", *children)])))
+            out.append((f"MLP {layer}", changed(lambda n: _set_node(n, dims, ("mlp", layer), True))))
     return out
 
 
