@@ -344,7 +344,7 @@ def _precompute_run(model, run: _Run) -> _Data:
     with run.phases("precompute"):
         replacement = Replacement.build(config.ablation, model, run.dims, run.train, size)
         if not run.streaming:
-            train = precompute(model, run.dims, run.train, size, config.caches_corrupted)
+            train = precompute(model, run.dims, run.train, size, config.caches_corrupted, metric=run.task.metric)
             targets = [FullModelTarget.from_logits(b, task_loss(run.task)) for b in train.base]  # once, not per step
         validation = None if run.validation is None else \
             precompute(model, run.dims, run.validation, size, Ablation.of(config.ablation).uses_corrupted_run)

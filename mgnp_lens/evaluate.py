@@ -188,25 +188,25 @@ def evaluate_cached(model, task, circuit: Circuit, pairs, pre: Precomputed, batc
                     replacement: Replacement | None = None, bar=None) -> Evaluation:
     """:func:`evaluate` on ``pairs`` from their precomputed full-model logits and corrupted activations
     (a run's, for its training pairs): one masked clean pass per batch instead of three (and, with
-    ``with_empty``, one more for the empty circuit's metric). With a zero/mean ``replacement`` the
-    corrupted activations are not needed (``pre.cache`` may be empty). ``bar``: a progress bar to ``update``
-    with each batch's pairs (:class:`mgnp_lens.phases.Phases`)."""
+    ``with_empty``, the empty circuit's metric: the precomputed corrupted run's where there is one, else one
+    more pass). With a zero/mean ``replacement`` the corrupted activations are not needed (``pre.cache`` may be
+    empty). ``bar``: a progress bar to ``update`` with each batch's pairs (:class:`mgnp_lens.phases.Phases`)."""
     device = _resolve_device(model)
     interp = Interpolator(circuit.dims, _mode(replacement, "cache"), replacement=replacement)
     interp.set_masks(circuit.masks)
     empty_interp = _interpolator(circuit.dims, None, replacement) if with_empty else None
-
-    def passes():
-        for i, idx, b in chunks(pairs, batch_size, device):
-            if interp.mode == "cache":
-                interp.set_corrupted({k: v[idx.to(v.device)] for k, v in pre.cache[i].items()})
-            circ = masked_answer_logits(model, interp, b.clean, b.corrupted, b.answer_pos)
-            empty = _empty_logits(model, empty_interp, b) if with_empty else None
-            yield b, pre.base[i][idx.to(pre.base[i].device)], circ, empty
-            if bar is not None:
-                bar.update(len(b))
-
-    return summarize(task, split, passes())
+    recorded = with_empty and empty_interp is None and bool(pre.empty_metric)
+    sums = _Sums()
+    for i, idx, b in chunks(pairs, batch_size, device):
+        if interp.mode == "cache":
+            interp.set_corrupted({k: v[idx.to(v.device)] for k, v in pre.cache[i].items()})
+        circ = masked_answer_logits(model, interp, b.clean, b.corrupted, b.answer_pos)
+        empty = _empty_logits(model, empty_interp, b) if with_empty and not recorded else None
+        sums.add(task, b, pre.base[i][idx.to(pre.base[i].device)], circ, empty,
+                 empty_metric=pre.empty_metric[i][idx.to(pre.empty_metric[i].device)] if recorded else None)
+        if bar is not None:
+            bar.update(len(b))
+    return sums.result(task, split)
 
 
 def _squares(values: torch.Tensor) -> float:
@@ -233,9 +233,11 @@ class _Sums:
         self.kl_sq = self.circuit_sq = self.loss_sq = 0.0
 
     def add(self, task, batch, base: torch.Tensor, circ: torch.Tensor, empty: torch.Tensor | None,
-            target: FullModelTarget | None = None, base_metric: float | None = None) -> None:
-        """One batch's [B, (P,) d_vocab] logits (``target`` and ``base_metric``: the full model's, if already
-        made)."""
+            target: FullModelTarget | None = None, base_metric: float | None = None,
+            empty_metric: torch.Tensor | None = None) -> None:
+        """One batch's [B, (P,) d_vocab] logits (``target``, ``base_metric`` and ``empty_metric`` [B]: the full
+        model's and the empty circuit's, if already made; without ``empty`` or ``empty_metric`` no empty
+        circuit)."""
         target = target or FullModelTarget.from_logits(base, task_loss(task))
         kl = target.kl(circ)
         self.kl, self.kl_sq = self.kl + float(kl.sum()), self.kl_sq + _squares(kl)
@@ -245,10 +247,12 @@ class _Sums:
         self.base += float(task.metric(base, batch).sum()) if base_metric is None else base_metric
         metric = task.metric(circ, batch)
         self.circuit, self.circuit_sq = self.circuit + float(metric.sum()), self.circuit_sq + _squares(metric)
-        if empty is None:
+        if empty is not None:
+            empty_metric = task.metric(empty, batch)
+        if empty_metric is None:
             self.with_empty = False
         else:
-            self.empty += float(task.metric(empty, batch).sum())
+            self.empty += float(empty_metric.sum())
         self.n += len(batch)
 
     def result(self, task, split: str) -> Evaluation:
@@ -267,21 +271,6 @@ class _Sums:
 def task_loss(task) -> str:
     """The loss ``task`` trains on (:data:`mgnp_lens.losses.LOSSES`; ``"kl"`` for tasks that do not say)."""
     return getattr(task, "loss", "kl")
-
-
-def summarize(task, split: str, passes) -> Evaluation:
-    """Means over ``passes`` of the KL and of the task metric: full model, circuit and empty circuit.
-
-    Args:
-        task: supplies ``metric(logits, batch)`` → [B].
-        split: the split's name, recorded in the result.
-        passes: iterable of ``(batch, base_logits, circuit_logits, empty_logits)``, each [B, d_vocab]; the
-            empty circuit's (every node ablated: the corrupted run) may be None.
-    """
-    sums = _Sums()
-    for batch, base, circ, empty in passes:
-        sums.add(task, batch, base, circ, empty)
-    return sums.result(task, split)
 
 
 @torch.inference_mode()

@@ -456,8 +456,10 @@ def at_positions(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def corrupted_activations(model, dims: ModelDims, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Activations of the unmasked model on ``tokens`` at every gated site: ``{hook_name: [B, pos, ...]}``."""
+@contextmanager
+def recording_sites(model, dims: ModelDims):
+    """Records the unmasked model's activations at every gated site during the passes run inside: yields the
+    ``{hook_name: [B, pos, ...]}`` dict the last pass fills."""
     store: dict[str, torch.Tensor] = {}
 
     def save(site, act):
@@ -469,6 +471,12 @@ def corrupted_activations(model, dims: ModelDims, tokens: torch.Tensor) -> dict[
         return out
 
     with model.hooks(fwd_hooks=site_hooks(model, dims, save, save_experts)):
+        yield store
+
+
+def corrupted_activations(model, dims: ModelDims, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Activations of the unmasked model on ``tokens`` at every gated site: ``{hook_name: [B, pos, ...]}``."""
+    with recording_sites(model, dims) as store:
         if _has_split_unembed(model):
             model(tokens, stop_at_layer=model.cfg.n_layers)
         else:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .granularity import ModelDims
-from .hooks import corrupted_activations, logits_at
+from .hooks import corrupted_activations, logits_at, recording_sites
 
 
 @dataclass
@@ -19,10 +19,13 @@ class Precomputed:
     Attributes:
         base: per bucket, the full model's answer logits [n_bucket, d_vocab] in float32.
         cache: per bucket, ``{hook_name: [n_bucket, pos, ...]}`` corrupted activations (empty list: none).
+        empty_metric: per bucket, the task metric of the corrupted run [n_bucket] (the empty circuit's under the
+            corrupted ablation; empty list: not recorded).
     """
 
     base: list[torch.Tensor]
     cache: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    empty_metric: list[torch.Tensor] = field(default_factory=list)
 
 
 def chunks(pairs, batch_size: int, device):
@@ -33,25 +36,38 @@ def chunks(pairs, batch_size: int, device):
             yield i, idx, bucket.select(idx).to(device)
 
 
+def _fill(store: list, i: int, n: int, idx: torch.Tensor, value: torch.Tensor) -> None:
+    """Writes ``value`` [b, ...] into rows ``idx`` of bucket ``i``'s tensor in ``store``, allocated [n, ...]."""
+    if store[i] is None:
+        store[i] = value.new_empty((n, *value.shape[1:]))
+    store[i][idx.to(value.device)] = value
+
+
 @torch.inference_mode()
-def precompute(model, dims: ModelDims, pairs, batch_size: int, with_cache: bool) -> Precomputed:
-    """The full model's answer logits of every pair and, if ``with_cache``, its corrupted activations.
+def precompute(model, dims: ModelDims, pairs, batch_size: int, with_cache: bool, metric=None) -> Precomputed:
+    """The full model's answer logits of every pair and, if ``with_cache``, its corrupted activations and (with
+    ``metric(logits [b, d_vocab], batch)`` → [b]) the corrupted run's metric, from the same pass.
 
     Each bucket's tensors are allocated once and filled chunk by chunk (no second copy from concatenating).
     """
     base: list = [None] * len(pairs.buckets)
+    empty: list = [None] * len(pairs.buckets) if with_cache and metric is not None else []
     cache: list[dict] = [{} for _ in pairs.buckets] if with_cache else []
     for i, idx, b in chunks(pairs, batch_size, next(model.parameters()).device):
         n = len(pairs.buckets[i])
-        logits = logits_at(model, b.clean, b.answer_pos, len(b)).float()
-        if base[i] is None:
-            base[i] = logits.new_empty((n, *logits.shape[1:]))
-        base[i][idx.to(logits.device)] = logits
-        for name, act in (corrupted_activations(model, dims, b.corrupted) if with_cache else {}).items():
+        _fill(base, i, n, idx, logits_at(model, b.clean, b.answer_pos, len(b)).float())
+        if not with_cache:
+            continue
+        if empty:
+            with recording_sites(model, dims) as acts:
+                _fill(empty, i, n, idx, metric(logits_at(model, b.corrupted, b.answer_pos, len(b)), b))
+        else:
+            acts = corrupted_activations(model, dims, b.corrupted)
+        for name, act in acts.items():
             if name not in cache[i]:
                 cache[i][name] = act.new_empty((n, *act.shape[1:]))
             cache[i][name][idx.to(act.device)] = act
-    return Precomputed(base, cache)
+    return Precomputed(base, cache, empty)
 
 
 def precompute_bytes(model, dims: ModelDims, pairs, with_cache: bool) -> int:

@@ -30,8 +30,8 @@ def test_full_model_target_kl_equals_the_direct_formula():
 
 
 def test_training_evaluation_from_the_loop_cache_equals_a_fresh_evaluation(gpt2_micro):
-    """Cache mode scores the training split from the loop's precomputed logits and corrupted
-    activations; it must agree with evaluate(), which recomputes both, over several buckets."""
+    """Cache mode scores the training split from the loop's precomputed logits, corrupted activations and
+    corrupted-run metric; it must agree with evaluate(), which recomputes them, over several buckets."""
     g = torch.Generator().manual_seed(3)
     lengths = [5] * 7 + [8] * 4
     clean = [torch.randint(0, gpt2_micro.cfg.d_vocab, (n,), generator=g).tolist() for n in lengths]
@@ -46,6 +46,9 @@ def test_training_evaluation_from_the_loop_cache_equals_a_fresh_evaluation(gpt2_
     assert r.train_evaluation.kl == pytest.approx(fresh.kl, rel=1e-4, abs=1e-6) and fresh.kl > 0
     assert r.train_evaluation.circuit_metric == pytest.approx(fresh.circuit_metric, rel=1e-4, abs=1e-5)
     assert r.train_evaluation.base_metric == pytest.approx(fresh.base_metric, rel=1e-4, abs=1e-5)
+    # the empty circuit's metric comes from the corrupted pass of the precompute, not from a pass of its own
+    assert r.train_evaluation.empty_metric == pytest.approx(fresh.empty_metric, rel=1e-4, abs=1e-5)
+    assert abs(fresh.empty_metric - fresh.base_metric) > 1e-3
 
 
 def test_recovered_is_one_for_the_full_model_and_zero_for_the_empty_circuit(micro_task):
