@@ -345,19 +345,19 @@ def circuit_graph(circuit: Circuit, edges: pd.DataFrame | None = None, top: int 
 
 def attention_patterns(views: dict, title: str | None = None) -> go.Figure:
     """Kept heads' attention patterns (from :func:`mgnp_lens.views.attention_patterns`): one heatmap, query
-    tokens down, key tokens across, and a menu to pick the head and prompt."""
+    tokens down, key tokens across, and a menu to pick the head and prompt (each entry restyles the one heatmap
+    with its own pattern, so the figure grows with the number of patterns, not with its square)."""
     prompts, heads = views["prompts"], views["heads"]
     if not heads:
         raise ValueError("no kept head has an attention pattern to show")
-    fig, buttons = go.Figure(), []
+    labels = [[f"{j}: {t}" for j, t in enumerate(p)] for p in prompts]
     choices = [(name, i) for name in heads for i in range(len(prompts))]
-    for k, (name, i) in enumerate(choices):
-        labels = [f"{j}: {t}" for j, t in enumerate(prompts[i])]
-        fig.add_trace(go.Heatmap(z=heads[name][i], x=labels, y=labels, zmin=0, zmax=1, colorscale=SEQUENTIAL,
-                                 visible=k == 0, colorbar={"title": "attention"},
-                                 hovertemplate="query %{y}<br>key %{x}<br>%{z:.3f}<extra></extra>"))
-        buttons.append({"label": f"{name} · prompt {i + 1}", "method": "update",
-                        "args": [{"visible": [j == k for j in range(len(choices))]}]})
+    buttons = [{"label": f"{name} · prompt {i + 1}", "method": "restyle",
+                "args": [{"z": [heads[name][i]], "x": [labels[i]], "y": [labels[i]]}, [0]]} for name, i in choices]
+    first, i0 = choices[0]
+    fig = go.Figure(go.Heatmap(z=heads[first][i0], x=labels[i0], y=labels[i0], zmin=0, zmax=1,
+                               colorscale=SEQUENTIAL, colorbar={"title": "attention"},
+                               hovertemplate="query %{y}<br>key %{x}<br>%{z:.3f}<extra></extra>"))
     fig.update_layout(title=title or "Attention of the kept heads (full model, clean prompt; pick head and prompt)",
                       template="plotly_white", yaxis={"autorange": "reversed", "title": "query"},
                       xaxis={"title": "key", "tickangle": -45}, height=600,

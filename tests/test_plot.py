@@ -112,3 +112,21 @@ def test_roc_and_interaction_figures():
     g = plot.interaction_graph(edges)
     nodes = g.data[-1]
     assert set(nodes.text) == {"embed", "L0 H1", "L1 H0", "L2 MLP"} and len(g.data) == 4
+
+
+def test_attention_patterns_one_heatmap_restyled_by_the_menu():
+    """One heatmap trace; each menu entry carries its own head and prompt's pattern and token labels."""
+    views = {"prompts": [["a", "b"], ["c", "d", "e"]],
+             "heads": {"L0 H1": [[[1, 0], [0.4, 0.6]], [[1, 0, 0], [0.5, 0.5, 0], [0.2, 0.3, 0.5]]],
+                       "L2 H0": [[[1, 0], [0.9, 0.1]], [[1, 0, 0], [0.1, 0.9, 0], [0.3, 0.3, 0.4]]]}}
+    fig = plot.attention_patterns(views)
+    assert len(fig.data) == 1 and isinstance(fig.data[0], go.Heatmap)
+    assert np.allclose(fig.data[0].z, views["heads"]["L0 H1"][0])
+    buttons = fig.layout.updatemenus[0].buttons
+    assert [b.label for b in buttons] == ["L0 H1 · prompt 1", "L0 H1 · prompt 2", "L2 H0 · prompt 1",
+                                          "L2 H0 · prompt 2"]
+    last = buttons[3].args[0]
+    assert np.allclose(last["z"][0], views["heads"]["L2 H0"][1])
+    assert list(last["x"][0]) == list(last["y"][0]) == ["0: c", "1: d", "2: e"]
+    with pytest.raises(ValueError, match="no kept head"):
+        plot.attention_patterns({"prompts": [["a"]], "heads": {}})
