@@ -455,7 +455,6 @@ def at_positions(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     return values[idx, positions.to(values.device)]
 
 
-@torch.inference_mode()
 @contextmanager
 def recording_sites(model, dims: ModelDims):
     """Records the unmasked model's activations at every gated site during the passes run inside: yields the
@@ -474,6 +473,7 @@ def recording_sites(model, dims: ModelDims):
         yield store
 
 
+@torch.inference_mode()
 def corrupted_activations(model, dims: ModelDims, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
     """Activations of the unmasked model on ``tokens`` at every gated site: ``{hook_name: [B, pos, ...]}``."""
     with recording_sites(model, dims) as store:
