@@ -72,6 +72,10 @@ def main() -> None:
         render_docs()
 
 
+#: The parameter fractions labelled on the figures' log axes.
+TICKS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
 def _figure(data: dict, path: Path) -> Path | None:
     """The curves of one task, a panel per split, recovered against the parameter fraction (log axis)."""
     try:
@@ -79,6 +83,7 @@ def _figure(data: dict, path: Path) -> Path | None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         print("matplotlib is not installed (pip install -e '.[bench]'): no figure")
         return None
@@ -103,6 +108,8 @@ def _figure(data: dict, path: Path) -> Path | None:
                 ax.set_yscale("log")
                 ax.set_xlabel("fraction of the gated parameters kept (log)")
             ax.set_xscale("log")
+            ax.set_xticks(TICKS, [f"{t:.0%}" for t in TICKS])
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # labelled minor ticks overlap
             ax.grid(alpha=0.3)
             if col == 0:
                 ax.set_ylabel(label)
