@@ -36,11 +36,11 @@ def chunks(pairs, batch_size: int, device):
             yield i, idx, bucket.select(idx).to(device)
 
 
-def _fill(store: list, i: int, n: int, idx: torch.Tensor, value: torch.Tensor) -> None:
-    """Writes ``value`` [b, ...] into rows ``idx`` of bucket ``i``'s tensor in ``store``, allocated [n, ...]."""
-    if store[i] is None:
-        store[i] = value.new_empty((n, *value.shape[1:]))
-    store[i][idx.to(value.device)] = value
+def _fill(store: dict, key, n: int, idx: torch.Tensor, value: torch.Tensor) -> None:
+    """Writes ``value`` [b, ...] into rows ``idx`` of ``store[key]``, allocated [n, ...] on first use."""
+    if key not in store:
+        store[key] = value.new_empty((n, *value.shape[1:]))
+    store[key][idx.to(value.device)] = value
 
 
 @torch.inference_mode()
@@ -50,24 +50,23 @@ def precompute(model, dims: ModelDims, pairs, batch_size: int, with_cache: bool,
 
     Each bucket's tensors are allocated once and filled chunk by chunk (no second copy from concatenating).
     """
-    base: list = [None] * len(pairs.buckets)
-    empty: list = [None] * len(pairs.buckets) if with_cache and metric is not None else []
-    cache: list[dict] = [{} for _ in pairs.buckets] if with_cache else []
+    record_empty = with_cache and metric is not None
+    base, empty, cache = {}, {}, [{} for _ in pairs.buckets]
     for i, idx, b in chunks(pairs, batch_size, next(model.parameters()).device):
         n = len(pairs.buckets[i])
         _fill(base, i, n, idx, logits_at(model, b.clean, b.answer_pos, len(b)).float())
         if not with_cache:
             continue
-        if empty:
+        if record_empty:
             with recording_sites(model, dims) as acts:
                 _fill(empty, i, n, idx, metric(logits_at(model, b.corrupted, b.answer_pos, len(b)), b))
         else:
             acts = corrupted_activations(model, dims, b.corrupted)
         for name, act in acts.items():
-            if name not in cache[i]:
-                cache[i][name] = act.new_empty((n, *act.shape[1:]))
-            cache[i][name][idx.to(act.device)] = act
-    return Precomputed(base, cache, empty)
+            _fill(cache[i], name, n, idx, act)
+    buckets = range(len(pairs.buckets))
+    return Precomputed([base[i] for i in buckets], cache if with_cache else [],
+                       [empty[i] for i in buckets] if record_empty else [])
 
 
 def precompute_bytes(model, dims: ModelDims, pairs, with_cache: bool) -> int:
