@@ -117,6 +117,12 @@ def _add_discover(sub, tasks) -> None:
                         "family, else TransformerBridge (config.json records which); hooked or bridge: insist on one")
     d.add_argument("--n-devices", type=_positive_int, default=1, metavar="N",
                    help="spread the model's layers over N CUDA devices (hooked backend; default 1)")
+    _add_training_options(d.add_argument_group("training"))
+    _add_output_options(d.add_argument_group("pairs and output"))
+
+
+def _add_training_options(d) -> None:
+    """``discover``'s optimizer, objective and precision options."""
     d.add_argument("--steps", type=_positive_int, default=None, help="optimizer steps (default 240)")
     d.add_argument("--batch-size", type=_positive_int, default=None, help="pairs per step (default 32)")
     d.add_argument("--lr", type=_positive_float, default=None, help="AdamW learning rate on log α (default 0.2)")
@@ -141,10 +147,14 @@ def _add_discover(sub, tasks) -> None:
                    help="any PruningConfig field, value as JSON when it parses, e.g. --set lr_warmup_steps=0 "
                         "--set 'betas=[0.9,0.999]' --set l0_penalty=path (repeatable; applied after the flags)")
     d.add_argument("--seed", type=int, default=None, help="seed (default 0)")
-    d.add_argument("--device", default="auto", help="torch device: auto (CUDA when available, else CPU; the default), cpu, cuda, cuda:1, ...")
+    d.add_argument("--device", default="auto",
+                   help="torch device: auto (CUDA when available, else CPU; the default), cpu, cuda, cuda:1, ...")
     d.add_argument("--config", default=None, metavar="FILE",
                    help="PruningConfig fields from a JSON or TOML file (a run's config.json works); flags and --set "
                         "override it")
+
+def _add_output_options(d) -> None:
+    """``discover``'s pair counts, output directory, resuming and edge options."""
     d.add_argument("--n-test", type=_positive_int, default=None,
                    help=f"test pairs to generate and evaluate, and pairs in each held-out split of a built-in task "
                         f"(default {DEFAULT_N_TEST})")
