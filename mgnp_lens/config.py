@@ -39,7 +39,7 @@ CONCERNS: dict[str, tuple[str, tuple[str, ...]]] = {
     "optimisation": ("how the gates are trained",
         ("steps", "lr", "lr_schedule", "lr_final_fraction", "lr_warmup_steps", "lr_scales", "batch_size", "seed",
          "weight_decay", "betas", "adam_eps", "log_alpha_clamp", "hard_concrete", "mask_per_example",
-         "noise_warmup_steps", "noise_warmup_granularities", "neuron_start")),
+         "noise_warmup_steps", "noise_warmup_granularities", "neuron_start", "node_stop")),
     "objective": ("what is pruned, against what, at which price",
         ("granularities", "ablation", "lambdas", "lambda_scale", "lambda_warmup_steps", "penalty_start", "l0_penalty")),
     "targets": ("a faithfulness or size asked for, the validation checks, and which circuit is returned",
@@ -88,6 +88,9 @@ class PruningConfig:
         neuron_start: a two-stage schedule: the neuron gates (attention neurons, MLP hidden and output neurons)
             stay open, unpenalised and untrained for this fraction of the steps, while the node gates (embedding,
             blocks, heads) train; then all train (None, default: all from the start).
+        node_stop: the node gates (embedding, blocks, heads) train for this fraction of the steps, then stay fixed
+            at their binarised state, unpenalised, while the neuron gates go on (None, default: they train
+            throughout). With ``neuron_start`` equal to it: heads and blocks first, then neurons inside what is kept.
         granularities: which granularities are gated (all the model has; `mlp_expert` only exists in a mixture of
             experts); the others are always kept.
         ablation: what a pruned node outputs: ``"corrupted"`` (its activation on the paired corrupted prompt,
@@ -188,6 +191,7 @@ class PruningConfig:
     noise_warmup_steps: int | str = "auto"
     noise_warmup_granularities: tuple[str, ...] | None = ATTENTION_GRANULARITIES
     neuron_start: float | None = None
+    node_stop: float | None = None
     # objective: what is pruned, against what, at which price
     granularities: tuple[str, ...] = ALL_GRANULARITIES
     ablation: str = "corrupted"
@@ -465,7 +469,7 @@ FIELD_RULES: dict[str, Rule] = {
     "auto_target_fraction": _optional(_number(0, 1, low_open=True, high_open=True)),
     "noise_warmup_steps": _either(_integer(0), _choice(("auto",)), "an integer >= 0 or 'auto'"),
     "noise_warmup_granularities": _optional(_granularities(allow_empty=True)),
-    "neuron_start": _optional(_number(0, 1)),
+    "neuron_start": _optional(_number(0, 1)), "node_stop": _optional(_number(0, 1)),
     "l0_penalty": _choice(L0_PENALTIES, "l0_penalty"), "corruption": _choice(CORRUPTION_MODES, "corruption mode"),
     "ablation": _choice(ABLATIONS, "ablation"),
     "precompute": _choice(PRECOMPUTE_CHOICES, "precompute"),

@@ -393,6 +393,14 @@ def _held_open(config: PruningConfig, trainable, step: int) -> tuple[str, ...]:
     return tuple(g for g in trainable if g in NEURON_GRANULARITIES)
 
 
+def _fixed_nodes(config: PruningConfig, trainable, step: int) -> tuple[str, ...]:
+    """The node granularities fixed at their binarised state at 0-based ``step`` (after ``node_stop``; none by
+    default)."""
+    if config.node_stop is None or step < config.node_stop * config.steps:
+        return ()
+    return tuple(g for g in trainable if g not in NEURON_GRANULARITIES)
+
+
 def _train_step(model, interp: Interpolator, run: _Run, data: _Data, step: int) -> dict:
     """One optimizer update (step ``step``, 0-based) on a freshly sampled batch; returns its history row.
 
@@ -410,6 +418,12 @@ def _train_step(model, interp: Interpolator, run: _Run, data: _Data, step: int) 
     held = _held_open(config, gates.trainable, step)
     for g in held:  # the first stage of a two-stage schedule: these gates wait, open, untrained and unpenalised
         masks[g] = torch.ones_like(masks[g])
+    fixed = _fixed_nodes(config, gates.trainable, step)
+    if fixed:  # after node_stop: the node gates stay at their binarised state, untrained and unpenalised
+        hard = gates.open_on_cpu()
+        for g in fixed:
+            masks[g] = hard[g].to(masks[g]).expand_as(masks[g])
+    held = held + fixed
     kl = _kl_backward(model, interp, masks, batch, _batch_targets(model, run, data, batch_cpu), config, run.fast)
     factor = _penalty_factor(config, step)
     # per-gate P(z > 0) (times its ancestors' with l0_penalty="path"), shared by the loss and the history
@@ -418,6 +432,8 @@ def _train_step(model, interp: Interpolator, run: _Run, data: _Data, step: int) 
     scales = targets.scales_from_history(run.rows, gates.trainable, targets.initial_scale(config))
     sparsity = sum(run.lambdas[g] * scales[g] * l0[g] for g in gates.trainable if g not in held)
     (factor * sparsity).backward()
+    for g in fixed:  # no step at all (Adam's momentum would move a zero gradient too), even by a child's path L0
+        gates.log_alpha[g].grad = None
     lr_now = config.lr * _lr_factor(config, step)
     for group in optimizer.param_groups:
         group["lr"] = lr_now * group["lr_scale"]
@@ -666,8 +682,9 @@ def _auto_target(model, task, dims: ModelDims, config: PruningConfig) -> tuple[P
     everything = sum(config.lambdas.get(g, 0.0) for g in config.granularities if g in dims.granularities)
     scale = fraction * at_stake / everything  # Σ_g λ_g · scale: the penalty of the whole model
     hard_concrete = {**config.to_dict()["hard_concrete"], **SMALL_MODEL_SETTINGS["hard_concrete"]}
-    settings = {**SMALL_MODEL_SETTINGS, "hard_concrete": hard_concrete, "lambda_scale": scale, "penalty_start": config.noise_warmup_length,
-                "select": "last", "auto_target_fraction": None}  # applied once: a resumed run keeps these
+    settings = {**SMALL_MODEL_SETTINGS, "hard_concrete": hard_concrete, "lambda_scale": scale,
+                "penalty_start": config.noise_warmup_length, "select": "last",
+                "auto_target_fraction": None}  # applied once: a resumed run keeps these
     warnings.warn(f"at these λ keeping one head costs {one_head:.3g} in the loss, more than the whole loss at stake "
                   f"({at_stake:.3g}, the empty circuit's on {n} validation pairs), so fixed λ would prune everything; "
                   f"using the small-model regime instead: lambda_scale={scale:.3g} (keeping every node costs "

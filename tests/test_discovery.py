@@ -391,3 +391,20 @@ def test_a_two_stage_schedule_holds_the_neuron_gates_open_and_untrained_until_th
     assert not torch.equal(half.gates.log_alpha["mlp_hidden"].detach(), init.log_alpha["mlp_hidden"].detach())
     with pytest.raises(ValueError, match="neuron_start"):
         mg.discover(model, task, neuron_start=1.5, **kw)
+
+
+def test_node_stop_fixes_the_node_gates_where_they_stood_while_the_neurons_train_on():
+    from mgnp_lens.granularity import NEURON_GRANULARITIES
+
+    model = micro_model("gpt2")
+    clean, corrupted = random_pairs(model, n=16, seed=3)
+    task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
+    kw = dict(batch_size=8, seed=4, autocast="float32", compile=False, progress=False, lr_warmup_steps=0,
+              noise_warmup_steps=0, confirm=False, l0_penalty="path")  # path: the neurons' L0 reaches the heads
+    first = mg.discover(model, task, steps=3, neuron_start=1.0, **kw)  # the nodes' stage alone
+    both = mg.discover(model, task, steps=6, neuron_start=0.5, node_stop=0.5, **kw)
+    for g in both.gates.trainable:
+        same = torch.equal(both.gates.log_alpha[g].detach(), first.gates.log_alpha[g].detach())
+        assert same == (g not in NEURON_GRANULARITIES), g
+    with pytest.raises(ValueError, match="node_stop"):
+        mg.discover(model, task, steps=6, node_stop=-0.1, **kw)
