@@ -644,9 +644,11 @@ def _removal_order(run: _Run) -> list[tuple]:
 
 #: What the small-model regime sets besides λ (``auto_target_fraction``; the evidence is docs/tracr.md): the noise
 #: warm-up on every granularity, gates initialised well open, the penalty from the end of the noise warm-up (before
-#: it Adam closes every gate without a KL gradient together), and the confirmation phase.
+#: it Adam closes every gate without a KL gradient together), the learning rate decaying to 1% (a gate balanced
+#: at the threshold otherwise flips the hard circuit to the end, and the run never converges), and the
+#: confirmation phase.
 SMALL_MODEL_SETTINGS = {"noise_warmup_granularities": None, "hard_concrete": {"init_low": 3.0, "init_high": 4.0},
-                        "confirm": True}
+                        "lr_schedule": "cosine", "lr_final_fraction": 0.01, "confirm": True}
 
 
 def _one_head_cost(config: PruningConfig, dims: ModelDims) -> float:
@@ -689,8 +691,9 @@ def _auto_target(model, task, dims: ModelDims, config: PruningConfig) -> tuple[P
                   f"({at_stake:.3g}, the empty circuit's on {n} validation pairs), so fixed λ would prune everything; "
                   f"using the small-model regime instead: lambda_scale={scale:.3g} (keeping every node costs "
                   f"{fraction:g} of the loss at stake), the final state returned, noise warm-up on every granularity, "
-                  f"log α initialised in U(3, 4), the penalty from step {config.noise_warmup_length}, and the "
-                  "confirmation phase (auto_target_fraction=None keeps λ)", stacklevel=4)
+                  f"log α initialised in U(3, 4), the penalty from step {config.noise_warmup_length}, the learning "
+                  "rate decaying to 1% (cosine), and the confirmation phase (auto_target_fraction=None keeps λ)",
+                  stacklevel=4)
     config = PruningConfig.from_dict({**config.to_dict(), **settings})
     return config, {"loss_at_stake": at_stake, "one_head_cost": one_head, "fraction": fraction,
                     "set": {k: v for k, v in config.to_dict().items() if k in settings}}

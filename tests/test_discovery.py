@@ -348,6 +348,8 @@ def test_the_small_model_regime_only_where_fixed_lambda_would_prune_everything(g
     assert r.config.target_kl is None and r.config.auto_target_fraction is None and r.config.select == "last"
     assert r.config.penalty_start == r.config.noise_warmup_length == 10 and r.config.confirm
     assert r.config.noise_warmup_granularities is None and r.config.hard_concrete.init_low == 3.0
+    assert r.config.lr_schedule == "cosine" and r.config.lr_final_fraction == 0.01
+    assert r.history["lr"].iloc[-1] < 0.05 * r.config.lr  # near the end the gates barely move: the circuit settles
     assert set(auto["set"]) == {*SMALL_MODEL_SETTINGS, "lambda_scale", "penalty_start", "select",
                                 "auto_target_fraction"}
     assert "confirmation" in r.meta and r.meta["convergence"]["final_state"]
