@@ -153,6 +153,7 @@ def _add_training_options(d) -> None:
                    help="PruningConfig fields from a JSON or TOML file (a run's config.json works); flags and --set "
                         "override it")
 
+
 def _add_output_options(d) -> None:
     """``discover``'s pair counts, output directory, resuming and edge options."""
     d.add_argument("--n-test", type=_positive_int, default=None,
