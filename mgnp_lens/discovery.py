@@ -386,19 +386,15 @@ def _noise_scales(run: _Run, step: int):
     return noise, noise if warm is None else {g: noise if g in warm else 1.0 for g in run.gates.trainable}
 
 
-def _held_open(config: PruningConfig, trainable, step: int) -> tuple[str, ...]:
-    """The granularities whose gates wait at 0-based ``step`` (``neuron_start``'s first stage; none by default)."""
-    if config.neuron_start is None or step >= config.neuron_start * config.steps:
-        return ()
-    return tuple(g for g in trainable if g in NEURON_GRANULARITIES)
-
-
-def _fixed_nodes(config: PruningConfig, trainable, step: int) -> tuple[str, ...]:
-    """The node granularities fixed at their binarised state at 0-based ``step`` (after ``node_stop``; none by
-    default)."""
-    if config.node_stop is None or step < config.node_stop * config.steps:
-        return ()
-    return tuple(g for g in trainable if g not in NEURON_GRANULARITIES)
+def _stages(config: PruningConfig, trainable, step: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The two-stage schedules at 0-based ``step``: the neuron granularities still held open (before
+    ``neuron_start``) and the node granularities already fixed at their binarised state (from ``node_stop``);
+    both empty by default."""
+    held = () if config.neuron_start is None or step >= config.neuron_start * config.steps else \
+        tuple(g for g in trainable if g in NEURON_GRANULARITIES)
+    fixed = () if config.node_stop is None or step < config.node_stop * config.steps else \
+        tuple(g for g in trainable if g not in NEURON_GRANULARITIES)
+    return held, fixed
 
 
 def _train_step(model, interp: Interpolator, run: _Run, data: _Data, step: int) -> dict:
@@ -415,22 +411,20 @@ def _train_step(model, interp: Interpolator, run: _Run, data: _Data, step: int) 
     noise, scales = _noise_scales(run, step)
     masks = gates.sample(generator=run.generators["noise"],
                          batch_size=len(batch) if config.mask_per_example else None, noise_scale=scales)
-    held = _held_open(config, gates.trainable, step)
+    held, fixed = _stages(config, gates.trainable, step)
     for g in held:  # the first stage of a two-stage schedule: these gates wait, open, untrained and unpenalised
         masks[g] = torch.ones_like(masks[g])
-    fixed = _fixed_nodes(config, gates.trainable, step)
     if fixed:  # after node_stop: the node gates stay at their binarised state, untrained and unpenalised
         hard = gates.open_on_cpu()
         for g in fixed:
             masks[g] = hard[g].to(masks[g]).expand_as(masks[g])
-    held = held + fixed
     kl = _kl_backward(model, interp, masks, batch, _batch_targets(model, run, data, batch_cpu), config, run.fast)
     factor = _penalty_factor(config, step)
     # per-gate P(z > 0) (times its ancestors' with l0_penalty="path"), shared by the loss and the history
     expected_l0 = gates.expected_l0(path=config.l0_penalty == "path")
     l0 = {g: v.mean() for g, v in expected_l0.items()}
     scales = targets.scales_from_history(run.rows, gates.trainable, targets.initial_scale(config))
-    sparsity = sum(run.lambdas[g] * scales[g] * l0[g] for g in gates.trainable if g not in held)
+    sparsity = sum(run.lambdas[g] * scales[g] * l0[g] for g in gates.trainable if g not in held + fixed)
     (factor * sparsity).backward()
     for g in fixed:  # no step at all (Adam's momentum would move a zero gradient too), even by a child's path L0
         gates.log_alpha[g].grad = None
