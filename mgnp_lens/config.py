@@ -115,8 +115,9 @@ class PruningConfig:
             as on tracr's compiled models), scale λ so that keeping every node costs this fraction of the loss at
             stake, return the final state (the scaled λ are fixed, so the run can converge), and train as measured
             on the tracr suite: noise warm-up on every granularity, ``log α`` initialised in U(3, 4), the penalty
-            from the end of the noise warm-up, and ``confirm``; a warning lists what was set (0.1; None: keep λ).
-            Never applies with ``target_kl`` or ``target_sparsity`` set. See docs/tracr.md.
+            from the end of the noise warm-up, the cosine decay to 1% and ``confirm``. A field you changed from its
+            default stays as you set it; a warning lists what was set and what was kept (0.1; None: keep λ). Never
+            applies with ``target_kl`` or ``target_sparsity`` set. See docs/tracr.md.
         target_rate: how fast the targets move the λ: the largest change of log-multiplier per step (0.05).
         validate_every: every this many steps (and after the last), the hard circuit's float32 KL and
             metric on ``validate_max_examples`` validation pairs go into the history (None: off).

@@ -677,20 +677,39 @@ def _auto_target(model, task, dims: ModelDims, config: PruningConfig) -> tuple[P
         return config, None
     everything = sum(config.lambdas.get(g, 0.0) for g in config.granularities if g in dims.granularities)
     scale = fraction * at_stake / everything  # Σ_g λ_g · scale: the penalty of the whole model
-    hard_concrete = {**config.to_dict()["hard_concrete"], **SMALL_MODEL_SETTINGS["hard_concrete"]}
-    settings = {**SMALL_MODEL_SETTINGS, "hard_concrete": hard_concrete, "lambda_scale": scale,
-                "penalty_start": config.noise_warmup_length, "select": "last",
-                "auto_target_fraction": None}  # applied once: a resumed run keeps these
+    settings, kept = _regime_settings(config, {**SMALL_MODEL_SETTINGS, "penalty_start": config.noise_warmup_length,
+                                               "select": "last"})
+    settings.update(lambda_scale=scale, auto_target_fraction=None)  # applied once: a resumed run keeps these
+    applied = ", ".join(f"{k}={v!r}" for k, v in settings.items() if k not in ("hard_concrete", "lambda_scale",
+                                                                                   "auto_target_fraction"))
+    shape = {k: settings["hard_concrete"][k] for k in SMALL_MODEL_SETTINGS["hard_concrete"]
+             if f"hard_concrete.{k}" not in kept}
+    yours = f"; kept as you set them: {', '.join(kept)}" if kept else ""
     warnings.warn(f"at these λ keeping one head costs {one_head:.3g} in the loss, more than the whole loss at stake "
                   f"({at_stake:.3g}, the empty circuit's on {n} validation pairs), so fixed λ would prune everything; "
                   f"using the small-model regime instead: lambda_scale={scale:.3g} (keeping every node costs "
-                  f"{fraction:g} of the loss at stake), the final state returned, noise warm-up on every granularity, "
-                  f"log α initialised in U(3, 4), the penalty from step {config.noise_warmup_length}, the learning "
-                  "rate decaying to 1% (cosine), and the confirmation phase (auto_target_fraction=None keeps λ)",
-                  stacklevel=4)
+                  f"{fraction:g} of the loss at stake) and the settings measured on tracr's programs (docs/tracr.md): "
+                  f"{applied}, hard_concrete {shape}{yours} (auto_target_fraction=None keeps λ)", stacklevel=4)
     config = PruningConfig.from_dict({**config.to_dict(), **settings})
     return config, {"loss_at_stake": at_stake, "one_head_cost": one_head, "fraction": fraction,
-                    "set": {k: v for k, v in config.to_dict().items() if k in settings}}
+                    "set": {k: v for k, v in config.to_dict().items() if k in settings}, "kept": kept}
+
+
+def _regime_settings(config: PruningConfig, regime: dict) -> tuple[dict, list[str]]:
+    """The small-model regime's ``regime`` settings less those the user changed from their defaults (a field you set
+    stays as you set it; ``hard_concrete`` key by key), and the names of the fields kept."""
+    default, current = PruningConfig().to_dict(), config.to_dict()
+    settings, kept = {}, []
+    for key, value in regime.items():
+        if key == "hard_concrete":
+            mine = {k for k in value if current[key][k] != default[key][k]}
+            settings[key] = {**current[key], **{k: v for k, v in value.items() if k not in mine}}
+            kept += [f"hard_concrete.{k}" for k in sorted(mine)]
+        elif current[key] != default[key]:
+            kept.append(key)
+        else:
+            settings[key] = value
+    return settings, kept
 
 
 def _warn_if_empty(run: _Run, result: DiscoveryResult) -> None:

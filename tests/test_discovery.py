@@ -363,6 +363,23 @@ def test_the_small_model_regime_only_where_fixed_lambda_would_prune_everything(g
     assert "auto_target" not in r.meta and r.config.lambda_scale == 100
 
 
+def test_the_small_model_regime_keeps_what_the_user_set(gpt2_micro):
+    """A field changed from its default stays as the user set it when the small-model regime takes over (the
+    Hard-Concrete shape key by key); the warning and ``meta["auto_target"]["kept"]`` name it."""
+    clean, corrupted = random_pairs(gpt2_micro, n=60)
+    task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0],
+                                      split_fractions={"train": 0.5, "validation": 0.5})
+    mine = dict(lr_final_fraction=0.3, penalty_start=4, hard_concrete={"init_low": 2.0})
+    with pytest.warns(UserWarning, match=r"kept as you set them: hard_concrete\.init_low, lr_final_fraction, "
+                                         r"penalty_start"):
+        r = mg.discover(gpt2_micro, task, lambda_scale=100, steps=12, batch_size=4, progress=False,
+                        eval_split=None, **mine)
+    assert r.meta["auto_target"]["kept"] == ["hard_concrete.init_low", "lr_final_fraction", "penalty_start"]
+    assert r.config.lr_final_fraction == 0.3 and r.config.penalty_start == 4
+    assert r.config.hard_concrete.init_low == 2.0 and r.config.hard_concrete.init_high == 4.0  # the regime's
+    assert r.config.lr_schedule == "cosine" and r.config.select == "last" and r.config.confirm  # not set: the regime's
+
+
 def test_no_penalty_before_penalty_start(gpt2_micro):
     """Before ``penalty_start`` the loss is the KL alone (the λ factor 0), after it the penalty applies in full."""
     clean, corrupted = random_pairs(gpt2_micro, n=16)
