@@ -98,7 +98,7 @@ class PruningConfig:
             prompts and positions); see :mod:`mgnp_lens.ablation`. Evaluations of the circuit use the same.
         lambdas: per-granularity sparsity weights λ_g (the paper's Appendix C; missing names keep theirs).
         lambda_scale: multiplies every λ (1.0; for sweeps).
-        lambda_warmup_steps: λ ramps linearly from 0 to full over this many steps (0: none).
+        lambda_warmup_steps: λ ramps linearly from 0 to full over this many steps from ``penalty_start`` (0: none).
         penalty_start: no L0 penalty before this step (0). Adam moves a gate that gets no KL gradient (a saturated
             one, before the noise is up) at its full rate whatever the penalty's size, so a penalty that starts with
             the noise closes everything together; the small-model regime (``auto_target_fraction``) starts it
@@ -272,7 +272,8 @@ class PruningConfig:
     @property
     def warmup_end(self) -> int:
         """The step after which no warm-up (learning rate, λ, Hard-Concrete noise) is still ramping."""
-        return max(self.lr_warmup_steps, self.lambda_warmup_steps, self.noise_warmup_length)
+        lambda_end = self.penalty_start + self.lambda_warmup_steps if self.lambda_warmup_steps else 0
+        return max(self.lr_warmup_steps, lambda_end, self.noise_warmup_length)
 
     @property
     def noise_warmup_length(self) -> int:

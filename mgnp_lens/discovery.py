@@ -451,10 +451,11 @@ def _train_step(model, interp: Interpolator, run: _Run, data: _Data, step: int) 
 
 def _penalty_factor(config: PruningConfig, step: int) -> float:
     """How much of the L0 penalty applies at 0-based ``step``: none before ``penalty_start``, then the λ warm-up's
-    linear ramp (full without one)."""
+    linear ramp from there (full without one)."""
     if step < config.penalty_start:
         return 0.0
-    return min(1.0, (step + 1) / config.lambda_warmup_steps) if config.lambda_warmup_steps else 1.0
+    ramp = config.lambda_warmup_steps
+    return min(1.0, (step - config.penalty_start + 1) / ramp) if ramp else 1.0
 
 
 def _batch_targets(model, run: _Run, data: _Data, batch) -> _BatchTargets:

@@ -388,6 +388,9 @@ def test_no_penalty_before_penalty_start(gpt2_micro):
     assert r.history["lambda_factor"].tolist() == [0, 0, 0, 1, 1, 1]
     np.testing.assert_allclose(r.history["loss"][:3], r.history["kl"][:3])
     assert (r.history["loss"][3:] > r.history["kl"][3:]).all()
+    r = mg.discover(gpt2_micro, task, steps=7, batch_size=4, penalty_start=3, lambda_warmup_steps=2, lr_warmup_steps=0,
+                    progress=False, eval_split=None)  # the λ warm-up ramps from the penalty's start, not from step 0
+    assert r.history["lambda_factor"].tolist() == [0, 0, 0, 0.5, 1, 1, 1] and r.config.warmup_end == 5
     with pytest.raises(ValueError, match="penalty_start must be an integer >= 0"):
         mg.PruningConfig(penalty_start=-1)
 
