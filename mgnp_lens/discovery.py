@@ -531,7 +531,7 @@ def _final_evaluations(model, task, circuit: Circuit, run: _Run, data: _Data
     config, phases = run.config, run.phases
     cap = config.eval_max_examples
     if config.corruption == "cache" and not run.streaming:
-        pairs = run.train if cap is None else run.train.head(cap)  # the first rows of the first buckets
+        pairs = run.train if cap is None else run.train.head(cap)  # every bucket's share of the cap
         with phases("evaluate train", total=len(pairs), unit="pairs") as bar:
             train = evaluate_cached(model, task, circuit, pairs, data.train, config.eval_batch_size,
                                     replacement=data.replacement, bar=bar)

@@ -180,13 +180,17 @@ class PairSet:
         return b.select(rows)
 
     def head(self, n: int) -> "PairSet":
-        """The first ``n`` examples (bucket by bucket), for quick evaluations."""
-        out, left = [], n
-        for b in self.buckets:
-            if left <= 0:
-                break
-            take = min(left, len(b))
-            out.append(b.select(torch.arange(take)))
-            left -= take
-        return PairSet(out)
+        """``n`` examples (all of them when the set has no more) spread over the buckets in proportion to their
+        sizes, each bucket's first rows, so that a capped evaluation or a capped set of pairs holds every prompt
+        length (and so every template) the whole set has. Deterministic: no rows are drawn at random."""
+        sizes = [len(b) for b in self.buckets]
+        total = sum(sizes)
+        if n >= total:
+            return PairSet(list(self.buckets))
+        shares = [n * s / total for s in sizes]
+        take = [int(x) for x in shares]
+        by_remainder = sorted(range(len(sizes)), key=lambda i: (-(shares[i] - take[i]), i))
+        for i in by_remainder[: max(n, 0) - sum(take)]:  # the largest remainders take what rounding down left
+            take[i] += 1
+        return PairSet([b.select(torch.arange(k)) for b, k in zip(self.buckets, take) if k > 0])
 
