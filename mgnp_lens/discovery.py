@@ -531,9 +531,10 @@ def _final_evaluations(model, task, circuit: Circuit, run: _Run, data: _Data
     config, phases = run.config, run.phases
     cap = config.eval_max_examples
     if config.corruption == "cache" and not run.streaming:
-        pairs = run.train if cap is None else run.train.head(cap)  # every bucket's share of the cap
+        counts = run.train.head_counts(len(run.train) if cap is None else cap)  # every bucket's share of the cap
+        pairs, pre = run.train.head(sum(counts)), data.train.head(counts)  # the same rows of the same buckets
         with phases("evaluate train", total=len(pairs), unit="pairs") as bar:
-            train = evaluate_cached(model, task, circuit, pairs, data.train, config.eval_batch_size,
+            train = evaluate_cached(model, task, circuit, pairs, pre, config.eval_batch_size,
                                     replacement=data.replacement, bar=bar)
     else:
         train = _evaluate_split(model, task, circuit, "train", run, data)

@@ -27,6 +27,14 @@ class Precomputed:
     cache: list[dict[str, torch.Tensor]] = field(default_factory=list)
     empty_metric: list[torch.Tensor] = field(default_factory=list)
 
+    def head(self, counts: list[int]) -> "Precomputed":
+        """The first ``counts[i]`` rows of bucket ``i``, buckets with none left out: what
+        :meth:`~mgnp_lens.tasks.PairSet.head` keeps of the same split (``counts`` from its ``head_counts``)."""
+        keep = [(i, k) for i, k in enumerate(counts) if k > 0]
+        return Precomputed([self.base[i][:k] for i, k in keep],
+                           [{h: v[:k] for h, v in self.cache[i].items()} for i, k in keep] if self.cache else [],
+                           [self.empty_metric[i][:k] for i, k in keep] if self.empty_metric else [])
+
 
 def chunks(pairs, batch_size: int, device):
     """``(bucket index, row indices [b] in the bucket, those rows on device)``, bucket by bucket, in order."""

@@ -48,6 +48,25 @@ def test_training_evaluation_from_the_loop_cache_equals_a_fresh_evaluation(gpt2_
     assert r.train_evaluation.base_metric == pytest.approx(fresh.base_metric, rel=1e-4, abs=1e-5)
     # the empty circuit's metric comes from the corrupted pass of the precompute, not from a pass of its own
     assert r.train_evaluation.empty_metric == pytest.approx(fresh.empty_metric, rel=1e-4, abs=1e-5)
+
+
+def test_a_capped_training_evaluation_takes_the_same_rows_from_the_loop_cache(gpt2_micro):
+    """With ``eval_max_examples`` below the training split, the cached evaluation keeps each bucket's share; a
+    bucket whose share rounds to nothing (here the middle one) drops out, and the precomputed outputs must be
+    sliced the same way: the result equals a fresh evaluation of the same capped pairs."""
+    g = torch.Generator().manual_seed(4)
+    lengths = [5] * 7 + [6] + [8] * 4
+    clean = [torch.randint(0, gpt2_micro.cfg.d_vocab, (n,), generator=g).tolist() for n in lengths]
+    corrupted = [torch.randint(0, gpt2_micro.cfg.d_vocab, (n,), generator=g).tolist() for n in lengths]
+    pairs = PairSet.from_examples(clean, corrupted, [c[0] for c in clean], [c[0] for c in corrupted])
+    task = PromptPairTask({"train": pairs})
+    assert pairs.head_counts(5) == [3, 0, 2]
+    r = mg.discover(gpt2_micro, task, steps=6, batch_size=4, lr=0.5, lr_warmup_steps=0, progress=False,
+                    eval_split=None, eval_batch_size=3, eval_max_examples=5, autocast="float32")
+    fresh = mg.evaluate(gpt2_micro, task, r.circuit, "train", batch_size=3, max_examples=5)
+    assert r.train_evaluation.n_examples == fresh.n_examples == 5 and fresh.kl > 0
+    assert r.train_evaluation.kl == pytest.approx(fresh.kl, rel=1e-4, abs=1e-6)
+    assert r.train_evaluation.empty_metric == pytest.approx(fresh.empty_metric, rel=1e-4, abs=1e-5)
     assert abs(fresh.empty_metric - fresh.base_metric) > 1e-3
 
 

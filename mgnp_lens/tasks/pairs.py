@@ -179,18 +179,24 @@ class PairSet:
         rows = torch.randperm(len(b), generator=generator)[: min(batch_size, len(b))]
         return b.select(rows)
 
-    def head(self, n: int) -> "PairSet":
-        """``n`` examples (all of them when the set has no more) spread over the buckets in proportion to their
-        sizes, each bucket's first rows, so that a capped evaluation or a capped set of pairs holds every prompt
-        length (and so every template) the whole set has. Deterministic: no rows are drawn at random."""
+    def head_counts(self, n: int) -> list[int]:
+        """How many of each bucket's first rows :meth:`head` keeps: ``n`` spread over the buckets in proportion
+        to their sizes (the largest remainders take what rounding down leaves; every row when ``n`` covers them)."""
         sizes = [len(b) for b in self.buckets]
         total = sum(sizes)
         if n >= total:
-            return PairSet(list(self.buckets))
-        shares = [n * s / total for s in sizes]
+            return sizes
+        shares = [max(n, 0) * s / total for s in sizes]
         take = [int(x) for x in shares]
         by_remainder = sorted(range(len(sizes)), key=lambda i: (-(shares[i] - take[i]), i))
-        for i in by_remainder[: max(n, 0) - sum(take)]:  # the largest remainders take what rounding down left
+        for i in by_remainder[: max(n, 0) - sum(take)]:
             take[i] += 1
-        return PairSet([b.select(torch.arange(k)) for b, k in zip(self.buckets, take) if k > 0])
+        return take
+
+    def head(self, n: int) -> "PairSet":
+        """``n`` examples (all of them when the set has no more), each bucket's first rows in proportion to its
+        size (:meth:`head_counts`), so that a capped evaluation or a capped set of pairs holds every prompt length
+        the whole set has. Deterministic. A bucket whose share rounds to nothing is left out, so the buckets'
+        positions can shift: slice anything stored per bucket with the same counts."""
+        return PairSet([b.select(torch.arange(k)) for b, k in zip(self.buckets, self.head_counts(n)) if k > 0])
 
