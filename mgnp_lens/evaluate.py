@@ -97,7 +97,8 @@ def evaluate(model, task, circuit: Circuit, split: str = "test", batch_size: int
         circuit: the circuit to evaluate.
         split: which split (default ``"test"``).
         batch_size: examples per forward pass.
-        max_examples: evaluate only the first ``max_examples`` pairs of the split.
+        max_examples: evaluate at most this many pairs of the split (each length bucket's share, its first rows:
+            :meth:`~mgnp_lens.tasks.PairSet.head`).
         ablation: what pruned nodes output (:mod:`mgnp_lens.ablation`); default the one the circuit was
             found with (``"corrupted"`` if it records none).
         replacement: the ablation's :class:`~mgnp_lens.ablation.Replacement` when already built (the zero/mean
@@ -117,8 +118,9 @@ def evaluate(model, task, circuit: Circuit, split: str = "test", batch_size: int
 
 
 def _split_batches(task, split: str, batch_size: int, max_examples: int | None, kl_se: float | None):
-    """The split's batches to evaluate and how many pairs they hold: the first ``max_examples`` pairs bucket by
-    bucket, or (with ``kl_se``, which may stop early) interleaved over the buckets up to ``max_examples``."""
+    """The split's batches to evaluate and how many pairs they hold: ``max_examples`` pairs spread over the buckets
+    (:meth:`~mgnp_lens.tasks.PairSet.head`), or (with ``kl_se``, which may stop early) interleaved over the buckets
+    up to ``max_examples``."""
     pairs = task.split(split)
     if kl_se is None:
         pairs = pairs if max_examples is None else pairs.head(max_examples)

@@ -366,7 +366,7 @@ def patching_effects(model, task, split: str = "train", max_examples: int | None
     Args:
         model: a ``HookedTransformer``.
         task: a :class:`mgnp_lens.tasks.Task`; its metric is averaged over each batch.
-        split, max_examples: the pairs (the first ``max_examples`` of ``split``).
+        split, max_examples: the pairs (at most ``max_examples`` of ``split``, spread over its length buckets).
         batch_size: pairs per patched forward pass (one pass per component and batch).
 
     Returns:

@@ -57,7 +57,7 @@ def head_attribution(model, task, circuit: Circuit, split: str = "test", max_exa
                      batch_size: int = 8) -> pd.DataFrame:
     """Each kept head's direct logit attribution: what its output, read straight through the final norm
     (its scale held at the clean run's) and the unembedding, adds to correct − incorrect at the answer position,
-    mean over the first ``max_examples`` pairs of ``split``.
+    mean over ``max_examples`` pairs of ``split`` (spread over its length buckets).
 
     Returns:
         One row per kept head, strongest |DLA| first: ``head`` (``L3 H2``), ``layer``, ``index``,

@@ -195,8 +195,8 @@ class PairSet:
 
     def head(self, n: int) -> "PairSet":
         """``n`` examples (all of them when the set has no more), each bucket's first rows in proportion to its
-        size (:meth:`head_counts`), so that a capped evaluation or a capped set of pairs holds every prompt length
-        the whole set has. Deterministic. A bucket whose share rounds to nothing is left out, so the buckets'
+        size (:meth:`head_counts`), so that a capped evaluation or a capped set of pairs holds the prompt lengths in
+        the whole set's proportions. Deterministic. A bucket whose share rounds to nothing is left out, so the buckets'
         positions can shift: slice anything stored per bucket with the same counts."""
         return PairSet([b.select(torch.arange(k)) for b, k in zip(self.buckets, self.head_counts(n)) if k > 0])
 
