@@ -182,14 +182,14 @@ class PairSet:
     def head_counts(self, n: int) -> list[int]:
         """How many of each bucket's first rows :meth:`head` keeps: ``n`` spread over the buckets in proportion
         to their sizes (the largest remainders take what rounding down leaves; every row when ``n`` covers them)."""
-        sizes = [len(b) for b in self.buckets]
+        sizes, n = [len(b) for b in self.buckets], max(n, 0)
         total = sum(sizes)
         if n >= total:
             return sizes
-        shares = [max(n, 0) * s / total for s in sizes]
+        shares = [n * s / total for s in sizes]
         take = [int(x) for x in shares]
         by_remainder = sorted(range(len(sizes)), key=lambda i: (-(shares[i] - take[i]), i))
-        for i in by_remainder[: max(n, 0) - sum(take)]:
+        for i in by_remainder[: n - sum(take)]:
             take[i] += 1
         return take
 
