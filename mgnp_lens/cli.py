@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import sys
@@ -303,15 +304,20 @@ def _model_and_task(name, device, backend, n_devices: int, cli: dict, phases: Ph
 
 @contextlib.contextmanager
 def _loader_bars(show: bool):
-    """``transformers``' own progress bars (the weights' loading) on or off for the ``with``."""
+    """``transformers``' own progress bars (the weights' loading) on or off for the ``with``, the GGUF conversion's
+    too (it draws a plain ``tqdm`` bar that ``transformers``' switch does not reach)."""
+    from transformers import modeling_gguf_pytorch_utils as gguf
     from transformers.utils import logging as hf_logging
 
-    before = hf_logging.is_progress_bar_enabled()
+    before, bar = hf_logging.is_progress_bar_enabled(), gguf.tqdm
     (hf_logging.enable_progress_bar if show else hf_logging.disable_progress_bar)()
+    if not show:
+        gguf.tqdm = functools.partial(bar, disable=True)
     try:
         yield
     finally:
         (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
+        gguf.tqdm = bar
 
 
 def _build_task(model, cli: dict):

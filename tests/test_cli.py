@@ -401,3 +401,20 @@ def test_compare_against_activation_patching_of_the_runs_own_model(cli_run):
     assert sorted(table["kind"]) == ["head", "mlp"] and table.auc.dropna().between(0, 1).all()
     assert table.set_index("kind").loc["head", "kept"] == len(circuit.active_heads())
     assert len(effects) == circuit.dims.n_layers * (circuit.dims.n_heads + 1)
+
+
+def test_quiet_silences_the_gguf_conversion_bar_and_restores_it(capsys):
+    from transformers import modeling_gguf_pytorch_utils as gguf
+    from transformers.utils import logging as hf_logging
+
+    from mgnp_lens.cli import _loader_bars
+
+    before, enabled = gguf.tqdm, hf_logging.is_progress_bar_enabled()
+    with _loader_bars(False):
+        assert not hf_logging.is_progress_bar_enabled()
+        assert list(gguf.tqdm(range(3), desc="converting")) == [0, 1, 2]
+    assert "converting" not in capsys.readouterr().err
+    assert gguf.tqdm is before and hf_logging.is_progress_bar_enabled() == enabled
+    with _loader_bars(True):
+        list(gguf.tqdm(range(3), desc="converting"))
+    assert "converting" in capsys.readouterr().err
