@@ -5,7 +5,8 @@ held-out KLs (the issue "Gates that converge" asks for heads Jaccard >= 0.85 ove
     python benchmarks/seed_stability.py [--task ioi] [--seeds 0 1 2] [--runs DIR ...] [--tag T]
 
 ``--runs`` reads finished run directories (one per seed, in ``--seeds`` order) instead of running them; each run
-otherwise goes to ``runs/seed_stability/TASK_seedS``. Writes ``results/seed_stability_TASK.json``.
+otherwise goes to ``runs/seed_stability/TASK_seedS``. With more than three seeds it also gives the heads Jaccard of every
+three of them (how much a three-seed figure moves with the seeds). Writes ``results/seed_stability_TASK.json``.
 """
 
 from __future__ import annotations
@@ -70,9 +71,22 @@ def main() -> None:
               **{g: jaccard(circuits[i], circuits[j], g) for g in GRANULARITIES}}
              for i, j in itertools.combinations(range(len(runs)), 2)]
     mean = {g: sum(p[g] for p in pairs) / len(pairs) if pairs else None for g in GRANULARITIES}  # one run: none
-    print(json.dumps({"mean_jaccard": mean, "pairs": pairs}, indent=1))
+    triples = three_seed_means(pairs) if len(runs) > 3 else None
+    print(json.dumps({"mean_jaccard": mean, "pairs": pairs, "three_seed_head_means": triples}, indent=1))
     write(f"seed_stability_{args.task}", {"task": args.task, "runs": runs, "pairs": pairs, "mean_jaccard": mean,
-                                          "goal": {"attn_head": 0.85}}, args.out, args.tag)
+                                          "three_seed_head_means": triples, "goal": {"attn_head": 0.85}},
+          args.out, args.tag)
+
+
+def three_seed_means(pairs: list[dict]) -> dict:
+    """The heads Jaccard a three-seed check would report, for every three of the seeds: how far one such figure
+    (the goal's) moves with the choice of seeds. ``pairs``: the pairwise rows (``seeds``, ``attn_head``)."""
+    by_pair = {tuple(sorted(p["seeds"])): p["attn_head"] for p in pairs}
+    seeds = sorted({s for p in by_pair for s in p})
+    means = {",".join(map(str, t)): sum(by_pair[p] for p in itertools.combinations(t, 2)) / 3
+             for t in itertools.combinations(seeds, 3)}
+    return {"min": min(means.values()), "max": max(means.values()),
+            "at_least_goal": sum(v >= 0.85 for v in means.values()), "of": len(means), "means": means}
 
 
 if __name__ == "__main__":

@@ -76,3 +76,12 @@ def test_every_script_answers_help():
     for path in SCRIPTS:
         proc = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0 and "--out" in proc.stdout and "--tag" in proc.stdout, (path.name, proc.stderr)
+
+
+def test_three_seed_means_cover_every_three_of_the_seeds(harness):
+    import seed_stability
+
+    pairs = [{"seeds": list(p), "attn_head": 0.9 if 3 not in p else 0.6} for p in itertools.combinations(range(4), 2)]
+    out = seed_stability.three_seed_means(pairs)
+    assert out["of"] == 4 and out["means"]["0,1,2"] == pytest.approx(0.9) and out["min"] == pytest.approx(0.7)
+    assert out["at_least_goal"] == 1
