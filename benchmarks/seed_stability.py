@@ -5,8 +5,8 @@ held-out KLs (the issue "Gates that converge" asks for heads Jaccard >= 0.85 ove
     python benchmarks/seed_stability.py [--task ioi] [--seeds 0 1 2] [--runs DIR ...] [--tag T]
 
 ``--runs`` reads finished run directories (one per seed, in ``--seeds`` order) instead of running them; each run
-otherwise goes to ``runs/seed_stability/TASK_seedS``. With more than three seeds it also gives the heads Jaccard of every
-three of them (how much a three-seed figure moves with the seeds). Writes ``results/seed_stability_TASK.json``.
+otherwise goes to ``runs/seed_stability/TASK_seedS``. With more than three seeds it also gives the heads Jaccard of
+every three of them (how much a three-seed figure moves with the seeds). Writes ``results/seed_stability_TASK.json``.
 """
 
 from __future__ import annotations
