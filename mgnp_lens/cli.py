@@ -306,18 +306,22 @@ def _model_and_task(name, device, backend, n_devices: int, cli: dict, phases: Ph
 def _loader_bars(show: bool):
     """``transformers``' own progress bars (the weights' loading) on or off for the ``with``, the GGUF conversion's
     too (it draws a plain ``tqdm`` bar that ``transformers``' switch does not reach)."""
-    from transformers import modeling_gguf_pytorch_utils as gguf
     from transformers.utils import logging as hf_logging
 
-    before, bar = hf_logging.is_progress_bar_enabled(), gguf.tqdm
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf
+    except ImportError:  # a transformers without GGUF support: no such bar
+        gguf = None
+    before, bar = hf_logging.is_progress_bar_enabled(), getattr(gguf, "tqdm", None)
     (hf_logging.enable_progress_bar if show else hf_logging.disable_progress_bar)()
-    if not show:
+    if not show and bar is not None:
         gguf.tqdm = functools.partial(bar, disable=True)
     try:
         yield
     finally:
         (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
-        gguf.tqdm = bar
+        if bar is not None:
+            gguf.tqdm = bar
 
 
 def _build_task(model, cli: dict):
