@@ -3,6 +3,7 @@ blocks they keep. Each committed default circuit is scored as it is, with every 
 neurons), with every kept MLP block whole (all its hidden and output neurons), and with both, on the same pairs.
 
     python benchmarks/whole_nodes.py [--tasks ioi gt gp] [--splits test test_ood] [--max-examples 512] [--tag T]
+    python benchmarks/whole_nodes.py --tasks ioi --run runs/DIR --tag T   # another run's circuit, on its seed's pairs
 
 Filling kept nodes in never adds a head or a block, so the "both" circuit has the default circuit's heads and
 blocks exactly: if it is far more faithful on ``test_ood``, the neuron gates are what does not generalise; if not,
@@ -11,6 +12,9 @@ standard error), the recovered fraction, the kept counts and parameters.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 from harness import RESULTS, parser, write
 
@@ -38,7 +42,11 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=list(RUNS), choices=list(RUNS))
     ap.add_argument("--splits", nargs="+", default=["test", "test_ood"])
     ap.add_argument("--max-examples", type=int, default=512)
+    ap.add_argument("--run", default=None, help="score this run directory's circuit instead (one task; the task is "
+                    "drawn with the run's seed, so the pairs are the ones the run was evaluated on)")
     args = ap.parse_args()
+    if args.run is not None and len(args.tasks) != 1:
+        ap.error("--run scores one run: give its task alone with --tasks")
 
     import mgnp_lens as mg
     from mgnp_lens.evaluate import evaluate_many
@@ -46,8 +54,10 @@ def main() -> None:
     model = mg.load_model(None, device=args.device)
     out = {}
     for task_name in args.tasks:
-        task = mg.tasks.get_task(task_name, model, n_test=args.max_examples, n_heldout=args.max_examples)
-        found = mg.Circuit.load(RESULTS / RUNS[task_name] / "circuit.json")
+        run = Path(args.run) if args.run else RESULTS / RUNS[task_name]
+        seed = json.loads((run / "config.json").read_text())["config"]["seed"]
+        task = mg.tasks.get_task(task_name, model, n_test=args.max_examples, n_heldout=args.max_examples, seed=seed)
+        found = mg.Circuit.load(run / "circuit.json")
         circuits = [filled(found, h, m) for h, m in ((False, False), (True, False), (False, True), (True, True))]
         rows = [{"variant": v, "counts": c.counts(), "n_params": c.n_params()} for v, c in zip(VARIANTS, circuits)]
         for split in args.splits:
@@ -56,7 +66,7 @@ def main() -> None:
                               "recovered": ev.recovered}
                 print(task_name, split, row["variant"], f"KL {ev.kl:.4f} ± {ev.kl_se:.4f}",
                       f"recovered {ev.recovered:.3f}", flush=True)
-        out[task_name] = {"run": RUNS[task_name], "rows": rows}
+        out[task_name] = {"run": str(args.run or RUNS[task_name]), "seed": seed, "rows": rows}
     write("whole_nodes", {"splits": args.splits, "max_examples": args.max_examples, "tasks": out}, args.out,
           args.tag)
 

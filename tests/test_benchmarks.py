@@ -85,3 +85,9 @@ def test_three_seed_means_cover_every_three_of_the_seeds(harness):
     out = seed_stability.three_seed_means(pairs)
     assert out["of"] == 4 and out["means"]["0,1,2"] == pytest.approx(0.9) and out["min"] == pytest.approx(0.7)
     assert out["at_least_goal"] == 1
+
+
+def test_whole_nodes_scores_another_run_only_for_one_task():
+    proc = subprocess.run([sys.executable, str(BENCH / "whole_nodes.py"), "--tasks", "ioi", "gt", "--run", "runs/x"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--run scores one run" in proc.stderr, proc.stderr
