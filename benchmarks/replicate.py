@@ -4,9 +4,9 @@
                                    [--out benchmarks/results/replicate.json] [--md docs/results.md]
     python benchmarks/replicate.py --md-only            # re-render docs/results.md from the JSON
 
-Per task: multi-granular node pruning (all seven granularities, paper λ); coarse pruning (gates on
-heads and MLP blocks only, same λ and loop); node attribution patching at the multi-granular
-circuit's node counts and at 2×, 4× and 8× them (to find the budget that matches its
+Per task, in the paper's setting (its λ and training pairs, not the library's defaults): multi-granular node
+pruning (all seven granularities); coarse pruning (gates on heads and MLP blocks only, same λ and loop); node
+attribution patching at the multi-granular circuit's node counts and at 2×, 4× and 8× them (to find the budget that matches its
 faithfulness); random circuits with the multi-granular counts (3 seeds). Every circuit is
 evaluated on the same held-out test pairs (KL to the full model and the task metric). The paper's
 GPT-2 small numbers are printed beside ours for scale.
@@ -45,8 +45,8 @@ def run_task(name: str, steps: int, n_test: int, device: str) -> dict:
     from mgnp_lens.tasks import _data
 
     model = mg.load_model(device=device)
-    task = mg.tasks.get_task(name, model, n_test=n_test)
-    common = dict(steps=steps, eval_max_examples=n_test, progress=False)
+    task = mg.tasks.get_task(name, model, n_test=n_test, n_train=mg.tasks.TASKS[name].PAPER_N_TRAIN)  # the paper's
+    common = dict(steps=steps, eval_max_examples=n_test, progress=False, lambdas=mg.PAPER_LAMBDAS)
     t0 = time.perf_counter()
     ours = mg.discover(model, task, **common)
     t_ours = time.perf_counter() - t0
@@ -242,7 +242,8 @@ def render_heldout() -> list[str]:
                          f"| {r['kl']:.3f} | {rec} |")
     curves = sorted(RESULTS.glob("faithfulness_curves_*.json"))
     if curves:
-        lines += ["", "Faithfulness over circuit sizes on held-out pairs, mgnp-lens beside coarse (heads and MLP "
+        lines += ["", "Faithfulness over circuit sizes on held-out pairs (λ sweeps around the paper's λ, measured before "
+                  "the defaults changed on 2026-12-07), mgnp-lens beside coarse (heads and MLP "
                   "blocks), attribution-patching and random circuits at the same sizes "
                   "(`benchmarks/faithfulness_curves.py`; every circuit in [faithfulness.md](faithfulness.md)). "
                   "CPR: area under the recovered fraction over the fraction of parameters kept (higher is better); "

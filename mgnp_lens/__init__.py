@@ -23,7 +23,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Circuit": "circuit", "PruningConfig": "config", "discover": "discovery", "Evaluation": "evaluate",
     "evaluate": "evaluate", "HardConcreteGates": "gates", "HardConcreteParams": "gates",
-    "GRANULARITIES": "granularity", "ALL_GRANULARITIES": "granularity", "PAPER_LAMBDAS": "granularity", "ModelDims": "granularity",
+    "GRANULARITIES": "granularity", "ALL_GRANULARITIES": "granularity", "PAPER_LAMBDAS": "granularity",
+    "DEFAULT_LAMBDAS": "granularity", "ModelDims": "granularity",
     "ModelLoadError": "models", "load_model": "models", "DiscoveryError": "result", "DiscoveryResult": "result",
     "PromptPairTask": "tasks", "write_report": "report", "build_report": "report",
 }

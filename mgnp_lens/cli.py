@@ -1,6 +1,7 @@
 """``mgnp`` command line: thin wrappers over the library (argparse).
 
-    mgnp discover --task ioi --out runs/ioi             # embedded SmolLM2-135M, paper λ, writes report.html
+    mgnp discover --task ioi --out runs/ioi             # embedded SmolLM2-135M, writes report.html
+    mgnp discover --task ioi --paper --out runs/paper    # the paper's λ and training pairs
     mgnp discover --data pairs.csv --model /path/to/ckpt --steps 100 --lambda attn_head=2.0
     mgnp discover --resume runs/ioi [--steps 400]       # continue a stopped run (or train a finished one longer)
     mgnp report runs/ioi                                 # (re)build runs/ioi/report.html
@@ -130,6 +131,9 @@ def _add_training_options(d) -> None:
     d.add_argument("--lambda-scale", type=_nonnegative_float, default=None, help="multiply every λ (default 1)")
     d.add_argument("--lambda", dest="lambdas", type=_lambda_spec, action="append", default=[],
                    metavar="GRAN=VALUE", help="override one granularity's λ (repeatable)")
+    d.add_argument("--paper", action="store_true",
+                   help="the paper's setting instead of the defaults: its λ (Appendix C) and, for a built-in task, its "
+                        "training pairs (IOI 200, gt and gp 150); --lambda and --max-train still override")
     d.add_argument("--corruption-mode", choices=["batch", "cache"], default=None,
                    help="corrupted activations from the same pass (batch) or precomputed (cache, default)")
     d.add_argument("--target-kl", type=_positive_float, default=None, metavar="EPS",
@@ -392,8 +396,10 @@ def _discover_config(args, out: Path):
                                    "lambda_scale": args.lambda_scale, "corruption": args.corruption_mode,
                                    "ablation": args.ablation, "autocast": args.autocast, "target_kl": args.target_kl}.items()
                  if v is not None}
-    if args.lambdas:
-        overrides["lambdas"] = dict(args.lambdas)
+    if args.lambdas or args.paper:
+        from .granularity import PAPER_LAMBDAS
+
+        overrides["lambdas"] = {**(PAPER_LAMBDAS if args.paper else {}), **dict(args.lambdas)}
     if args.target_sparsity:
         overrides["target_sparsity"] = dict(args.target_sparsity)
     given = {k: v for k, v in (("seed", args.seed), ("eval_max_examples", args.n_test),
@@ -451,7 +457,12 @@ def cmd_discover(args) -> int:
     args.n_test = DEFAULT_N_TEST if args.n_test is None else args.n_test
     data = str(_check_data_file(args.data)) if args.data else None
     check_writable(out)
-    cli = {"task": None if data else (args.task or "ioi"), "data": data, "model": args.model,
+    task_name = None if data else (args.task or "ioi")
+    if args.paper and task_name and args.max_train is None:
+        from .tasks import TASKS
+
+        args.max_train = TASKS[task_name].PAPER_N_TRAIN
+    cli = {"task": task_name, "data": data, "model": args.model,
            "n_test": args.n_test, "max_train": args.max_train, "seed": args.seed, "device": args.device,
            "backend": args.backend, "n_devices": args.n_devices}
     with run_lock(out):
@@ -489,6 +500,7 @@ def _resume(args) -> int:
     given = [flag for flag, value in (("--task", args.task), ("--data", args.data), ("--model", args.model),
                                       ("--batch-size", args.batch_size), ("--lr", args.lr),
                                       ("--lambda-scale", args.lambda_scale), ("--lambda", args.lambdas or None),
+                                      ("--paper", args.paper or None),
                                       ("--corruption-mode", args.corruption_mode), ("--ablation", args.ablation),
                                       ("--target-kl", args.target_kl),
                                       ("--target-sparsity", args.target_sparsity or None),

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from typing import Any, Callable
 
 from .gates import HardConcreteParams
-from .granularity import ALL_GRANULARITIES, ATTENTION_GRANULARITIES, PAPER_LAMBDAS, check_granularity
+from .granularity import ALL_GRANULARITIES, ATTENTION_GRANULARITIES, DEFAULT_LAMBDAS, check_granularity
 from .names import ABLATIONS, CORRUPTION_MODES, EVAL_SPLITS
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -96,7 +96,9 @@ class PruningConfig:
         ablation: what a pruned node outputs: ``"corrupted"`` (its activation on the paired corrupted prompt,
             default, the paper's), ``"zero"`` or ``"mean"`` (its mean over the training pairs' corrupted
             prompts and positions); see :mod:`mgnp_lens.ablation`. Evaluations of the circuit use the same.
-        lambdas: per-granularity sparsity weights λ_g (the paper's Appendix C; missing names keep theirs).
+        lambdas: per-granularity sparsity weights λ_g (:data:`~mgnp_lens.granularity.DEFAULT_LAMBDAS`: the
+            paper's Appendix C with a lower price on heads and neurons; ``PAPER_LAMBDAS`` replicates the paper;
+            missing names keep the defaults).
         lambda_scale: multiplies every λ (1.0; for sweeps).
         lambda_warmup_steps: λ ramps linearly from 0 to full over this many steps from ``penalty_start`` (0: none).
         penalty_start: no L0 penalty before this step (0). Adam moves a gate that gets no KL gradient (a saturated
@@ -196,7 +198,7 @@ class PruningConfig:
     # objective: what is pruned, against what, at which price
     granularities: tuple[str, ...] = ALL_GRANULARITIES
     ablation: str = "corrupted"
-    lambdas: dict[str, float] = field(default_factory=lambda: dict(PAPER_LAMBDAS))
+    lambdas: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LAMBDAS))
     lambda_scale: float = 1.0
     lambda_warmup_steps: int = 0
     penalty_start: int = 0
@@ -462,7 +464,7 @@ FIELD_RULES: dict[str, Rule] = {
     "lr_final_fraction": _number(0, 1), "lr_warmup_steps": _integer(0),
     "lr_scales": _granularity_map(_number(0, low_open=True)), "batch_size": _integer(1),
     "micro_batch_size": _optional(_integer(1)),
-    "lambdas": _granularity_map(_number(0), PAPER_LAMBDAS), "lambda_scale": _number(0),
+    "lambdas": _granularity_map(_number(0), DEFAULT_LAMBDAS), "lambda_scale": _number(0),
     "lambda_warmup_steps": _integer(0), "penalty_start": _integer(0), "confirm": _boolean,
     "stop_when_converged": _boolean,
     "target_kl": _optional(_number(0, low_open=True)),

@@ -27,7 +27,7 @@ from .circuit import Circuit, make_consistent
 from .config import PRECOMPUTE_MEMORY_FRACTION, PruningConfig
 from .evaluate import Evaluation, evaluate, evaluate_cached, task_loss
 from .gates import HardConcreteGates
-from .granularity import NEURON_GRANULARITIES, ModelDims
+from .granularity import NEURON_GRANULARITIES, PAPER_LAMBDAS, ModelDims
 from .hooks import Interpolator, check_hook_points, masked_answer_logits
 from .losses import FullModelTarget
 from .phases import Phases
@@ -642,15 +642,24 @@ def _removal_order(run: _Run) -> list[tuple]:
 #: warm-up on every granularity, gates initialised well open, the penalty from the end of the noise warm-up (before
 #: it Adam closes every gate without a KL gradient together), the learning rate decaying to 1% (a gate balanced
 #: at the threshold otherwise flips the hard circuit to the end, and the run never converges), and the
-#: confirmation phase.
+#: confirmation phase. Its λ are the paper's (their balance between granularities is what the tracr suite measured),
+#: scaled; λ you set stay yours.
 SMALL_MODEL_SETTINGS = {"noise_warmup_granularities": None, "hard_concrete": {"init_low": 3.0, "init_high": 4.0},
-                        "lr_schedule": "cosine", "lr_final_fraction": 0.01, "confirm": True}
+                        "lr_schedule": "cosine", "lr_final_fraction": 0.01, "confirm": True,
+                        "lambdas": dict(PAPER_LAMBDAS)}
 
 
-def _one_head_cost(config: PruningConfig, dims: ModelDims) -> float:
-    """The penalty of keeping one working head alone in its layer: its gate, its attention neurons and its attention
-    block's gate (each granularity's λ is spread over its node count), in loss units."""
-    lam = {g: config.lambdas.get(g, 0.0) * config.lambda_scale if g in config.granularities else 0.0
+def _regime_lambdas(config: PruningConfig) -> dict[str, float]:
+    """The λ the small-model regime is judged and scaled with: the paper's where ``config`` keeps the default λ (the
+    regime is a test of the model's scale against the paper's price), else yours."""
+    return dict(PAPER_LAMBDAS) if config.lambdas == PruningConfig().lambdas else config.lambdas
+
+
+def _one_head_cost(config: PruningConfig, dims: ModelDims, lambdas: dict[str, float]) -> float:
+    """The penalty of keeping one working head alone in its layer at ``lambdas`` (× ``config.lambda_scale``): its
+    gate, its attention neurons and its attention block's gate (each granularity's λ is spread over its node count),
+    in loss units."""
+    lam = {g: lambdas.get(g, 0.0) * config.lambda_scale if g in config.granularities else 0.0
            for g in ("attn_head", "attn_neuron", "attn_block")}
     return (lam["attn_head"] + lam["attn_neuron"]) / dims.count("attn_head") + lam["attn_block"] / dims.n_layers
 
@@ -664,7 +673,8 @@ def _auto_target(model, task, dims: ModelDims, config: PruningConfig) -> tuple[P
     if fraction is None or config.target_kl is not None or config.target_sparsity or \
             "attn_head" not in config.granularities:
         return config, None
-    one_head = _one_head_cost(config, dims)
+    lambdas = _regime_lambdas(config)
+    one_head = _one_head_cost(config, dims, lambdas)
     try:
         validation = task.split("validation")
     except ValueError:  # no validation split: nothing to measure the loss at stake on, λ stays
@@ -677,19 +687,20 @@ def _auto_target(model, task, dims: ModelDims, config: PruningConfig) -> tuple[P
                             max_examples=n, ablation=config.ablation).objective
     if not one_head > at_stake > 0:
         return config, None
-    everything = sum(config.lambdas.get(g, 0.0) for g in config.granularities if g in dims.granularities)
+    everything = sum(lambdas.get(g, 0.0) for g in config.granularities if g in dims.granularities)
     scale = fraction * at_stake / everything  # Σ_g λ_g · scale: the penalty of the whole model
     settings, kept = _regime_settings(config, {**SMALL_MODEL_SETTINGS, "penalty_start": config.noise_warmup_length,
                                                "select": "last"})
     settings.update(lambda_scale=scale, auto_target_fraction=None)  # applied once: a resumed run keeps these
     applied = ", ".join(f"{k}={v!r}" for k, v in settings.items() if k not in ("hard_concrete", "lambda_scale",
-                                                                                   "auto_target_fraction"))
+                                                                                   "auto_target_fraction", "lambdas"))
+    priced = "the paper's λ" if lambdas == PAPER_LAMBDAS else "these λ"
     shape = {k: settings["hard_concrete"][k] for k in SMALL_MODEL_SETTINGS["hard_concrete"]
              if f"hard_concrete.{k}" not in kept}
     yours = f"; kept as you set them: {', '.join(kept)}" if kept else ""
-    warnings.warn(f"at these λ keeping one head costs {one_head:.3g} in the loss, more than the whole loss at stake "
+    warnings.warn(f"at {priced} keeping one head costs {one_head:.3g} in the loss, more than the whole loss at stake "
                   f"({at_stake:.3g}, the empty circuit's on {n} validation pairs), so fixed λ would prune everything; "
-                  f"using the small-model regime instead: lambda_scale={scale:.3g} (keeping every node costs "
+                  f"using the small-model regime instead: {priced} × lambda_scale={scale:.3g} (keeping every node costs "
                   f"{fraction:g} of the loss at stake) and the settings measured on tracr's programs (docs/tracr.md): "
                   f"{applied}, hard_concrete {shape}{yours} (auto_target_fraction=None keeps λ)", stacklevel=4)
     config = PruningConfig.from_dict({**config.to_dict(), **settings})
@@ -720,7 +731,7 @@ def _warn_if_empty(run: _Run, result: DiscoveryResult) -> None:
     c, config = result.circuit, run.config
     if config.target_kl is not None or config.target_sparsity or c.active_heads() or c.active_mlps():
         return
-    one_head = _one_head_cost(config, c.dims)
+    one_head = _one_head_cost(config, c.dims, config.lambdas)
     warnings.warn(f"the circuit is empty: at these λ keeping one head costs {one_head:.3g} in the loss, more than "
                   f"this task's loss can gain (the empty circuit's {result.train_evaluation.objective:.3g} on the "
                   "training pairs); ask for a faithfulness instead (target_kl=..., --target-kl) or lower "

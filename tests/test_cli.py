@@ -418,3 +418,16 @@ def test_quiet_silences_the_gguf_conversion_bar_and_restores_it(capsys):
     with _loader_bars(True):
         list(gguf.tqdm(range(3), desc="converting"))
     assert "converting" in capsys.readouterr().err
+
+
+def test_paper_setting_takes_the_papers_lambda_and_training_pairs(tiny_gpt2_checkpoint, tmp_path):
+    """--paper: Appendix C's λ and IOI's 200 training pairs instead of the defaults; --lambda still overrides one."""
+    path, _, _ = tiny_gpt2_checkpoint
+    out = tmp_path / "paper"
+    assert main(["discover", "--task", "ioi", "--model", str(path), "--steps", "2", "--batch-size", "4", "--n-test",
+                 "4", "--paper", "--lambda", "mlp_block=0.3", "--edge-examples", "0", "--out", str(out),
+                 "--quiet"]) == 0
+    recorded = json.loads((out / "config.json").read_text())
+    assert recorded["config"]["lambdas"] == {**mg.PAPER_LAMBDAS, "mlp_block": 0.3} != mg.PruningConfig().lambdas
+    assert recorded["cli"]["max_train"] == mg.tasks.IOI.PAPER_N_TRAIN == 200
+    assert main(["discover", "--resume", str(out), "--paper"]) == 2  # not with --resume

@@ -300,8 +300,8 @@ def _golden_run() -> dict:
     model = micro_model("gpt2")
     clean, corrupted = random_pairs(model, n=40, pos=6, seed=5)
     task = PromptPairTask.from_tokens(clean, corrupted, clean[:, 0], corrupted[:, 0])
-    r = mg.discover(model, task, steps=40, batch_size=8, seed=11, lambda_scale=0.3, lr=0.3, autocast="float32",
-                    compile=False, progress=False)
+    r = mg.discover(model, task, steps=40, batch_size=8, seed=11, lambda_scale=0.3, lambdas=mg.PAPER_LAMBDAS, lr=0.3,
+                    autocast="float32", compile=False, progress=False)
     return {"masks": {g: "".join(str(int(v)) for v in m.flatten().tolist()) for g, m in r.circuit.masks.items()},
             "kl": r.history["kl"].tolist(), "loss": r.history["loss"].tolist(),
             "train_kl": r.train_evaluation.kl, "test_kl": r.evaluation.kl}

@@ -10,7 +10,7 @@ from mgnp_lens.tasks import GenderedPronouns
 def test_gendered_pronouns_with_gpt2_tokenizer(tok):
     assert len(tok.encode(" he")) == 1 and len(tok.encode(" she")) == 1
     task = GenderedPronouns(tok, n_heldout=100)
-    assert {k: len(v) for k, v in task.splits.items()} == {"train": 150, "validation": 150, "test": 378,
+    assert {k: len(v) for k, v in task.splits.items()} == {"train": 1000, "validation": 150, "test": 378,
                                                             "test_templates": 100, "test_corruption": 100, "test_ood": 100}
     df = task.to_dataframe()
     for _, row in df.iterrows():

@@ -18,7 +18,7 @@ def test_greater_than_years_follow_the_gpt2_rule(tok):
     assert years == every[1:-1]  # first and last valid year dropped
     task = GreaterThan(tok, n_test=200, n_heldout=60)
     df = task.to_dataframe()
-    assert len(df) == 500 + 3 * 60
+    assert len(df) == 1000 + 150 + 200 + 3 * 60  # train (the default 1,000) + validation + test + held out
     assert set(df.loc[df.split == "test_corruption", "corruption"]) == {"xx01"}
     assert not set(df.loc[df.split == "test_ood", "template"]) & set(df.loc[df.split == "train", "template"])
     for _, row in df.iterrows():

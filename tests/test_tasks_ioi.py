@@ -18,13 +18,13 @@ def all_pairs(task):
 
 def test_ioi_with_gpt2_tokenizer(tok):
     task = IOI(tok, n_test=300, n_heldout=40)
-    assert {k: len(v) for k, v in task.splits.items()} == {"train": 200, "validation": 200, "test": 300,
+    assert {k: len(v) for k, v in task.splits.items()} == {"train": 1000, "validation": 200, "test": 300,
                                                             "test_templates": 40, "test_corruption": 40, "test_ood": 40}
     assert len(task.names) >= 80
     for name in task.names:
         assert len(tok.encode(" " + name)) == 1
     df = task.to_dataframe()
-    assert len(df) == 820 and set(df["split"]) == set(task.splits)
+    assert len(df) == 1000 + 200 + 300 + 3 * 40 and set(df["split"]) == set(task.splits)
     for _, row in df.iterrows():
         assert len(tok.encode(row["clean"])) == len(tok.encode(row["corrupted"]))
         clean_words, corrupted_words = re.findall(r"\w+", row["clean"]), set(re.findall(r"\w+", row["corrupted"]))

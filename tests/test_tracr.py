@@ -112,7 +112,8 @@ def test_the_paper_lambda_empties_a_tracr_circuit_and_says_what_to_do():
     c = tracr.compile_program("xproportion")
     task = tracr.task(c)
     with pytest.warns(UserWarning, match=r"the circuit is empty: at these λ keeping one head costs 2\.35 .*target_kl"):
-        r = mg.discover(c.model, task, steps=60, auto_target_fraction=None, eval_heldout=False, progress=False)
+        r = mg.discover(c.model, task, steps=60, auto_target_fraction=None, lambdas=mg.PAPER_LAMBDAS,
+                        eval_heldout=False, progress=False)
     assert not r.circuit.active_heads() and not r.circuit.active_mlps()
 
 

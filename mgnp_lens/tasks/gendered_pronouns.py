@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from . import _data
 from .prompt_pairs import PromptPairTask
-from .task import check_choice, generate, partition_templates, split_plan, split_sizes
+from .task import DEFAULT_N_TRAIN, check_choice, generate, partition_templates, split_plan, split_sizes
 from .tokens import answer_token_id, default_prepend_bos, n_tokens
 
 GP_CORRUPTIONS = ("opposite_gender_name", "neutral")
@@ -29,7 +29,7 @@ class GenderedPronouns(PromptPairTask):
 
     Args:
         model: a HookedTransformer/TransformerBridge (or a Hugging Face tokenizer).
-        n_train, n_validation, n_test: split sizes (paper: 150 / 150 / 378).
+        n_train, n_validation, n_test: split sizes (default 1,000 / 150 / 378; the paper's: 150 / 150 / 378).
         corruption: ``"opposite_gender_name"`` (default) or ``"neutral"``.
         templates: ``"ep"`` (30 templates, 1000 + 1000 names; default) or ``"mathwin"`` (5 templates, 10 + 10).
         heldout_templates: templates held out of training for the validation split, and as many again
@@ -40,7 +40,10 @@ class GenderedPronouns(PromptPairTask):
         prepend_bos: default the model's ``cfg.default_prepend_bos``.
     """
 
-    def __init__(self, model, n_train: int = 150, n_validation: int = 150, n_test: int = 378,
+    #: the paper's training pairs (:data:`~mgnp_lens.tasks.task.DEFAULT_N_TRAIN` is the default)
+    PAPER_N_TRAIN = 150
+
+    def __init__(self, model, n_train: int = DEFAULT_N_TRAIN, n_validation: int = 150, n_test: int = 378,
                  corruption: str = "opposite_gender_name", templates: str = "ep",
                  heldout_templates: int | None = None, n_heldout: int = 1024, seed: int = 0,
                  prepend_bos: bool | None = None):

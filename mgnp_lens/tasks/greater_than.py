@@ -37,7 +37,7 @@ import torch
 from . import _data
 from .pairs import PairBatch
 from .prompt_pairs import PromptPairTask
-from .task import check_choice, generate, partition_templates, split_plan, split_sizes
+from .task import DEFAULT_N_TRAIN, check_choice, generate, partition_templates, split_plan, split_sizes
 from .tokens import default_prepend_bos, tokenizer_of
 
 GT_CORRUPTIONS = ("random_century", "xx01")
@@ -75,7 +75,8 @@ class GreaterThan(PromptPairTask):
 
     Args:
         model: a HookedTransformer/TransformerBridge (or a Hugging Face tokenizer).
-        n_train, n_validation, n_test: split sizes (paper: 150 for training of 12,540 in all).
+        n_train, n_validation, n_test: split sizes (default 1,000 / 150 / 12,240; the paper's: 150 for training of
+            12,540 in all).
         corruption: ``"random_century"`` (default) or ``"xx01"``.
         templates: ``"ep"`` (the 6 Edge-Pruning/MGNP templates, default) or ``"hanna"``.
         metric: ``"window"`` (paper Eq. 9, default) or ``"plain"``.
@@ -87,7 +88,10 @@ class GreaterThan(PromptPairTask):
         prepend_bos: default the model's ``cfg.default_prepend_bos``.
     """
 
-    def __init__(self, model, n_train: int = 150, n_validation: int = 150, n_test: int = 12_240,
+    #: the paper's training pairs (:data:`~mgnp_lens.tasks.task.DEFAULT_N_TRAIN` is the default)
+    PAPER_N_TRAIN = 150
+
+    def __init__(self, model, n_train: int = DEFAULT_N_TRAIN, n_validation: int = 150, n_test: int = 12_240,
                  corruption: str = "random_century", templates: str = "ep", metric: str = "window",
                  heldout_templates: int | None = None, n_heldout: int = 1024, seed: int = 0,
                  prepend_bos: bool | None = None):

@@ -28,7 +28,7 @@ import re
 
 from . import _data
 from .prompt_pairs import PromptPairTask
-from .task import check_choice, generate, partition_templates, split_plan, split_sizes
+from .task import DEFAULT_N_TRAIN, check_choice, generate, partition_templates, split_plan, split_sizes
 from .tokens import default_prepend_bos, single_token_words
 
 IOI_CORRUPTIONS = ("four_names", "fresh_names")
@@ -41,7 +41,7 @@ class IOI(PromptPairTask):
 
     Args:
         model: a HookedTransformer/TransformerBridge (or a Hugging Face tokenizer).
-        n_train, n_validation, n_test: split sizes (paper: 200 / 200 / 12,256).
+        n_train, n_validation, n_test: split sizes (default 1,000 / 200 / 12,256; the paper's: 200 / 200 / 12,256).
         corruption: ``"four_names"`` (default) or ``"fresh_names"``.
         templates: ``"mixed"`` (BABA and ABBA alternating, 15 each), ``"baba"``, ``"abba"`` or ``"abc"``;
             or an explicit list of template strings using [A], [B], [C], [PLACE], [OBJECT].
@@ -52,7 +52,10 @@ class IOI(PromptPairTask):
         prepend_bos: default the model's ``cfg.default_prepend_bos``.
     """
 
-    def __init__(self, model, n_train: int = 200, n_validation: int = 200, n_test: int = 12_256,
+    #: the paper's training pairs (:data:`~mgnp_lens.tasks.task.DEFAULT_N_TRAIN` is the default)
+    PAPER_N_TRAIN = 200
+
+    def __init__(self, model, n_train: int = DEFAULT_N_TRAIN, n_validation: int = 200, n_test: int = 12_256,
                  corruption: str = "four_names", templates="mixed", heldout_templates: int | None = None,
                  n_heldout: int = 1024, seed: int = 0, prepend_bos: bool | None = None):
         if corruption == "abc":
