@@ -27,7 +27,7 @@ from .circuit import Circuit, make_consistent
 from .config import PRECOMPUTE_MEMORY_FRACTION, PruningConfig
 from .evaluate import Evaluation, evaluate, evaluate_cached, task_loss
 from .gates import HardConcreteGates
-from .granularity import NEURON_GRANULARITIES, PAPER_LAMBDAS, ModelDims
+from .granularity import DEFAULT_LAMBDAS, NEURON_GRANULARITIES, PAPER_LAMBDAS, ModelDims
 from .hooks import Interpolator, check_hook_points, masked_answer_logits
 from .losses import FullModelTarget
 from .phases import Phases
@@ -652,7 +652,7 @@ SMALL_MODEL_SETTINGS = {"noise_warmup_granularities": None, "hard_concrete": {"i
 def _regime_lambdas(config: PruningConfig) -> dict[str, float]:
     """The λ the small-model regime is judged and scaled with: the paper's where ``config`` keeps the default λ (the
     regime is a test of the model's scale against the paper's price), else yours."""
-    return dict(PAPER_LAMBDAS) if config.lambdas == PruningConfig().lambdas else config.lambdas
+    return dict(PAPER_LAMBDAS) if config.lambdas == DEFAULT_LAMBDAS else config.lambdas
 
 
 def _one_head_cost(config: PruningConfig, dims: ModelDims, lambdas: dict[str, float]) -> float:

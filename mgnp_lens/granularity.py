@@ -66,9 +66,8 @@ PAPER_LAMBDAS: dict[str, float] = {
 }
 
 #: The default sparsity weights λ_g: the paper's, with two thirds of its head λ and a sixteenth of its λ on the three
-#: neuron granularities. At the paper's λ the neuron gates fit the training templates (SmolLM2 IOI ``test_ood`` KL
-#: 0.55 mean over six seeds); these keep 4x the parameters and halve it, and the seeds agree on the heads (evidence:
-#: docs/heldout.md, "What the held-out gap is made of"). :data:`PAPER_LAMBDAS` replicates the paper.
+#: neuron granularities, because at the paper's the neuron gates fit the training templates (why, and what it costs:
+#: docs/calibration.md). :data:`PAPER_LAMBDAS` replicates the paper.
 DEFAULT_LAMBDAS: dict[str, float] = {
     **PAPER_LAMBDAS,
     "attn_head": 2.0,

@@ -37,9 +37,8 @@ class Task:
         return {"name": self.name, "metric": self.metric_name, **({"loss": self.loss} if self.loss != "kl" else {})}
 
 
-#: Training pairs a built-in task generates by default: five times the paper's (IOI 200, Greater-Than and Gendered
-#: Pronouns 150; each task's ``PAPER_N_TRAIN``), because with the paper's counts the neuron gates fit the training
-#: templates (docs/heldout.md, "What the held-out gap is made of").
+#: Training pairs a built-in task generates by default, more than the paper's (each task's ``PAPER_N_TRAIN``) because
+#: with those the neuron gates fit the training templates (docs/calibration.md).
 DEFAULT_N_TRAIN = 1000
 
 
