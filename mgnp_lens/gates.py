@@ -148,7 +148,8 @@ class HardConcreteGates(nn.Module):
         return {g: chain[g] for g in own}
 
     @torch.no_grad()
-    def open_probability(self, log_alpha: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    def open_probability(self, log_alpha: Mapping[str, torch.Tensor] | None = None,
+                         along_hierarchy: bool = True) -> dict[str, torch.Tensor]:
         """Each node's probability of being kept, along the hierarchy: the chance that a sampled gate (Eq. 6)
         exceeds the binarisation threshold, ``σ(log α − β·logit((threshold − γ)/(ζ − γ)))`` (``σ(log α)`` at the
         default threshold 0.5), times its ancestors'. It rises with log α, so it ranks nodes as binarisation sorts them; at
@@ -157,6 +158,8 @@ class HardConcreteGates(nn.Module):
         Args:
             log_alpha: ``{granularity: log α}`` to score instead of the gates' own (e.g. a saved state's); the
                 granularities it lacks count as always kept.
+            along_hierarchy: times the ancestors' probabilities (default); False: each gate's own, which orders the
+                children of one kept parent exactly as binarisation keeps them.
 
         Returns:
             ``{granularity: tensor shaped dims.shape(g)}`` in [0, 1] for every granularity of the model (1 for the
@@ -171,7 +174,7 @@ class HardConcreteGates(nn.Module):
             own = torch.sigmoid(source[g].detach().cpu() - shift) if g in source else \
                 torch.ones(self.dims.shape(g))
             parent = self.dims.parent(g)
-            out[g] = own if parent is None else own * self.dims.under_parent(g, out[parent])
+            out[g] = own if parent is None or not along_hierarchy else own * self.dims.under_parent(g, out[parent])
         return out
 
     def mean_l0(self) -> dict[str, torch.Tensor]:

@@ -61,9 +61,9 @@ def scaled_counts(circuit: Circuit, factor: float) -> dict[str, int]:
 
 def circuits_from_scores(result, factors: Sequence[float] = SCORE_FACTORS) -> list[Circuit]:
     """Circuits of several sizes from one run: for each factor, :func:`scaled_counts` of the run's circuit, filled
-    with the nodes its gates score highest (:meth:`~mgnp_lens.result.DiscoveryResult.scores`: each node's
-    probability of being kept, from the state the circuit came from), hierarchy-consistent. A faithfulness curve
-    without a λ sweep.
+    with the nodes whose gates are most likely open (each gate's own probability, from the state the circuit came
+    from), parents first and children only under kept parents (:func:`~mgnp_lens.baselines.select_nodes`), so
+    factor 1 gives the run's circuit. A faithfulness curve without a λ sweep.
 
     Args:
         result: a :class:`~mgnp_lens.result.DiscoveryResult` (or one read back with ``DiscoveryResult.load``).
@@ -71,7 +71,7 @@ def circuits_from_scores(result, factors: Sequence[float] = SCORE_FACTORS) -> li
     """
     if not factors or any(f <= 0 for f in factors):
         raise ValueError(f"factors must be positive size factors (1: the run's own counts), got {list(factors)}")
-    scores = result.gates.open_probability(result.scored_log_alpha)
+    scores = result.gates.open_probability(result.scored_log_alpha, along_hierarchy=False)
     return [select_nodes(result.circuit.dims, scores, scaled_counts(result.circuit, f)) for f in factors]
 
 

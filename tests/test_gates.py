@@ -112,3 +112,9 @@ def test_the_cheap_open_masks_equal_binarize_and_the_scores_follow_the_same_rule
     if threshold == 0.5:  # then a gate is kept exactly when its own probability of being kept exceeds 1/2
         own = gates.open_probability({g: gates.log_alpha[g] for g in ("mlp_hidden",)})["mlp_hidden"]
         assert torch.equal(own > 0.5, exact["mlp_hidden"])
+        # a gate's own probability, not times its ancestors', is what binarisation compares, whatever the parents
+        alone = gates.open_probability(along_hierarchy=False)
+        along = gates.open_probability()
+        assert torch.equal(alone["attn_neuron"] > 0.5, exact["attn_neuron"])
+        assert (along["attn_neuron"] <= alone["attn_neuron"] + 1e-7).all()
+        assert not torch.allclose(along["attn_neuron"], alone["attn_neuron"])

@@ -13,7 +13,7 @@ from mgnp_lens.report import build_report
 from mgnp_lens.tasks import PairSet, PromptPairTask
 
 KW = dict(batch_size=16, progress=False, autocast="float32", validate_every=5, noise_warmup_steps=0, steps=40,
-          lambda_scale=0.3, eval_split="validation")
+          lambda_scale=0.3, lambdas=mg.PAPER_LAMBDAS, eval_split="validation")  # sizes measured at the paper's λ
 
 
 class _StopAt(PairSet):

@@ -13,7 +13,8 @@ import mgnp_lens as mg
 from mgnp_lens import targets
 from mgnp_lens.tasks import PromptPairTask
 
-KW = dict(batch_size=16, progress=False, autocast="float32", validate_every=10)
+# the paper's λ: these runs test the targets' controllers from the price they were calibrated at
+KW = dict(batch_size=16, progress=False, autocast="float32", validate_every=10, lambdas=mg.PAPER_LAMBDAS)
 
 
 @pytest.fixture(scope="module")

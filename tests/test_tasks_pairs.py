@@ -8,7 +8,7 @@ from mgnp_lens.tasks import GenderedPronouns
 
 
 def test_mixed_lengths_are_bucketed_without_padding(tok):
-    task = GenderedPronouns(tok, n_test=50)
+    task = GenderedPronouns(tok, n_train=150, n_test=50)
     pairs = task.split("train")
     assert len(pairs.buckets) > 1
     seen = 0
@@ -23,7 +23,7 @@ def test_mixed_lengths_are_bucketed_without_padding(tok):
 def test_head_spreads_over_every_bucket_in_proportion(tok):
     """A capped set keeps each bucket's share (rounded, within one pair), each bucket's first rows, so a capped
     evaluation sees every prompt length; a cap at or above the size keeps everything."""
-    pairs = GenderedPronouns(tok, n_test=50).split("train")
+    pairs = GenderedPronouns(tok, n_train=150, n_test=50).split("train")
     sizes = [len(b) for b in pairs.buckets]
     assert len(sizes) > 1 and sum(sizes) == 150
     for n in (75, 149):  # every bucket's share is at least one pair
