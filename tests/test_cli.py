@@ -353,13 +353,14 @@ def test_discover_on_the_bridge_backend_records_it_and_resumes_on_it(tiny_gpt2_c
     path, _, _ = tiny_gpt2_checkpoint
     out = tmp_path / "bridge"
     assert main(["discover", "--task", "ioi", "--model", str(path), "--backend", "bridge", "--steps", "2",
-                 "--batch-size", "4", "--n-test", "4", "--out", str(out), "--quiet"]) == 0
+                 "--batch-size", "4", "--n-test", "4", "--max-train", "64", "--out", str(out), "--quiet"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["cli"]["backend"] == "bridge" and config["model"]["backend"] == "bridge"
     assert config["model"]["hf_logits"]["matches"]
     assert main(["discover", "--resume", str(out), "--steps", "3", "--quiet"]) == 0
     assert main(["evaluate", str(out)]) == 0
     assert main(["discover", "--resume", str(out), "--backend", "hooked"]) == 2  # not with --resume
+    assert json.loads((out / "config.json").read_text())["cli"]["max_train"] == 64
 
 
 def test_more_devices_than_there_are_is_bad_input_named_before_the_model_loads(tmp_path, capsys):
