@@ -6,8 +6,8 @@
 
 Per task, in the paper's setting (its λ and training pairs, not the library's defaults): multi-granular node
 pruning (all seven granularities); coarse pruning (gates on heads and MLP blocks only, same λ and loop); node
-attribution patching at the multi-granular circuit's node counts and at 2×, 4× and 8× them (to find the budget that matches its
-faithfulness); random circuits with the multi-granular counts (3 seeds). Every circuit is
+attribution patching at the multi-granular circuit's node counts and at 2×, 4× and 8× them (to find the budget
+that matches its faithfulness); random circuits with the multi-granular counts (3 seeds). Every circuit is
 evaluated on the same held-out test pairs (KL to the full model and the task metric). The paper's
 GPT-2 small numbers are printed beside ours for scale.
 """
