@@ -133,7 +133,8 @@ class PruningConfig:
             corrupted activations) are computed: ``"all"`` once before the loop, ``"per_batch"`` for each
             batch when it is drawn (one extra no-gradient pass a step; memory does not grow with the
             dataset), or ``"auto"`` (default): ``"all"`` when it fits in :data:`PRECOMPUTE_MEMORY_FRACTION`
-            of the free memory, else ``"per_batch"``. ``"all"`` that does not fit refuses to start.
+            of the free memory and the run draws at least as many pairs as it holds (``steps × batch_size``),
+            else ``"per_batch"``. ``"all"`` that does not fit refuses to start.
         micro_batch_size: run each step in chunks of this many pairs, accumulating the gradient (same
             result, the peak memory of one chunk); ``None``: one chunk.
         autocast: precision of the training passes: ``"auto"`` (bfloat16 where the device multiplies in it

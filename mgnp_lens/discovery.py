@@ -321,6 +321,8 @@ def _streams(model, dims: ModelDims, train, config: PruningConfig) -> bool:
     """
     if config.precompute == "per_batch":
         return True
+    if config.precompute == "auto" and config.steps * config.batch_size < len(train):
+        return True  # a short run draws fewer pairs than it holds: each batch's when it is drawn costs less
     need = precompute_bytes(model, dims, train, config.caches_corrupted)
     free = available_bytes(next(model.parameters()).device)
     if free is None or need <= PRECOMPUTE_MEMORY_FRACTION * free:

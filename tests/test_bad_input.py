@@ -150,6 +150,17 @@ def test_3_a_precompute_that_will_not_fit_is_refused_with_the_figures_or_streame
     assert streamed.train_evaluation.kl == pytest.approx(cached.train_evaluation.kl, abs=1e-5)
 
 
+def test_a_short_run_computes_each_batch_when_drawn_instead_of_every_pair():
+    """"auto" precomputes the training pairs only for a run that draws at least as many pairs as there are."""
+    model, task = _pairs(n=80)
+    n = len(task.split("train"))
+    kw = dict(batch_size=4, autocast="float32", progress=False, eval_split=None)
+    short = mg.discover(model, task, steps=2, **kw)
+    long = mg.discover(model, task, steps=n // 4 + 1, **kw)
+    assert 2 * 4 < n <= (n // 4 + 1) * 4
+    assert short.meta["precompute"] == "per_batch" and long.meta["precompute"] == "all"
+
+
 def test_3_the_training_evaluation_is_capped_like_the_test_one():
     model, task = _pairs(60)
     r = mg.discover(model, task, steps=2, batch_size=8, autocast="float32", progress=False, eval_max_examples=10)
