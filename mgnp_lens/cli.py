@@ -381,6 +381,11 @@ def _print_result(result) -> None:
         print(f"converged: {'yes' if conv['converged'] else 'no'} (the hard circuit was stable for the last "
               f"{conv['stable_steps']} steps, {conv['stable_needed']} needed"
               f"{'; training stopped there' if conv.get('stopped_at_step') else ''})")
+        from .targets import moving_text
+
+        moving = moving_text(conv)
+        if moving:
+            print(f"  {moving}")
         if conv.get("repairs"):
             from .confirm import repairs_text
 

@@ -421,6 +421,7 @@ def _train_step(model, interp: Interpolator, run: _Run, data: _Data, step: int) 
         for g in fixed:
             masks[g] = hard[g].to(masks[g]).expand_as(masks[g])
     kl = _kl_backward(model, interp, masks, batch, _batch_targets(model, run, data, batch_cpu), config, run.fast)
+    before = make_consistent(gates.open_on_cpu())  # the hard circuit before this update (for changed_<g>)
     factor = _penalty_factor(config, step)
     # per-gate P(z > 0) (times its ancestors' with l0_penalty="path"), shared by the loss and the history
     expected_l0 = gates.expected_l0(path=config.l0_penalty == "path")
@@ -439,9 +440,10 @@ def _train_step(model, interp: Interpolator, run: _Run, data: _Data, step: int) 
         with torch.no_grad():
             for la in gates.log_alpha.values():
                 la.clamp_(*clamp)
+    hard = make_consistent(gates.open_on_cpu())
     row = {"step": step + 1, "loss": kl + factor * float(sparsity.detach()), "kl": kl, "lambda_factor": factor,
            "lr": lr_now, "noise_scale": noise, "seconds": time.perf_counter() - t_step,
-           "hard_key": targets.circuit_key(make_consistent(gates.open_on_cpu()))}
+           "hard_key": targets.circuit_key(hard), **targets.hard_changes(before, hard)}
     with torch.no_grad():
         row.update({f"l0_{g}": float(l0[g]) for g in gates.trainable})
         row.update({f"active_{g}": float(expected_l0[g].sum()) for g in gates.trainable})
@@ -597,9 +599,10 @@ def _convergence(run: _Run, result: DiscoveryResult) -> dict:
         out["trained_loss_fraction"] = done["loss_before"] / done["loss_at_stake"] if done["loss_at_stake"] else 0.0
     if not out["converged"]:
         missed = " and its final circuit misses the target" if met is False else ""
+        moving = targets.moving_text(out)
         warnings.warn(f"the run did not converge: its hard circuit was stable for the last {out['stable_steps']} of "
-                      f"{run.step} steps ({out['stable_needed']} needed){missed}; train longer (--steps, or --resume "
-                      "DIR --steps N)", stacklevel=4)
+                      f"{run.step} steps ({out['stable_needed']} needed){missed}{'; ' + moving if moving else ''}; "
+                      "train longer (--steps, or --resume DIR --steps N)", stacklevel=4)
     return out
 
 

@@ -199,6 +199,9 @@ def _header(run: dict, task: str | None) -> list[str]:
         parts.append(f'<p class="{"sub" if conv["converged"] else "warn"}">The run {verdict}: its hard circuit was '
                      f'stable for the last {conv["stable_steps"]} steps ({conv["stable_needed"]} needed)'
                      f'{_stop_text(conv)}.</p>')
+        moving = targets.moving_text(conv)
+        if moving:
+            parts.append(f'<p class="sub">{html.escape(moving[0].upper() + moving[1:])}.</p>')
         if conv.get("repairs"):
             from .confirm import repairs_text
 

@@ -147,6 +147,47 @@ def stable_after_warmup(config, rows: list[dict]) -> bool:
     return key is not None and not _isnan(key) and all(r.get("hard_key") == key for r in last)
 
 
+def hard_changes(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> dict[str, int]:
+    """A step's history columns on the hard (binarised, hierarchy-consistent) circuit: ``kept_<g>``, the units it
+    keeps after the step, and ``changed_<g>``, how many of them the step opened or closed, per granularity."""
+    out = {}
+    for g in after:
+        out[f"kept_{g}"] = int(after[g].count_nonzero())
+        out[f"changed_{g}"] = int((after[g] ^ before[g]).count_nonzero())
+    return out
+
+
+def still_moving(rows: list[dict], window: int) -> dict[str, dict]:
+    """What changes in the hard circuit over a run's last ``window`` steps, per granularity: ``kept`` at the last
+    step, ``changed`` (openings and closings summed over the window) and ``stable_steps`` (steps at the end with
+    no change). Granularities without ``changed_<g>`` columns (histories written before them) are left out."""
+    out = {}
+    last = rows[-window:]
+    for g in [k[len("changed_"):] for k in (rows[-1] if rows else {}) if k.startswith("changed_")]:
+        col = f"changed_{g}"
+        known = [r for r in rows if col in r and not _isnan(r[col])]
+        stable = 0
+        for r in reversed(known):
+            if r[col]:
+                break
+            stable += 1
+        out[g] = {"kept": int(rows[-1][f"kept_{g}"]), "changed": int(sum(r.get(col) or 0 for r in last)),
+                  "stable_steps": stable}
+    return out
+
+
+def moving_text(conv: dict) -> str:
+    """The granularities whose hard circuit still changed in a run's stability window, for the run's summary
+    lines: "still changing over the last 48 steps: attn_neuron (37 changes; 1,882 kept), ..." ("" if none)."""
+    moving = {g: m for g, m in conv.get("granularities", {}).items() if m["changed"]}
+    if not moving:
+        return ""
+    parts = [f"{g} ({m['changed']:,} changes; {m['kept']:,} kept)" for g, m in moving.items()]
+    still = [g for g, m in conv["granularities"].items() if not m["changed"]]
+    steady = f"; unchanged: {', '.join(still)}" if still else ""
+    return f"still changing over the last {conv['stable_needed']} steps: {', '.join(parts)}{steady}"
+
+
 def convergence(config, rows: list[dict], steps: int, met: bool | None, returned_step: int | None) -> dict:
     """Whether a run converged, and which state it returned and why (for ``evaluation.json`` and the report).
 
@@ -162,7 +203,8 @@ def convergence(config, rows: list[dict], steps: int, met: bool | None, returned
     need = stable_needed(config)
     final = returned_step is None or returned_step == steps
     out = {"converged": stable >= need and met is not False, "stable_steps": stable, "stable_needed": need,
-           "final_meets_target": met, "final_state": final, "returned_step": steps if final else returned_step}
+           "final_meets_target": met, "final_state": final, "returned_step": steps if final else returned_step,
+           "granularities": still_moving(rows, need)}
     if not final:
         out["why"] = selection_rule(config)
     return out

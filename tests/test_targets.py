@@ -161,3 +161,36 @@ def test_a_run_stops_when_its_circuit_has_converged_and_says_so(setup, tmp_path,
         full = mg.discover(model, task, **kw, stop_when_converged=False)
     assert full.steps_completed == 200 and "stopped_at_step" not in full.meta["convergence"]
     assert full.history["hard_key"].iloc[r.steps_completed - 1] == r.history["hard_key"].iloc[-1]  # same training
+
+
+def test_what_still_changes_is_counted_per_granularity_over_the_stability_window():
+    rows = [{"step": i + 1, "hard_key": i % 2, "changed_attn_head": int(i == 5), "kept_attn_head": 3,
+             "changed_mlp_hidden": int(i % 2 == 0), "kept_mlp_hidden": 100} for i in range(30)]
+    moving = targets.still_moving(rows, 20)
+    assert moving == {"attn_head": {"kept": 3, "changed": 0, "stable_steps": 24},
+                      "mlp_hidden": {"kept": 100, "changed": 10, "stable_steps": 1}}
+    text = targets.moving_text({"granularities": moving, "stable_needed": 20})
+    assert text == "still changing over the last 20 steps: mlp_hidden (10 changes; 100 kept); unchanged: attn_head"
+    assert targets.moving_text({"granularities": {"attn_head": moving["attn_head"]}, "stable_needed": 20}) == ""
+    assert targets.still_moving([{"step": 1, "hard_key": 0}], 20) == {}  # a history from before the columns
+
+
+def test_a_run_that_has_not_converged_says_which_granularities_still_change(setup, tmp_path, capsys):
+    from mgnp_lens.cli import _print_result
+
+    model, task, _ = setup
+    with pytest.warns(UserWarning, match=r"did not converge.*; still changing over the last 20 steps: .*; train longer"):
+        r = mg.discover(model, task, **dict(KW, steps=30, seed=0, validate_every=None, confirm=False))
+    h, conv = r.history, r.meta["convergence"]
+    assert not conv["converged"]
+    for g in r.circuit.dims.granularities:
+        kept, changed = h[f"kept_{g}"], h[f"changed_{g}"]
+        assert int(kept.iloc[-1]) == r.circuit.count(g)  # the returned circuit is the last step's hard circuit
+        assert (changed.iloc[1:].to_numpy() >= kept.diff().abs().iloc[1:].to_numpy()).all()
+        assert conv["granularities"][g]["changed"] == int(changed.tail(conv["stable_needed"]).sum())
+    moving = [g for g, m in conv["granularities"].items() if m["changed"]]
+    assert moving and conv["stable_steps"] < conv["stable_needed"]
+    _print_result(r)
+    assert f"still changing over the last {conv['stable_needed']} steps: {moving[0]} (" in capsys.readouterr().out
+    page = mg.write_report(r, tmp_path / "run").read_text()
+    assert f"Still changing over the last {conv['stable_needed']} steps" in page
