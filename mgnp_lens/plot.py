@@ -169,14 +169,17 @@ def training_curves(history: pd.DataFrame, title: str | None = None) -> go.Figur
         a two-panel figure: KL on top (nats, left axis; the hard circuit's validation KL too when the run
         had ``validate_every``) with the loss on its own right axis (it is the KL plus the much larger
         λ·L0 term, so one axis would flatten the KL); expected active fraction per granularity (``l0_<g>``)
-        below, one trace each.
+        below, one trace each. Histories with ``kept_<g>`` columns get a third panel: the units the hard
+        circuit keeps per granularity (log axis; hover: how many the step changed), where a flat line is a
+        granularity that has stopped changing.
     """
     for col in ("step", "loss", "kl"):
         if col not in history.columns:
             raise ValueError(f"history has no {col!r} column; pass DiscoveryResult.history or history.csv")
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                        subplot_titles=["Objective", "Expected active fraction per granularity"],
-                        specs=[[{"secondary_y": True}], [{}]])
+    hard = [g for g in GRANULARITIES if f"kept_{g}" in history.columns]
+    titles = ["Objective", "Expected active fraction per granularity"] + (["Kept by the hard circuit"] if hard else [])
+    fig = make_subplots(rows=len(titles), cols=1, shared_xaxes=True, vertical_spacing=0.08, subplot_titles=titles,
+                        specs=[[{"secondary_y": True}]] + [[{}]] * (len(titles) - 1))
     fig.add_trace(go.Scatter(x=history["step"], y=history["kl"], name="KL(full ‖ circuit)",
                              line={"color": OKABE_ITO[0]}), row=1, col=1)
     fig.add_trace(go.Scatter(x=history["step"], y=history["loss"], name="loss (KL + λ·L0)",
@@ -193,11 +196,19 @@ def training_curves(history: pd.DataFrame, title: str | None = None) -> go.Figur
             x=history["step"], y=history[f"l0_{g}"], name=LABELS[g], line={"color": GRANULARITY_COLOURS[g]},
             customdata=active, hovertemplate=f"{LABELS[g]} step %{{x}}: %{{y:.3f}} (≈%{{customdata:.0f}} nodes)"
                                              "<extra></extra>"), row=2, col=1)
+    for g in hard:
+        fig.add_trace(go.Scatter(
+            x=history["step"], y=history[f"kept_{g}"], name=f"{LABELS[g]} (hard)", showlegend=False,
+            line={"color": GRANULARITY_COLOURS[g]}, customdata=history.get(f"changed_{g}"),
+            hovertemplate=f"{LABELS[g]} step %{{x}}: %{{y:,}} kept (%{{customdata}} changed)<extra></extra>"),
+            row=3, col=1)
     fig.update_yaxes(title_text="KL (nats)", row=1, col=1, secondary_y=False)
     fig.update_yaxes(title_text="loss", row=1, col=1, secondary_y=True, showgrid=False)
     fig.update_yaxes(title_text="E[active] / total", range=[0, 1.02], row=2, col=1)
-    fig.update_xaxes(title_text="optimizer step", row=2, col=1)
-    fig.update_layout(title=title or "Training curves", template="plotly_white", height=620)
+    if hard:
+        fig.update_yaxes(title_text="units kept", type="log", row=3, col=1)
+    fig.update_xaxes(title_text="optimizer step", row=len(titles), col=1)
+    fig.update_layout(title=title or "Training curves", template="plotly_white", height=620 + 260 * bool(hard))
     return fig
 
 

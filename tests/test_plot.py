@@ -88,6 +88,12 @@ def test_training_curves():
     assert fig.layout[fig.data[-1].xaxis.replace("x", "xaxis")].title.text == "optimizer step"
     with pytest.raises(ValueError, match="no 'kl' column"):
         plot.training_curves(hist.drop(columns="kl"))
+    hard = hist.assign(kept_attn_head=[12, 6, 6], changed_attn_head=[0, 6, 0])  # a run's history since kept_<g>
+    fig = plot.training_curves(hard)
+    assert [t.name for t in fig.data][-1] == "Attn heads (hard)" and list(fig.data[-1].y) == [12, 6, 6]
+    assert list(fig.data[-1].customdata) == [0, 6, 0] and fig.layout.yaxis4.type == "log"
+    assert fig.layout[fig.data[-1].xaxis.replace("x", "xaxis")].title.text == "optimizer step"
+    assert len(fig.layout.annotations) == 3 and fig.layout.annotations[2].text == "Kept by the hard circuit"
 
 
 def test_size_vs_faithfulness_and_pareto():
