@@ -91,3 +91,25 @@ def test_whole_nodes_scores_another_run_only_for_one_task():
     proc = subprocess.run([sys.executable, str(BENCH / "whole_nodes.py"), "--tasks", "ioi", "gt", "--run", "runs/x"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--run scores one run" in proc.stderr, proc.stderr
+
+
+def test_undecided_gates_keeps_or_prunes_exactly_the_gates_near_the_threshold(harness):
+    import torch
+    from helpers import micro_model
+
+    import mgnp_lens as mg
+    import undecided_gates
+
+    dims = mg.ModelDims.from_model(micro_model("gpt2"))
+    circuit = mg.Circuit.full(dims)
+    log_alpha = {g: torch.full(dims.shape(g), 5.0) for g in dims.granularities}
+    log_alpha["mlp_hidden"].view(-1)[:3] = torch.tensor([0.5, -0.5, -2.0])  # two undecided, one closed
+    masks = dict(circuit.masks)
+    masks["mlp_hidden"] = log_alpha["mlp_hidden"] > 0
+    found = mg.Circuit(dims, masks)
+    out = undecided_gates.variants(found, log_alpha, ["mlp_hidden"], band=1.0)
+    n = dims.count("mlp_hidden")
+    assert out["as found"] is found and found.count("mlp_hidden") == n - 2
+    assert out["undecided kept"].count("mlp_hidden") == n - 1  # the one at −0.5 added; −2.0 stays out
+    assert out["undecided pruned"].count("mlp_hidden") == n - 3  # the one at +0.5 dropped
+    assert out["undecided kept"].count("attn_head") == found.count("attn_head")
