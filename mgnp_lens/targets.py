@@ -171,8 +171,8 @@ def still_moving(rows: list[dict], window: int) -> dict[str, dict]:
             if r[col]:
                 break
             stable += 1
-        out[g] = {"kept": int(rows[-1][f"kept_{g}"]), "changed": int(sum(r.get(col) or 0 for r in last)),
-                  "stable_steps": stable}
+        changed = sum(r[col] for r in last if col in r and not _isnan(r[col]))
+        out[g] = {"kept": int(rows[-1][f"kept_{g}"]), "changed": int(changed), "stable_steps": stable}
     return out
 
 
