@@ -173,6 +173,7 @@ class _Run:
     t0: float = field(default_factory=time.perf_counter)
     last: dict | None = None
     selected: dict | None = None  # the best validation check so far: step, key, val_kl, masks
+    hard: dict | None = None  # the hard circuit after the last finished step (None: not computed since a (re)start)
     phases: Phases = field(default_factory=Phases)
 
     @classmethod
@@ -254,6 +255,7 @@ class _Run:
         checkpoint.restore(self.last, self.gates, self.optimizer, self.generators)
         self.rows, self.step = list(self.last["history"]), self.last["step"]
         self.selected = self.last.get("selected")
+        self.hard = None  # the gates went back: recompute it from them
 
     def result(self, seconds: float) -> DiscoveryResult:
         """The returned circuit (the best validation check's with ``select="validation"``, else the binarised,
@@ -421,7 +423,7 @@ def _train_step(model, interp: Interpolator, run: _Run, data: _Data, step: int) 
         for g in fixed:
             masks[g] = hard[g].to(masks[g]).expand_as(masks[g])
     kl = _kl_backward(model, interp, masks, batch, _batch_targets(model, run, data, batch_cpu), config, run.fast)
-    before = make_consistent(gates.open_on_cpu())  # the hard circuit before this update (for changed_<g>)
+    before = run.hard if run.hard is not None else make_consistent(gates.open_on_cpu())  # for changed_<g>
     factor = _penalty_factor(config, step)
     # per-gate P(z > 0) (times its ancestors' with l0_penalty="path"), shared by the loss and the history
     expected_l0 = gates.expected_l0(path=config.l0_penalty == "path")
@@ -440,16 +442,17 @@ def _train_step(model, interp: Interpolator, run: _Run, data: _Data, step: int) 
         with torch.no_grad():
             for la in gates.log_alpha.values():
                 la.clamp_(*clamp)
-    hard = make_consistent(gates.open_on_cpu())
+    after = make_consistent(gates.open_on_cpu())
     row = {"step": step + 1, "loss": kl + factor * float(sparsity.detach()), "kl": kl, "lambda_factor": factor,
            "lr": lr_now, "noise_scale": noise, "seconds": time.perf_counter() - t_step,
-           "hard_key": targets.circuit_key(hard), **targets.hard_changes(before, hard)}
+           "hard_key": targets.circuit_key(after), **targets.hard_changes(before, after)}
     with torch.no_grad():
         row.update({f"l0_{g}": float(l0[g]) for g in gates.trainable})
         row.update({f"active_{g}": float(expected_l0[g].sum()) for g in gates.trainable})
     if config.target_kl is not None or config.target_sparsity:  # target_kl's move at checks (_validate)
         density = {g: row[f"l0_{g}"] for g in gates.trainable}
         row.update({f"scale_{g}": s for g, s in targets.update_scales(config, scales, density).items()})
+    run.hard = after  # the next step's "before" (the gates do not move between steps)
     return row
 
 
