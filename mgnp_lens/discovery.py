@@ -339,8 +339,8 @@ def _streams(model, dims: ModelDims, train, config: PruningConfig) -> bool:
 
 
 def _precompute_run(model, run: _Run) -> _Data:
-    """The training (and validation) pairs' full-model answer logits and corrupted activations, in the
-    model's precision, in chunks no larger than the run's micro-batches (the training pairs' only when
+    """The training (and validation) pairs' full-model answer logits (in the model's precision) and corrupted
+    activations (the training pairs' in the training passes' precision, the validation pairs' in the model's), in chunks no larger than the run's micro-batches (the training pairs' only when
     they are not streamed)."""
     config = run.config
     size = min(config.eval_batch_size, config.micro_batch_size or config.eval_batch_size)
@@ -348,7 +348,8 @@ def _precompute_run(model, run: _Run) -> _Data:
     with run.phases("precompute"):
         replacement = Replacement.build(config.ablation, model, run.dims, run.train, size)
         if not run.streaming:
-            train = precompute(model, run.dims, run.train, size, config.caches_corrupted, metric=run.task.metric)
+            train = precompute(model, run.dims, run.train, size, config.caches_corrupted, metric=run.task.metric,
+                               corrupted_precision=run.fast.low_precision)
             targets = [FullModelTarget.from_logits(b, task_loss(run.task)) for b in train.base]  # once, not per step
         validation = None if run.validation is None else \
             precompute(model, run.dims, run.validation, size, Ablation.of(config.ablation).uses_corrupted_run)
@@ -467,13 +468,14 @@ def _penalty_factor(config: PruningConfig, step: int) -> float:
 
 def _batch_targets(model, run: _Run, data: _Data, batch) -> _BatchTargets:
     """The KL targets and corrupted activations of ``batch`` (on the CPU): looked up in the precomputed
-    ones, or, with ``precompute="per_batch"``, computed now by the full model in its own precision."""
+    ones, or, with ``precompute="per_batch"``, computed now as :func:`_precompute_run` computes them."""
     with_cache = run.config.caches_corrupted
     if not run.streaming:
         return _BatchTargets(data.targets[batch.bucket], data.train.cache[batch.bucket] if with_cache else None,
                              batch.rows)
     with run.fast.suspended():
-        pre = precompute(model, run.dims, PairSet([batch]), data.batch_size, with_cache)
+        pre = precompute(model, run.dims, PairSet([batch]), data.batch_size, with_cache,
+                         corrupted_precision=run.fast.low_precision)
     return _BatchTargets(FullModelTarget.from_logits(pre.base[0], task_loss(run.task)), pre.cache[0] if with_cache else None,
                          torch.arange(len(batch)))
 
@@ -542,7 +544,7 @@ def _final_evaluations(model, task, circuit: Circuit, run: _Run, data: _Data
         pairs, pre = run.train.head(sum(counts)), data.train.head(counts)  # the same rows of the same buckets
         with phases("evaluate train", total=len(pairs), unit="pairs") as bar:
             train = evaluate_cached(model, task, circuit, pairs, pre, config.eval_batch_size,
-                                    replacement=data.replacement, bar=bar)
+                                    replacement=data.replacement, bar=bar, kl_se=config.eval_kl_se)
     else:
         train = _evaluate_split(model, task, circuit, "train", run, data)
     if config.eval_split is None:

@@ -187,19 +187,22 @@ def _circuit_and_empty(model, interp: Interpolator, empty_interp: Interpolator |
 @torch.inference_mode()
 def evaluate_cached(model, task, circuit: Circuit, pairs, pre: Precomputed, batch_size: int,
                     split: str = "train", with_empty: bool = True,
-                    replacement: Replacement | None = None, bar=None) -> Evaluation:
+                    replacement: Replacement | None = None, bar=None, kl_se: float | None = None) -> Evaluation:
     """:func:`evaluate` on ``pairs`` from their precomputed full-model logits and corrupted activations
     (a run's, for its training pairs): one masked clean pass per batch instead of three (and, with
     ``with_empty``, the empty circuit's metric: the precomputed corrupted run's where there is one, else one
     more pass). With a zero/mean ``replacement`` the corrupted activations are not needed (``pre.cache`` may be
-    empty). ``bar``: a progress bar to ``update`` with each batch's pairs (:class:`mgnp_lens.phases.Phases`)."""
+    empty). ``bar``: a progress bar to ``update`` with each batch's pairs (:class:`mgnp_lens.phases.Phases`).
+    ``kl_se``: as in :func:`evaluate` (the buckets' batches then take turns)."""
     device = _resolve_device(model)
     interp = Interpolator(circuit.dims, _mode(replacement, "cache"), replacement=replacement)
     interp.set_masks(circuit.masks)
     empty_interp = _interpolator(circuit.dims, None, replacement) if with_empty else None
     recorded = with_empty and empty_interp is None and bool(pre.empty_metric)
     sums = _Sums()
-    for i, idx, b in chunks(pairs, batch_size, device):
+    for i, idx, b in chunks(pairs, batch_size, device, interleave=kl_se is not None):
+        if _precise_enough([sums], kl_se):
+            break
         if interp.mode == "cache":
             interp.set_corrupted({k: v[idx.to(v.device)] for k, v in pre.cache[i].items()})
         circ = masked_answer_logits(model, interp, b.clean, b.corrupted, b.answer_pos)

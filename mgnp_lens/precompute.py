@@ -3,6 +3,7 @@ mode, the corrupted activations at every gated site."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,12 +37,18 @@ class Precomputed:
                            [self.empty_metric[i][:k] for i, k in keep] if self.empty_metric else [])
 
 
-def chunks(pairs, batch_size: int, device):
-    """``(bucket index, row indices [b] in the bucket, those rows on device)``, bucket by bucket, in order."""
+def chunks(pairs, batch_size: int, device, interleave: bool = False):
+    """``(bucket index, row indices [b] in the bucket, those rows on device)``, bucket by bucket, in order; with
+    ``interleave`` the buckets' chunks take turns as in :meth:`~mgnp_lens.tasks.PairSet.batches`."""
+    order = []
     for i, bucket in enumerate(pairs.buckets):
-        for start in range(0, len(bucket), batch_size):
-            idx = torch.arange(start, min(start + batch_size, len(bucket)))
-            yield i, idx, bucket.select(idx).to(device)
+        starts = range(0, len(bucket), batch_size)
+        order += [((j + 0.5) / len(starts), i, start) for j, start in enumerate(starts)]
+    if interleave:
+        order.sort(key=lambda o: o[0])
+    for _, i, start in order:
+        idx = torch.arange(start, min(start + batch_size, len(pairs.buckets[i])))
+        yield i, idx, pairs.buckets[i].select(idx).to(device)
 
 
 def _fill(store: dict, key, n: int, idx: torch.Tensor, value: torch.Tensor) -> None:
@@ -52,29 +59,44 @@ def _fill(store: dict, key, n: int, idx: torch.Tensor, value: torch.Tensor) -> N
 
 
 @torch.inference_mode()
-def precompute(model, dims: ModelDims, pairs, batch_size: int, with_cache: bool, metric=None) -> Precomputed:
+def precompute(model, dims: ModelDims, pairs, batch_size: int, with_cache: bool, metric=None,
+               corrupted_precision=nullcontext) -> Precomputed:
     """The full model's answer logits of every pair and, if ``with_cache``, its corrupted activations and (with
     ``metric(logits [b, d_vocab], batch)`` → [b]) the corrupted run's metric, from the same pass.
 
+    The clean passes run in the model's precision (the answer logits are the KL targets and the evaluation's
+    reference); the corrupted passes run inside ``corrupted_precision()``, a context manager: a run whose training
+    passes autocast passes :meth:`~mgnp_lens.speedups.TrainingSpeedups.low_precision`, so the cached activations are
+    computed in the precision the training passes mix them in (about half the time on a CPU with bfloat16).
     Each bucket's tensors are allocated once and filled chunk by chunk (no second copy from concatenating).
     """
-    record_empty = with_cache and metric is not None
-    base, empty, cache = {}, {}, [{} for _ in pairs.buckets]
-    for i, idx, b in chunks(pairs, batch_size, next(model.parameters()).device):
-        n = len(pairs.buckets[i])
-        _fill(base, i, n, idx, logits_at(model, b.clean, b.answer_pos, len(b)).float())
-        if not with_cache:
-            continue
-        if record_empty:
-            with recording_sites(model, dims) as acts:
-                _fill(empty, i, n, idx, metric(logits_at(model, b.corrupted, b.answer_pos, len(b)), b))
-        else:
-            acts = corrupted_activations(model, dims, b.corrupted)
-        for name, act in acts.items():
-            _fill(cache[i], name, n, idx, act)
+    device = next(model.parameters()).device
+    base = {}
+    for i, idx, b in chunks(pairs, batch_size, device):
+        _fill(base, i, len(pairs.buckets[i]), idx, logits_at(model, b.clean, b.answer_pos, len(b)).float())
     buckets = range(len(pairs.buckets))
-    return Precomputed([base[i] for i in buckets], cache if with_cache else [],
-                       [empty[i] for i in buckets] if record_empty else [])
+    if not with_cache:
+        return Precomputed([base[i] for i in buckets])
+    empty, cache = _corrupted_passes(model, dims, pairs, batch_size, metric, corrupted_precision)
+    return Precomputed([base[i] for i in buckets], cache, [empty[i] for i in buckets] if metric is not None else [])
+
+
+def _corrupted_passes(model, dims: ModelDims, pairs, batch_size: int, metric, precision
+                      ) -> tuple[dict, list[dict[str, torch.Tensor]]]:
+    """Per bucket, the corrupted run's metric (with ``metric``; else ``{}``) and its activations at every gated
+    site, every pass inside one ``precision()``."""
+    empty, cache = {}, [{} for _ in pairs.buckets]
+    with precision():
+        for i, idx, b in chunks(pairs, batch_size, next(model.parameters()).device):
+            n = len(pairs.buckets[i])
+            if metric is not None:
+                with recording_sites(model, dims) as acts:
+                    _fill(empty, i, n, idx, metric(logits_at(model, b.corrupted, b.answer_pos, len(b)).float(), b))
+            else:
+                acts = corrupted_activations(model, dims, b.corrupted)
+            for name, act in acts.items():
+                _fill(cache[i], name, n, idx, act)
+    return empty, cache
 
 
 def precompute_bytes(model, dims: ModelDims, pairs, with_cache: bool) -> int:

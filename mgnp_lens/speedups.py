@@ -275,6 +275,17 @@ class TrainingSpeedups:
         """``torch.autocast`` to :attr:`amp_dtype` for one training pass (a no-op without one)."""
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
+    @contextmanager
+    def low_precision(self):
+        """Unmasked passes in the training passes' precision for the ``with``: autocast with precast weights, eager
+        blocks (the compiled graph runs no per-site recording hooks). Used for the corrupted activations the
+        training passes mix in (:func:`mgnp_lens.precompute.precompute`); a no-op without autocast."""
+        with ExitStack() as stack:
+            if self.precast:
+                stack.enter_context(precast_weights(self.model, self.amp_dtype))
+            stack.enter_context(self.autocast())
+            yield
+
     def _engage(self) -> None:
         self._engaged = ExitStack()
         if self.precast:

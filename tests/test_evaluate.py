@@ -103,3 +103,64 @@ def test_discover_evaluates_the_held_out_splits_unless_told_not_to(gpt2_micro):
     assert r.heldout_evaluations["test_ood"].kl == pytest.approx(fresh.kl, rel=1e-5)
     assert list(r.evaluations()["split"]) == ["train", "test", "test_corruption", "test_ood"]
     assert mg.discover(gpt2_micro, task, eval_heldout=False, **kw).heldout_evaluations == {}
+
+
+def _two_bucket_pairs(model, n_short: int, n_long: int, seed: int) -> PairSet:
+    g = torch.Generator().manual_seed(seed)
+    lengths = [5] * n_short + [8] * n_long
+    clean = [torch.randint(0, model.cfg.d_vocab, (n,), generator=g).tolist() for n in lengths]
+    corrupted = [torch.randint(0, model.cfg.d_vocab, (n,), generator=g).tolist() for n in lengths]
+    return PairSet.from_examples(clean, corrupted, [c[0] for c in clean], [c[0] for c in corrupted])
+
+
+def test_the_corrupted_activations_are_cached_in_the_training_passes_precision(gpt2_micro):
+    """Under autocast the corrupted passes run in bfloat16 (the precision the training passes mix them in); the
+    clean answer logits, the KL targets, stay in the model's precision, bit for bit."""
+    from mgnp_lens.granularity import ModelDims
+    from mgnp_lens.hooks import corrupted_activations
+    from mgnp_lens.precompute import precompute
+    from mgnp_lens.speedups import TrainingSpeedups
+
+    pairs, dims = _two_bucket_pairs(gpt2_micro, 5, 4, seed=6), ModelDims.from_model(gpt2_micro)
+    metric = lambda logits, batch: logits[:, 0]  # noqa: E731
+    plain = precompute(gpt2_micro, dims, pairs, 3, True, metric=metric)
+    fast = TrainingSpeedups(gpt2_micro, mg.PruningConfig(autocast="bfloat16"), steps=10)
+    low = precompute(gpt2_micro, dims, pairs, 3, True, metric=metric, corrupted_precision=fast.low_precision)
+    assert all(torch.equal(a, b) for a, b in zip(plain.base, low.base))
+    site = "blocks.1.attn.hook_z"
+    assert plain.cache[0][site].dtype == torch.float32 and low.cache[0][site].dtype == torch.bfloat16
+    first = corrupted_activations(gpt2_micro, dims, pairs.buckets[0].corrupted[:3])  # the first chunk
+    assert torch.equal(plain.cache[0][site][:3], first[site])  # without a context: the model's precision, unchanged
+    for a, b in zip(plain.cache, low.cache):
+        for name in a:
+            assert (a[name] - b[name].float()).norm() <= 0.02 * a[name].norm(), name
+    assert next(gpt2_micro.parameters()).dtype == torch.float32 and gpt2_micro.blocks[0].attn.W_Q.dtype == torch.float32
+
+
+def test_streamed_and_precomputed_training_pairs_agree_under_autocast(gpt2_micro):
+    """Both ways of making a batch's corrupted activations (all at the start, or each batch when drawn) compute
+    them in the training passes' precision: the same run either way."""
+    task = PromptPairTask({"train": _two_bucket_pairs(gpt2_micro, 9, 7, seed=7)})
+    kw = dict(steps=5, batch_size=4, lr=0.5, lr_warmup_steps=0, progress=False, eval_split=None, autocast="bfloat16",
+              compile=False)
+    streamed = mg.discover(gpt2_micro, task, precompute="per_batch", **kw)
+    cached = mg.discover(gpt2_micro, task, precompute="all", **kw)
+    assert streamed.meta["precompute"] == "per_batch" and cached.meta["precompute"] == "all"
+    torch.testing.assert_close(torch.tensor(streamed.history.kl.values), torch.tensor(cached.history.kl.values),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_the_training_evaluation_stops_at_its_standard_error_target(gpt2_micro):
+    """Like every other split, the training pairs' evaluation stops once its KL is known to ``eval_kl_se`` (after at
+    least MIN_PAIRS_FOR_SE pairs, the buckets taking turns); without the target it scores them all."""
+    from mgnp_lens.evaluate import MIN_PAIRS_FOR_SE
+
+    task = PromptPairTask({"train": _two_bucket_pairs(gpt2_micro, 100, 60, seed=8)})
+    kw = dict(steps=2, batch_size=4, lr=0.5, lr_warmup_steps=0, progress=False, eval_split=None, autocast="float32",
+              precompute="all", eval_batch_size=16)
+    loose = mg.discover(gpt2_micro, task, eval_kl_se=10.0, **kw)
+    every = mg.discover(gpt2_micro, task, eval_kl_se=None, **kw)
+    assert every.train_evaluation.n_examples == 160
+    assert loose.train_evaluation.n_examples == MIN_PAIRS_FOR_SE
+    assert loose.circuit == every.circuit  # the same run, scored on its first pairs, the buckets taking turns
+    assert loose.train_evaluation.base_metric != every.train_evaluation.base_metric
