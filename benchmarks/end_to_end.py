@@ -1,6 +1,6 @@
 """End to end: IOI discovery on the embedded default model with the default protocol.
 
-    python benchmarks/end_to_end.py --demo [--run-dir runs/e2e_demo]
+    python benchmarks/end_to_end.py --demo [--against-paper ROUNDS] [--run-dir runs/e2e_demo]
     python benchmarks/end_to_end.py --three-step
     python benchmarks/end_to_end.py [--templates mixed|guide] [--set KEY=VALUE ...] [--run-dir runs/e2e]
                                     [--tag NAME] [--device cpu] [--n-devices 1] [--out results.json]
@@ -8,8 +8,10 @@
 ``--demo`` times exactly what ``make demo`` runs (``mgnp discover --task ioi --n-test 512``, all splits, edges,
 views, report) in a fresh process, and writes ``results/end_to_end_demo.json``: the wall time, each phase's
 seconds from the run's ``timings.json``, the share outside training, and the figures with their standard errors.
-``--three-step`` does the same for ``mgnp discover --task gp --steps 3 --batch-size 8 --seed 0`` (a run that is all
-evaluation, edges, views and report) and writes ``results/end_to_end_three_step.json``.
+``--demo --against-paper N`` alternates it N times with the same command under ``--paper`` and records the ratio
+of the wall times (the last default round's figures are the result). ``--three-step`` does the same for ``mgnp
+discover --task gp --steps 3 --batch-size 8 --seed 0`` (a run that is all evaluation, edges, views and report)
+and writes ``results/end_to_end_three_step.json``.
 Without it:
 
 Wall time of the whole job (task build, precompute, the optimisation loop, evaluation on the
@@ -28,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import parser, settings_of, write
+from harness import ab_speedup, parser, settings_of, write
 from calibrate_ioi import GUIDE, trace
 
 TARGET = {"seconds": 180, "sparsity_pct": 85.0, "train_kl": 0.15}
@@ -54,14 +56,12 @@ COMMANDS = {"demo": (["discover", "--task", "ioi", "--n-test", "512", "--quiet"]
                            "end_to_end_three_step", {"seconds_wall": 60})}
 
 
-def timed_command(which: str, run_dir: str, out: str | None) -> None:
-    """One of :data:`COMMANDS`, timed from outside in a fresh process, with its phase breakdown."""
+def _one_timed_run(args: list[str], run: Path) -> dict:
+    """``mgnp ARGS --out RUN`` in a fresh process: the wall time, each phase's seconds and every split's figures."""
     import json
     import shutil
     import subprocess
 
-    args, name, target = COMMANDS[which]
-    run = Path(run_dir)
     shutil.rmtree(run, ignore_errors=True)
     command = [str(Path(sys.executable).parent / "mgnp"), *args, "--out", str(run)]
     t0 = time.perf_counter()
@@ -71,18 +71,39 @@ def timed_command(which: str, run_dir: str, out: str | None) -> None:
     ev = json.loads((run / "evaluation.json").read_text())
     splits = [ev["train_evaluation"], ev["evaluation"], *ev["heldout_evaluations"].values()]
     outside = sum(v for k, v in phases.items() if k != "training")
-    r = {"command": command[1:], "seconds_wall": wall, "phases": phases,
-         "seconds_outside_training": outside, "share_outside_training": outside / sum(phases.values()),
-         "steps": ev["steps_completed"], "splits": {e["split"]: {k: e.get(k) for k in (
-             "n_examples", "kl", "kl_se", "circuit_metric", "circuit_metric_se", "recovered")} for e in splits}}
+    return {"command": command[1:], "seconds_wall": wall, "phases": phases,
+            "seconds_outside_training": outside, "share_outside_training": outside / sum(phases.values()),
+            "steps": ev["steps_completed"], "splits": {e["split"]: {k: e.get(k) for k in (
+                "n_examples", "kl", "kl_se", "circuit_metric", "circuit_metric_se", "recovered")} for e in splits}}
+
+
+def timed_command(which: str, run_dir: str, out: str | None, against_paper: int = 0) -> None:
+    """One of :data:`COMMANDS`, timed from outside in a fresh process, with its phase breakdown; with
+    ``against_paper`` rounds, alternately with the same command under ``--paper`` (the defaults until 2026-12-07),
+    and the ratio of the two wall times (median of the rounds' ratios, and of the fastest rounds)."""
+    import json
+
+    args, name, target = COMMANDS[which]
+    run = Path(run_dir)
+    walls: dict[str, list[float]] = {"default": [], "paper": []}
+    for _ in range(max(1, against_paper)):
+        r = _one_timed_run(args, run)
+        walls["default"].append(r["seconds_wall"])
+        if against_paper:
+            walls["paper"].append(_one_timed_run([*args, "--paper"], run.with_name(run.name + "_paper"))["seconds_wall"])
     print(json.dumps({k: r[k] for k in ("seconds_wall", "phases", "share_outside_training")}, indent=1))
-    write(name, {"target": target, "result": r}, out)
+    extra = {"against_paper": {"seconds_wall": walls, "default_over_paper": ab_speedup(walls["default"],
+                                                                                      walls["paper"])}} \
+        if against_paper else {}
+    write(name, {"target": target, "result": r, **extra}, out)
 
 
 def main() -> None:
     ap = parser(__doc__, "end_to_end", device=True, settings=True)
     ap.add_argument("--demo", action="store_true", help="time make demo's command, phase by phase")
     ap.add_argument("--three-step", action="store_true", help="time a three-step Gendered Pronouns run, phase by phase")
+    ap.add_argument("--against-paper", type=int, default=0, metavar="ROUNDS",
+                    help="with --demo: alternate ROUNDS times with the same command under --paper, and give the ratio")
     ap.add_argument("--templates", choices=["mixed", "guide"], default="mixed")
     ap.add_argument("--run-dir", default="runs/end_to_end")
     ap.add_argument("--n-devices", type=int, default=1, help="spread the model over N CUDA devices")
@@ -90,7 +111,7 @@ def main() -> None:
     if args.demo or args.three_step:
         which = "demo" if args.demo else "three_step"
         return timed_command(which, args.run_dir if args.run_dir != "runs/end_to_end" else f"runs/end_to_end_{which}",
-                             args.out)
+                             args.out, args.against_paper)
     import mgnp_lens as mg
 
     t0 = time.perf_counter()
