@@ -340,8 +340,8 @@ def _streams(model, dims: ModelDims, train, config: PruningConfig) -> bool:
 
 def _precompute_run(model, run: _Run) -> _Data:
     """The training (and validation) pairs' full-model answer logits (in the model's precision) and corrupted
-    activations (the training pairs' in the training passes' precision, the validation pairs' in the model's), in chunks no larger than the run's micro-batches (the training pairs' only when
-    they are not streamed)."""
+    activations (the training pairs' in the training passes' precision, the validation pairs' in the model's), in
+    chunks no larger than the run's micro-batches (the training pairs' only when they are not streamed)."""
     config = run.config
     size = min(config.eval_batch_size, config.micro_batch_size or config.eval_batch_size)
     train = targets = None

@@ -67,7 +67,7 @@ def precompute(model, dims: ModelDims, pairs, batch_size: int, with_cache: bool,
     The clean passes run in the model's precision (the answer logits are the KL targets and the evaluation's
     reference); the corrupted passes run inside ``corrupted_precision()``, a context manager: a run whose training
     passes autocast passes :meth:`~mgnp_lens.speedups.TrainingSpeedups.low_precision`, so the cached activations are
-    computed in the precision the training passes mix them in (about half the time on a CPU with bfloat16).
+    computed in the precision the training passes mix them in (measured in ``docs/performance.md``).
     Each bucket's tensors are allocated once and filled chunk by chunk (no second copy from concatenating).
     """
     device = next(model.parameters()).device
