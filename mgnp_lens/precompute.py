@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .granularity import ModelDims
-from .hooks import corrupted_activations, logits_at, recording_sites
+from .hooks import logits_at, recording_sites
 
 
 @dataclass
@@ -89,11 +89,10 @@ def _corrupted_passes(model, dims: ModelDims, pairs, batch_size: int, metric, pr
     with precision():
         for i, idx, b in chunks(pairs, batch_size, next(model.parameters()).device):
             n = len(pairs.buckets[i])
+            with recording_sites(model, dims) as acts:
+                logits = logits_at(model, b.corrupted, b.answer_pos, len(b))
             if metric is not None:
-                with recording_sites(model, dims) as acts:
-                    _fill(empty, i, n, idx, metric(logits_at(model, b.corrupted, b.answer_pos, len(b)).float(), b))
-            else:
-                acts = corrupted_activations(model, dims, b.corrupted)
+                _fill(empty, i, n, idx, metric(logits.float(), b))
             for name, act in acts.items():
                 _fill(cache[i], name, n, idx, act)
     return empty, cache
