@@ -1,6 +1,7 @@
 """End to end: IOI discovery on the embedded default model with the default protocol.
 
     python benchmarks/end_to_end.py --demo [--against-paper ROUNDS] [--run-dir runs/e2e_demo]
+    python benchmarks/end_to_end.py --demo --against-commit REV [--rounds 2]
     python benchmarks/end_to_end.py --three-step
     python benchmarks/end_to_end.py [--templates mixed|guide] [--set KEY=VALUE ...] [--run-dir runs/e2e]
                                     [--tag NAME] [--device cpu] [--n-devices 1] [--out results.json]
@@ -9,7 +10,10 @@
 views, report) in a fresh process, and writes ``results/end_to_end_demo.json``: the wall time, each phase's
 seconds from the run's ``timings.json``, the share outside training, and the figures with their standard errors.
 ``--demo --against-paper N`` alternates it N times with the same command under ``--paper`` and records the ratio
-of the wall times (the last default round's figures are the result). ``--three-step`` does the same for ``mgnp
+of the wall times (the last default round's figures are the result). ``--demo --against-commit REV`` alternates
+it with the same command run by the package as it was at commit ``REV`` (``git archive`` of ``mgnp_lens`` and
+``data`` into a temporary directory, imported ahead of the installed one, same environment) and writes
+``results/end_to_end_demo_vs_REV.json``. ``--three-step`` does the same for ``mgnp
 discover --task gp --steps 3 --batch-size 8 --seed 0`` (a run that is all evaluation, edges, views and report)
 and writes ``results/end_to_end_three_step.json``.
 Without it:
@@ -56,17 +60,39 @@ COMMANDS = {"demo": (["discover", "--task", "ioi", "--n-test", "512", "--quiet"]
                            "end_to_end_three_step", {"seconds_wall": 60})}
 
 
-def _one_timed_run(args: list[str], run: Path) -> dict:
-    """``mgnp ARGS --out RUN`` in a fresh process: the wall time, each phase's seconds and every split's figures."""
+def _snapshot(rev: str) -> tuple[list[str], str]:
+    """The package and its data as they were at commit ``rev``, in a temporary directory: the command prefix
+    that runs that version's ``mgnp`` with this environment's packages, and the full commit name."""
+    import subprocess
+    import sysconfig
+    import tempfile
+
+    root = Path(__file__).resolve().parent.parent
+    sha = subprocess.run(["git", "rev-parse", rev], cwd=root, check=True, capture_output=True, text=True).stdout.strip()
+    snap = Path(tempfile.mkdtemp(prefix=f"mgnp_{sha[:8]}_"))
+    archive = subprocess.run(["git", "archive", sha, "mgnp_lens", "data"], cwd=root, check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(snap)], input=archive, check=True)
+    boot = (f"import sys; sys.argv[0] = 'mgnp'; sys.path[:0] = [{str(snap)!r}, {sysconfig.get_paths()['purelib']!r}]; "
+            "from mgnp_lens.cli import main; sys.exit(main())")
+    return [sys.executable, "-S", "-c", boot], sha
+
+
+def _one_timed_run(args: list[str], run: Path, prefix: list[str] | None = None) -> dict:
+    """``mgnp ARGS --out RUN`` in a fresh process: the wall time, each phase's seconds and every split's figures
+    (``prefix`` replaces the installed ``mgnp``; a version that wrote no ``timings.json`` gives its wall time
+    only)."""
     import json
     import shutil
     import subprocess
 
     shutil.rmtree(run, ignore_errors=True)
-    command = [str(Path(sys.executable).parent / "mgnp"), *args, "--out", str(run)]
+    command = [*(prefix or [str(Path(sys.executable).parent / "mgnp")]), *args, "--out", str(run)]
     t0 = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
+    if not (run / "timings.json").exists():
+        return {"command": command[-len(args) - 2:], "seconds_wall": wall}
     phases = json.loads((run / "timings.json").read_text())["phases"]
     ev = json.loads((run / "evaluation.json").read_text())
     splits = [ev["train_evaluation"], ev["evaluation"], *ev["heldout_evaluations"].values()]
@@ -98,18 +124,40 @@ def timed_command(which: str, run_dir: str, out: str | None, against_paper: int 
     write(name, {"target": target, "result": r, **extra}, out)
 
 
+def against_commit(which: str, run_dir: str, out: str | None, rev: str, rounds: int) -> None:
+    """One of :data:`COMMANDS` alternated ``rounds`` times with the same command run by the package at commit
+    ``rev``: both sides' wall times and phases, and the ratio (median of the rounds' ratios, and of the fastest
+    rounds; above 1 means today's code is faster)."""
+    args, name, target = COMMANDS[which]
+    prefix, sha = _snapshot(rev)
+    run = Path(run_dir)
+    sides: dict[str, list[dict]] = {"now": [], sha[:8]: []}
+    for _ in range(rounds):
+        sides["now"].append(_one_timed_run(args, run))
+        sides[sha[:8]].append(_one_timed_run(args, run.with_name(f"{run.name}_{sha[:8]}"), prefix))
+    walls = {k: [r["seconds_wall"] for r in v] for k, v in sides.items()}
+    print({k: [round(w) for w in v] for k, v in walls.items()})
+    write(f"{name}_vs_{sha[:8]}", {"target": target, "against_commit": sha, "rounds": sides, "seconds_wall": walls,
+                                   "then_over_now": ab_speedup(walls[sha[:8]], walls["now"])}, out)
+
+
 def main() -> None:
     ap = parser(__doc__, "end_to_end", device=True, settings=True)
     ap.add_argument("--demo", action="store_true", help="time make demo's command, phase by phase")
     ap.add_argument("--three-step", action="store_true", help="time a three-step Gendered Pronouns run, phase by phase")
     ap.add_argument("--against-paper", type=int, default=0, metavar="ROUNDS",
                     help="with --demo: alternate ROUNDS times with the same command under --paper, and give the ratio")
+    ap.add_argument("--against-commit", metavar="REV",
+                    help="with --demo: alternate with the same command run by the package as it was at commit REV")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of each side for --against-commit")
     ap.add_argument("--templates", choices=["mixed", "guide"], default="mixed")
     ap.add_argument("--run-dir", default="runs/end_to_end")
     ap.add_argument("--n-devices", type=int, default=1, help="spread the model over N CUDA devices")
     args = ap.parse_args()
     if args.demo or args.three_step:
         which = "demo" if args.demo else "three_step"
+        if args.against_commit:
+            return against_commit(which, f"runs/end_to_end_{which}_ab", args.out, args.against_commit, args.rounds)
         return timed_command(which, args.run_dir if args.run_dir != "runs/end_to_end" else f"runs/end_to_end_{which}",
                              args.out, args.against_paper)
     import mgnp_lens as mg
