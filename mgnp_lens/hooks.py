@@ -458,7 +458,12 @@ def at_positions(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
 @contextmanager
 def recording_sites(model, dims: ModelDims):
     """Records the unmasked model's activations at every gated site during the passes run inside: yields the
-    ``{hook_name: [B, pos, ...]}`` dict the last pass fills."""
+    ``{hook_name: [B, pos, ...]}`` dict the last pass fills.
+
+    Raises:
+        RuntimeError: on leaving, if a pass recorded some sites but not all (compiled blocks run no per-site
+            hooks: record eagerly, e.g. inside ``TrainingSpeedups.suspended()``).
+    """
     store: dict[str, torch.Tensor] = {}
 
     def save(site, act):
@@ -471,6 +476,11 @@ def recording_sites(model, dims: ModelDims):
 
     with model.hooks(fwd_hooks=site_hooks(model, dims, save, save_experts)):
         yield store
+    missing = [name for name in hook_names(dims) if name not in store]
+    if store and missing:
+        raise RuntimeError(f"the recording pass reached {len(store)} of {len(store) + len(missing)} gated sites "
+                           f"(first missing: {missing[0]}); a pass through compiled blocks or one stopped early "
+                           "runs no hooks after that point: record in an eager, full pass")
 
 
 @torch.inference_mode()

@@ -229,3 +229,19 @@ def test_sites_are_checked_for_aliasing_and_shape(gpt2_micro):
         mg.discover(wrong, None)
     check_hook_points(gpt2_micro, dims)
     assert gpt2_micro.mgnp_checked_sites == dims.to_dict()  # once per model
+
+
+def test_a_recording_pass_that_misses_sites_is_refused():
+    """A pass that stops before the last block (as one through compiled blocks would) records only some sites:
+    refused on leaving, naming the first missing site, instead of handing on a partial cache."""
+    from mgnp_lens.hooks import hook_names, recording_sites
+
+    model = micro_model("gpt2")
+    dims = ModelDims.from_model(model)
+    _, corrupted = random_pairs(model, n=2)
+    with recording_sites(model, dims) as store:
+        model(corrupted)
+    assert set(store) == set(hook_names(dims))
+    with pytest.raises(RuntimeError, match="first missing: blocks.1"):
+        with recording_sites(model, dims):
+            model(corrupted, stop_at_layer=1)
