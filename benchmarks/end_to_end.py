@@ -91,16 +91,17 @@ def _one_timed_run(args: list[str], run: Path, prefix: list[str] | None = None) 
     t0 = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
-    if not (run / "timings.json").exists():
-        return {"command": command[-len(args) - 2:], "seconds_wall": wall}
-    phases = json.loads((run / "timings.json").read_text())["phases"]
     ev = json.loads((run / "evaluation.json").read_text())
     splits = [ev["train_evaluation"], ev["evaluation"], *ev["heldout_evaluations"].values()]
+    figures = {"command": command[-len(args) - 2:], "seconds_wall": wall, "steps": ev["steps_completed"],
+               "splits": {e["split"]: {k: e.get(k) for k in ("n_examples", "kl", "kl_se", "circuit_metric",
+                                                             "circuit_metric_se", "recovered")} for e in splits}}
+    if not (run / "timings.json").exists():
+        return figures
+    phases = json.loads((run / "timings.json").read_text())["phases"]
     outside = sum(v for k, v in phases.items() if k != "training")
-    return {"command": command[1:], "seconds_wall": wall, "phases": phases,
-            "seconds_outside_training": outside, "share_outside_training": outside / sum(phases.values()),
-            "steps": ev["steps_completed"], "splits": {e["split"]: {k: e.get(k) for k in (
-                "n_examples", "kl", "kl_se", "circuit_metric", "circuit_metric_se", "recovered")} for e in splits}}
+    return {**figures, "phases": phases, "seconds_outside_training": outside,
+            "share_outside_training": outside / sum(phases.values())}
 
 
 def timed_command(which: str, run_dir: str, out: str | None, against_paper: int = 0) -> None:
