@@ -13,7 +13,7 @@ seconds from the run's ``timings.json``, the share outside training, and the fig
 of the wall times (the last default round's figures are the result). ``--demo --against-commit REV`` alternates
 it with the same command run by the package as it was at commit ``REV`` (``git archive`` of ``mgnp_lens`` and
 ``data`` into a temporary directory, imported ahead of the installed one, same environment) and writes
-``results/end_to_end_demo_vs_REV.json``. ``--three-step`` does the same for ``mgnp
+``results/end_to_end_demo_vs_SHA.json`` (the commit's first 8 hex digits). ``--three-step`` does the same for ``mgnp
 discover --task gp --steps 3 --batch-size 8 --seed 0`` (a run that is all evaluation, edges, views and report)
 and writes ``results/end_to_end_three_step.json``.
 Without it:
@@ -60,9 +60,9 @@ COMMANDS = {"demo": (["discover", "--task", "ioi", "--n-test", "512", "--quiet"]
                            "end_to_end_three_step", {"seconds_wall": 60})}
 
 
-def _snapshot(rev: str) -> tuple[list[str], str]:
+def _snapshot(rev: str) -> tuple[list[str], str, Path]:
     """The package and its data as they were at commit ``rev``, in a temporary directory: the command prefix
-    that runs that version's ``mgnp`` with this environment's packages, and the full commit name."""
+    that runs that version's ``mgnp`` with this environment's packages, the full commit name and the directory."""
     import subprocess
     import sysconfig
     import tempfile
@@ -75,13 +75,12 @@ def _snapshot(rev: str) -> tuple[list[str], str]:
     subprocess.run(["tar", "-x", "-C", str(snap)], input=archive, check=True)
     boot = (f"import sys; sys.argv[0] = 'mgnp'; sys.path[:0] = [{str(snap)!r}, {sysconfig.get_paths()['purelib']!r}]; "
             "from mgnp_lens.cli import main; sys.exit(main())")
-    return [sys.executable, "-S", "-c", boot], sha
+    return [sys.executable, "-S", "-c", boot], sha, snap
 
 
 def _one_timed_run(args: list[str], run: Path, prefix: list[str] | None = None) -> dict:
     """``mgnp ARGS --out RUN`` in a fresh process: the wall time, each phase's seconds and every split's figures
-    (``prefix`` replaces the installed ``mgnp``; a version that wrote no ``timings.json`` gives its wall time
-    only)."""
+    (``prefix`` replaces the installed ``mgnp``; a version that wrote no ``timings.json`` gives no phases)."""
     import json
     import shutil
     import subprocess
@@ -130,12 +129,17 @@ def against_commit(which: str, run_dir: str, out: str | None, rev: str, rounds: 
     ``rev``: both sides' wall times and phases, and the ratio (median of the rounds' ratios, and of the fastest
     rounds; above 1 means today's code is faster)."""
     args, name, target = COMMANDS[which]
-    prefix, sha = _snapshot(rev)
+    import shutil
+
+    prefix, sha, snap = _snapshot(rev)
     run = Path(run_dir)
     sides: dict[str, list[dict]] = {"now": [], sha[:8]: []}
-    for _ in range(rounds):
-        sides["now"].append(_one_timed_run(args, run))
-        sides[sha[:8]].append(_one_timed_run(args, run.with_name(f"{run.name}_{sha[:8]}"), prefix))
+    try:
+        for _ in range(rounds):
+            sides["now"].append(_one_timed_run(args, run))
+            sides[sha[:8]].append(_one_timed_run(args, run.with_name(f"{run.name}_{sha[:8]}"), prefix))
+    finally:
+        shutil.rmtree(snap, ignore_errors=True)
     walls = {k: [r["seconds_wall"] for r in v] for k, v in sides.items()}
     print({k: [round(w) for w in v] for k, v in walls.items()})
     write(f"{name}_vs_{sha[:8]}", {"target": target, "against_commit": sha, "rounds": sides, "seconds_wall": walls,
