@@ -73,7 +73,9 @@ def _snapshot(rev: str) -> tuple[list[str], str, Path]:
     archive = subprocess.run(["git", "archive", sha, "mgnp_lens", "data"], cwd=root, check=True,
                              capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(snap)], input=archive, check=True)
+    # -S skips the site hooks, so the editable install of today's package cannot shadow the snapshot; checked
     boot = (f"import sys; sys.argv[0] = 'mgnp'; sys.path[:0] = [{str(snap)!r}, {sysconfig.get_paths()['purelib']!r}]; "
+            f"import mgnp_lens; mgnp_lens.__file__.startswith({str(snap)!r}) or sys.exit('imported ' + mgnp_lens.__file__); "
             "from mgnp_lens.cli import main; sys.exit(main())")
     return [sys.executable, "-S", "-c", boot], sha, snap
 
@@ -128,9 +130,9 @@ def against_commit(which: str, run_dir: str, out: str | None, rev: str, rounds: 
     """One of :data:`COMMANDS` alternated ``rounds`` times with the same command run by the package at commit
     ``rev``: both sides' wall times and phases, and the ratio (median of the rounds' ratios, and of the fastest
     rounds; above 1 means today's code is faster)."""
-    args, name, target = COMMANDS[which]
     import shutil
 
+    args, name, target = COMMANDS[which]
     prefix, sha, snap = _snapshot(rev)
     run = Path(run_dir)
     sides: dict[str, list[dict]] = {"now": [], sha[:8]: []}
