@@ -67,6 +67,7 @@ def main() -> None:
     print(matched.to_string(index=False))
     write(f"faithfulness_curves_{args.task}", {
         "task": args.task, "model": args.model or "smollm2-135m", "steps": args.steps, "scales": args.scales,
+        "n_train": len(task.split("train")), "lambdas": mg.PruningConfig().lambdas,
         "coarse_scales": args.coarse_scales or args.scales, "splits": args.splits, "max_examples": args.max_examples,
         "seconds": seconds, "peak_rss_mb": peak_rss_mb(), "report": str(report),
         "areas": comp.areas.to_dict(orient="records"), "at_mgnp_sizes": matched.to_dict(orient="records"),
@@ -132,6 +133,15 @@ def _md_table(frame, floats: str = "{:.3f}") -> list[str]:
     return out
 
 
+def _setting(data: dict) -> str:
+    """What λ×1 and the training pairs were: the defaults of the day (recorded since 2026-12-08) or, in files
+    written before, the paper's (the defaults until 2026-12-07)."""
+    if "lambdas" not in data:
+        return "The paper's setting (its λ and 200 / 150 training pairs, the defaults until 2026-12-07)."
+    lams = ", ".join(f"{g} {v:g}" for g, v in data["lambdas"].items())
+    return f"The defaults' setting: {data['n_train']:,} training pairs, λ×1 = {lams}."
+
+
 def render_docs() -> Path:
     """``docs/faithfulness.md`` and one figure per task from every ``results/faithfulness_curves_*.json``."""
     import json
@@ -156,7 +166,7 @@ def render_docs() -> Path:
         data = json.loads(path.read_text())
         task = data["task"]
         curve, areas = pd.DataFrame(data["curve"]), pd.DataFrame(data["areas"])
-        lines += [f"## {task}", "",
+        lines += [f"## {task}", "", _setting(data) + " " +
                   f"{data['model']}, {data['steps']} steps per pruning run, λ scales {data['scales']} (coarse "
                   f"{data['coarse_scales']}), {data['max_examples']} pairs per split; {data['seconds']:.0f} s on "
                   f"{data['machine'].get('cpus')} CPUs ({data['when'][:10]}).", ""]
