@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from harness import parser, peak_rss_mb, RESULTS, write
+from harness import curves_setting, parser, peak_rss_mb, RESULTS, write
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 METHOD_ORDER = ("mgnp", "mgnp_one_run", "coarse", "attribution", "attribution_ig", "random")
@@ -133,15 +133,6 @@ def _md_table(frame, floats: str = "{:.3f}") -> list[str]:
     return out
 
 
-def _setting(data: dict) -> str:
-    """What λ×1 and the training pairs were: the defaults of the day (recorded since 2026-12-08) or, in files
-    written before, the paper's (the defaults until 2026-12-07)."""
-    if "lambdas" not in data:
-        return "The paper's setting (its λ and 200 / 150 training pairs, the defaults until 2026-12-07)."
-    lams = ", ".join(f"{g} {v:g}" for g, v in data["lambdas"].items())
-    return f"The defaults' setting: {data['n_train']:,} training pairs, λ×1 = {lams}."
-
-
 def render_docs() -> Path:
     """``docs/faithfulness.md`` and one figure per task from every ``results/faithfulness_curves_*.json``."""
     import json
@@ -166,7 +157,7 @@ def render_docs() -> Path:
         data = json.loads(path.read_text())
         task = data["task"]
         curve, areas = pd.DataFrame(data["curve"]), pd.DataFrame(data["areas"])
-        lines += [f"## {task}", "", _setting(data) + " " +
+        lines += [f"## {task}", "", curves_setting(data) + " " +
                   f"{data['model']}, {data['steps']} steps per pruning run, λ scales {data['scales']} (coarse "
                   f"{data['coarse_scales']}), {data['max_examples']} pairs per split; {data['seconds']:.0f} s on "
                   f"{data['machine'].get('cpus')} CPUs ({data['when'][:10]}).", ""]

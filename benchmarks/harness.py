@@ -152,6 +152,15 @@ def write(name: str, payload: dict, out: str | None = None, tag: str | None = No
 
 
 # ----------------------------------------------------------------------------- shared set-ups
+def curves_setting(data: dict) -> str:
+    """What λ×1 and the training pairs were in a ``faithfulness_curves`` result: the defaults of the day (recorded
+    since 2026-12-08) or, in files written before, the paper's (the defaults until 2026-12-07)."""
+    if "lambdas" not in data:
+        return "The paper's setting (its λ and 200 / 150 training pairs, the defaults until 2026-12-07)."
+    lams = ", ".join(f"{g} {v:g}" for g, v in data["lambdas"].items())
+    return f"The defaults' setting: {data['n_train']:,} training pairs, λ×1 = {lams}."
+
+
 PAPER_MEMORY_MB = {"paper_mgnp_two_model_copies": 6270, "edge_pruning": 33354, "eap": 72794}
 
 

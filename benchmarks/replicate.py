@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import machine, parser, RESULTS, write
+from harness import curves_setting, machine, parser, RESULTS, write
 
 ROOT = Path(__file__).resolve().parents[1]
 NEURON_SHARE = {"attn_neuron": ("attn_head", "d_head"), "mlp_hidden": ("mlp_block", "d_mlp"),
@@ -242,8 +242,8 @@ def render_heldout() -> list[str]:
                          f"| {r['kl']:.3f} | {rec} |")
     curves = sorted(RESULTS.glob("faithfulness_curves_*.json"))
     if curves:
-        lines += ["", "Faithfulness over circuit sizes on held-out pairs (λ sweeps around the paper's λ, measured before "
-                  "the defaults changed on 2026-12-07), mgnp-lens beside coarse (heads and MLP "
+        lines += ["", "Faithfulness over circuit sizes on held-out pairs (λ sweeps; each task's setting above its "
+                  "table), mgnp-lens beside coarse (heads and MLP "
                   "blocks), attribution-patching and random circuits at the same sizes "
                   "(`benchmarks/faithfulness_curves.py`; every circuit in [faithfulness.md](faithfulness.md)). "
                   "CPR: area under the recovered fraction over the fraction of parameters kept (higher is better); "
@@ -253,7 +253,8 @@ def render_heldout() -> list[str]:
                   "compares the methods at equal size and in KL too.", ""]
     for path in curves:
         data = json.loads(path.read_text())
-        lines += ["| task | split | method | CPR | CMD | circuits |", "|---|---|---|---|---|---|"]
+        lines += [f"**{data['task']}**: {curves_setting(data)}", "",
+                  "| task | split | method | CPR | CMD | circuits |", "|---|---|---|---|---|---|"]
         lines += [f"| {data['task']} | {a['split']} | {a['method']} | {a['cpr']:.3f} | {a['cmd']:.3f} | {a['points']} |"
                   for a in data["areas"] if a["size"] == "param_fraction"]
         png = ROOT / "docs" / f"faithfulness_{data['task']}.png"
