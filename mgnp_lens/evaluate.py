@@ -10,7 +10,7 @@ import torch
 
 from .ablation import Ablation, Replacement, ablation_of
 from .circuit import Circuit
-from .hooks import Interpolator, check_hook_points, logits_at, masked_answer_logits
+from .hooks import Interpolator, check_hook_points, logits_at, masked_answer_logits, recording_sites
 from .granularity import ModelDims
 from .losses import FullModelTarget, kl_full_circuit  # noqa: F401  (re-exported)
 from .phases import Phases, silent
@@ -282,18 +282,24 @@ def task_loss(task) -> str:
 def evaluate_many(model, task, circuits: Sequence[Circuit], split: str = "test", batch_size: int = 32,
                   max_examples: int | None = None, ablation: Ablation | str | None = None,
                   replacement: Replacement | None = None, phases: Phases | None = None,
-                  kl_se: float | None = None) -> list[Evaluation]:
+                  kl_se: float | None = None, share_corrupted: bool = True) -> list[Evaluation]:
     """:func:`evaluate` for several circuits of one model on the same pairs, at the cost of one masked pass
-    per circuit and batch: the full model and the empty circuit run once per batch for all of them (under the
-    corrupted ablation the empty circuit comes with the first circuit's pass, its corrupted half).
+    per circuit and batch: the full model and the empty circuit run once per batch for all of them. Under the
+    corrupted ablation the corrupted prompts' activations are recorded once per batch (the empty circuit's pass)
+    and every circuit runs on the clean prompts alone, [B, pos] instead of [2B, pos]; one circuit runs its clean
+    and corrupted prompts as one pass, as :func:`evaluate` does.
 
     Args:
         circuits: circuits of ``model``'s shape, all with one ablation (or pass ``ablation``).
         split, batch_size, max_examples, ablation, replacement, phases: as in :func:`evaluate`.
         kl_se: as in :func:`evaluate`, once every circuit's KL is that precise.
+        share_corrupted: with several circuits under the corrupted ablation, record the corrupted prompts'
+            activations once per batch (memory: every gated site of one batch) rather than run them beside each
+            circuit; False: the one-circuit way for each.
 
     Returns:
-        one :class:`Evaluation` per circuit, in order; each equals what :func:`evaluate` gives it.
+        one :class:`Evaluation` per circuit, in order; each equals what :func:`evaluate` gives it (to float
+        rounding: a pass of B rows and one of 2B may round differently).
 
     Raises:
         ValueError: no circuits, circuits of another model, circuits recorded with different ablations, or an
@@ -318,7 +324,9 @@ def evaluate_many(model, task, circuits: Sequence[Circuit], split: str = "test",
     if replacement is None:
         replacement = Replacement.build(ablation, model, dims, task.split("train"), batch_size)
     empty_interp = _interpolator(dims, None, replacement)
-    interps = [_interpolator(dims, c.masks, replacement) for c in circuits]
+    shared = share_corrupted and len(circuits) > 1 and _mode(replacement, "batch") == "batch"
+    interps = [_shared_interpolator(dims, c.masks) if shared else _interpolator(dims, c.masks, replacement)
+               for c in circuits]
     sums = [_Sums() for _ in circuits]
     device = _resolve_device(model)
     with (phases or silent())(f"evaluate {split}", total=n_pairs, unit="pairs") as bar:
@@ -329,10 +337,30 @@ def evaluate_many(model, task, circuits: Sequence[Circuit], split: str = "test",
             base = logits_at(model, batch.clean, batch.answer_pos, len(batch))
             target = FullModelTarget.from_logits(base, task_loss(task))
             base_metric = float(task.metric(base, batch).sum())
-            empty = None
+            empty = _record_corrupted(model, dims, interps, batch) if shared else None
             for i, (interp, s) in enumerate(zip(interps, sums)):
-                circ, first_empty = _circuit_and_empty(model, interp, empty_interp, batch, need_empty=i == 0)
-                empty = first_empty if i == 0 else empty
+                if shared:
+                    circ = masked_answer_logits(model, interp, batch.clean, batch.corrupted, batch.answer_pos)
+                else:
+                    circ, first_empty = _circuit_and_empty(model, interp, empty_interp, batch, need_empty=i == 0)
+                    empty = first_empty if i == 0 else empty
                 s.add(task, batch, base, circ, empty, target, base_metric)
             bar.update(len(batch))
     return [s.result(task, split) for s in sums]
+
+
+def _shared_interpolator(dims: ModelDims, masks) -> Interpolator:
+    """A cache-mode interpolator holding ``masks``, for corrupted activations recorded once per batch and shared."""
+    interp = Interpolator(dims, "cache")
+    interp.set_masks(masks)
+    return interp
+
+
+def _record_corrupted(model, dims: ModelDims, interps: Sequence[Interpolator], batch) -> torch.Tensor:
+    """One unmasked pass on the batch's corrupted prompts: its activations at every gated site go to every
+    cache-mode interpolator of ``interps``; returns its [B, (P,) d_vocab] answer logits (the empty circuit's)."""
+    with recording_sites(model, dims) as acts:
+        empty = logits_at(model, batch.corrupted, batch.answer_pos, len(batch))
+    for interp in interps:
+        interp.set_corrupted(acts)
+    return empty

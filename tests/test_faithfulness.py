@@ -73,6 +73,25 @@ def test_evaluate_many_equals_evaluate_one_by_one(micro_task, ablation):
     assert len({round(ev.kl, 6) for ev in many}) == 3  # three different circuits, three different KLs
 
 
+def test_evaluate_many_runs_the_corrupted_prompts_once_per_batch(micro_task):
+    model, task = micro_task
+    circuits = [random_circuit(model, {"attn_head": k, "mlp_hidden": 15 * k}, seed=k) for k in (2, 4, 7)]
+    evaluate(model, task, circuits[0], "train", batch_size=4)  # the first evaluation also probes the hook points
+    rows = []
+    model.hook_embed.add_hook(lambda act, hook: rows.append(act.shape[0]))
+    try:
+        evaluate_many(model, task, circuits, "train", batch_size=4)
+        many = sum(rows)
+        rows.clear()
+        evaluate(model, task, circuits[0], "train", batch_size=4)
+        one = sum(rows)
+    finally:
+        model.reset_hooks()
+    n = len(task.split("train"))
+    assert many == (2 + len(circuits)) * n  # full model, corrupted prompts, then each circuit on the clean ones
+    assert one == 3 * n  # full model, then one [2B] pass: the clean prompts masked, the corrupted ones beside
+
+
 def test_evaluate_many_refuses_mixed_ablations(micro_task):
     model, task = micro_task
     a, b = mg.Circuit.full(model), mg.Circuit.full(model)
