@@ -244,7 +244,7 @@ class _Sums:
         model's and the empty circuit's, if already made; without ``empty`` or ``empty_metric`` no empty
         circuit)."""
         target = target or FullModelTarget.from_logits(base, task_loss(task))
-        kl = target.kl(circ)
+        kl = target.kl(circ).clamp_min(0.0)  # KL ≥ 0; a circuit that is the full model can round to −1e-7
         self.kl, self.kl_sq = self.kl + float(kl.sum()), self.kl_sq + _squares(kl)
         if target.loss != "kl":
             loss = target.loss_of(circ, batch)
