@@ -149,12 +149,14 @@ def _mode(replacement: Replacement | None, corruption: str) -> str:
     return corruption if replacement is None else replacement.interpolation_mode(corruption)
 
 
-def _interpolator(dims: ModelDims, masks, replacement: Replacement | None) -> Interpolator | None:
-    """A batch-mode (or, with a zero/mean replacement, constant-mode: clean prompts only) interpolator holding
-    ``masks``; None masks: the empty circuit's, or None where that is simply the corrupted run."""
-    mode = _mode(replacement, "batch")
+def _interpolator(dims: ModelDims, masks, replacement: Replacement | None,
+                  corruption: str = "batch") -> Interpolator | None:
+    """A ``corruption``-mode (``"batch"`` or ``"cache"``; with a zero/mean replacement, constant-mode: clean prompts
+    only) interpolator holding ``masks``; None masks: the empty circuit's, or None where that is simply the
+    corrupted run."""
+    mode = _mode(replacement, corruption)
     if masks is None:
-        if mode == "batch":
+        if mode != "constant":
             return None
         masks = Circuit.empty(dims).masks
     interp = Interpolator(dims, mode, replacement=replacement)
@@ -325,8 +327,7 @@ def evaluate_many(model, task, circuits: Sequence[Circuit], split: str = "test",
         replacement = Replacement.build(ablation, model, dims, task.split("train"), batch_size)
     empty_interp = _interpolator(dims, None, replacement)
     shared = share_corrupted and len(circuits) > 1 and _mode(replacement, "batch") == "batch"
-    interps = [_shared_interpolator(dims, c.masks) if shared else _interpolator(dims, c.masks, replacement)
-               for c in circuits]
+    interps = [_interpolator(dims, c.masks, replacement, "cache" if shared else "batch") for c in circuits]
     sums = [_Sums() for _ in circuits]
     device = _resolve_device(model)
     with (phases or silent())(f"evaluate {split}", total=n_pairs, unit="pairs") as bar:
@@ -347,13 +348,6 @@ def evaluate_many(model, task, circuits: Sequence[Circuit], split: str = "test",
                 s.add(task, batch, base, circ, empty, target, base_metric)
             bar.update(len(batch))
     return [s.result(task, split) for s in sums]
-
-
-def _shared_interpolator(dims: ModelDims, masks) -> Interpolator:
-    """A cache-mode interpolator holding ``masks``, for corrupted activations recorded once per batch and shared."""
-    interp = Interpolator(dims, "cache")
-    interp.set_masks(masks)
-    return interp
 
 
 def _record_corrupted(model, dims: ModelDims, interps: Sequence[Interpolator], batch) -> torch.Tensor:
